@@ -1,0 +1,31 @@
+"""Callback: a provider's POST /callbacks/{provider}/{jobId}?token=... -> the job's next state."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from aleph_pipeline.callbacks import receive_callback
+
+logger = Logger()
+app = APIGatewayHttpResolver()
+
+
+@app.post("/callbacks/<provider>/<job_id>")
+def callback(provider: str, job_id: str) -> Response[str]:
+    event = app.current_event
+    raw = event.body or ""
+    body = base64.b64decode(raw) if event.is_base64_encoded else raw.encode("utf-8")
+    token = (event.query_string_parameters or {}).get("token")
+    answer = receive_callback(provider, job_id, token, body, event.headers or {})
+    return Response(status_code=answer.status, content_type="application/json", body=json.dumps(answer.body))
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

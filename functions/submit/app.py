@@ -1,0 +1,40 @@
+"""Submit: SQS batches of S3 ObjectCreated events -> one provider submission per job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from aleph_pipeline.intake import handle_object_created
+
+logger = Logger()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def record_handler(record: SQSRecord) -> None:
+    try:
+        notification = json.loads(record.body)
+    except json.JSONDecodeError:
+        logger.error("dropped a message that is not an S3 notification", extra={"message_id": record.message_id})
+        return
+    if not isinstance(notification, dict) or notification.get("Event") == "s3:TestEvent":
+        return  # S3 sends a test event when notifications are configured
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    for s3_record in notification.get("Records", []):
+        if not str(s3_record.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        bucket = s3_record["s3"]["bucket"]["name"]
+        key = unquote_plus(s3_record["s3"]["object"]["key"])  # S3 URL-encodes keys in events
+        handle_object_created(bucket, key, receive_count)
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

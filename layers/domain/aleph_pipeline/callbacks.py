@@ -1,0 +1,69 @@
+"""A provider's callback: authenticate it, read it, and move the job (a contract)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from .config import get_settings
+from .errors import JobError
+from .jobs import TERMINAL, JobState, JobStore
+from .outputs import fail_job
+from .providers import PROVIDER_IDS, CallbackInvalid, get_provider
+from .storage import check_url
+
+logger = Logger(child=True)
+
+MAX_CALLBACK_BYTES = 1024 * 1024
+JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def receive_callback(provider_id: str, job_id: str, token: str | None, body: bytes, headers: Mapping[str, str]) -> Answer:
+    if len(body) > MAX_CALLBACK_BYTES:
+        return Answer(413, {"message": f"callback body over {MAX_CALLBACK_BYTES} bytes"})
+    if provider_id not in PROVIDER_IDS or not JOB_ID_PATTERN.match(job_id):
+        return Answer(404, {"message": "no such job"})
+    store = JobStore()
+    job = store.get(job_id)
+    if job is None or job.provider != provider_id:
+        return Answer(404, {"message": "no such job"})
+    if not job.token_matches(token):
+        logger.warning("callback refused: bad or missing token", extra={"job_id": job_id})
+        return Answer(401, {"message": "bad or missing token"})
+    logger.append_keys(job_id=job_id)
+    provider = get_provider(provider_id)
+    try:
+        outcome = provider.parse_callback(body, headers)
+    except CallbackInvalid as exc:
+        return Answer(400, {"message": str(exc)})
+    if outcome.task_id and job.provider_task_id and outcome.task_id != job.provider_task_id:
+        return Answer(400, {"message": "the callback's task id does not belong to this job"})
+    if job.state in TERMINAL or job.state == JobState.SUCCEEDED:
+        logger.info("late or repeated callback; no change", extra={"state": job.state})
+        return Answer(200, {"status": "ignored", "state": job.state.value})
+    if outcome.state == "running":
+        return Answer(200, {"status": "noted", "state": job.state.value})
+    if outcome.state == "failed":
+        fail_job(store, job_id, outcome.error or JobError("generation_failed", "the provider reported a failure", "provider"))
+        return Answer(200, {"status": "accepted", "state": JobState.FAILED.value})
+    settings = get_settings()
+    urls = [*outcome.video_urls, *([outcome.cover_url] if outcome.cover_url else [])]
+    try:
+        for url in urls:
+            check_url(url, provider.allowed_result_hosts, settings.allow_http_result_urls)
+    except JobError as exc:
+        # Nothing is fetched and the job waits: the real result still comes by callback or poll.
+        logger.warning("callback refused: result URL not allowed", extra={"reason": exc.message})
+        return Answer(400, {"message": exc.message})
+    store.mark_succeeded(job_id, outcome.video_urls, outcome.cover_url, outcome.cost, outcome.task_id)
+    return Answer(200, {"status": "accepted", "state": JobState.SUCCEEDED.value})

@@ -1,0 +1,48 @@
+"""Settings read once from the environment (the template's Globals, or the local stack)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    jobs_table_name: str
+    input_bucket_name: str
+    output_bucket_name: str
+    input_prefix: str = "incoming/"
+    default_provider: str = "kie"
+    callback_api_url: str = ""
+    provider_secret_id: str = ""
+    presigned_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    pairing_timeout_seconds: int = Field(default=3600, ge=60)
+    job_deadline_seconds: int = Field(default=86400, ge=300)
+    # Overrides used by the local stack; production leaves them empty.
+    provider_endpoints: dict[str, str] = Field(default_factory=dict)
+    result_hosts: dict[str, list[str]] = Field(default_factory=dict)
+    allow_http_result_urls: bool = False
+    max_result_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # Submit attempts (SQS receives) before a retryable provider refusal fails the job; kept
+    # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
+    submit_max_attempts: int = Field(default=4, ge=1)
+    secret_max_age_seconds: int = Field(default=300, ge=0)
+
+    @field_validator("input_prefix")
+    @classmethod
+    def _prefix_ends_with_slash(cls, value: str) -> str:
+        value = value.lstrip("/")
+        return value if not value or value.endswith("/") else value + "/"
+
+    @field_validator("callback_api_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()  # type: ignore[call-arg]  # required fields come from the environment

@@ -1,0 +1,315 @@
+"""Jobs in DynamoDB and their state machine: the only code that changes a job's state.
+
+States move forward only, each move a conditional write:
+``RECEIVED -> SUBMITTED -> SUCCEEDED -> COMPLETED``, and ``FAILED`` from any non-terminal state.
+A submission is claimed with its own conditional write before the provider is called, so a job
+is sent to a provider at most once however often its events repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+from .config import get_settings
+from .errors import JobError
+
+
+class JobState(StrEnum):
+    RECEIVED = "RECEIVED"
+    SUBMITTED = "SUBMITTED"
+    SUCCEEDED = "SUCCEEDED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+# Which states each state may be entered from. RECEIVED -> SUCCEEDED covers a provider whose
+# callback outruns our own record of the submission.
+ENTERED_FROM: dict[JobState, frozenset[JobState]] = {
+    JobState.SUBMITTED: frozenset({JobState.RECEIVED}),
+    JobState.SUCCEEDED: frozenset({JobState.RECEIVED, JobState.SUBMITTED}),
+    JobState.COMPLETED: frozenset({JobState.SUCCEEDED}),
+    JobState.FAILED: frozenset({JobState.RECEIVED, JobState.SUBMITTED, JobState.SUCCEEDED}),
+}
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED})
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Job:
+    """A read-only view of a job item."""
+
+    item: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.item["jobId"])
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self.item["status"])
+
+    @property
+    def provider(self) -> str | None:
+        return self.item.get("provider")
+
+    @property
+    def provider_task_id(self) -> str | None:
+        return self.item.get("providerTaskId")
+
+    @property
+    def output_prefix(self) -> str:
+        return str(self.item["outputPrefix"])
+
+    @property
+    def sidecar_document(self) -> dict[str, Any] | None:
+        raw = self.item.get("sidecarJson")
+        return json.loads(raw) if isinstance(raw, str) else None
+
+    @property
+    def submission_claimed(self) -> bool:
+        return "submission" in self.item
+
+    def token_matches(self, token: str | None) -> bool:
+        expected = self.item.get("tokenHash")
+        if not token or not isinstance(expected, str):
+            return False
+        return hmac.compare_digest(hash_token(token), expected)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """Plain JSON types (DynamoDB numbers come back as Decimal)."""
+        plain: dict[str, Any] = _plain(self.item)
+        return plain
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: _plain(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(inner) for inner in value]
+    return value
+
+
+def _dynamo(value: Any) -> Any:
+    """Python values to what boto3's DynamoDB resource accepts (floats as Decimal)."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {key: _dynamo(inner) for key, inner in value.items() if inner is not None}
+    if isinstance(value, list | tuple):
+        return [_dynamo(inner) for inner in value]
+    return value
+
+
+@lru_cache(maxsize=1)
+def _table() -> Any:
+    import boto3
+
+    return boto3.resource("dynamodb").Table(get_settings().jobs_table_name)
+
+
+def _conditional_failed(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    return isinstance(response, dict) and response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class JobStore:
+    """Reads and conditional writes of job items. All state changes go through ``_move``."""
+
+    def __init__(self, table: Any | None = None) -> None:
+        self.table = table if table is not None else _table()
+
+    # Reads
+
+    def get(self, job_id: str) -> Job | None:
+        item = self.table.get_item(Key={"jobId": job_id}, ConsistentRead=True).get("Item")
+        return Job(item) if item and "status" in item else None
+
+    # Creation
+
+    def create(self, job_id: str, attributes: dict[str, Any]) -> tuple[Job, bool]:
+        """Create a RECEIVED job, or return the one that exists (``created`` says which)."""
+        at = now_iso()
+        item = _dynamo(
+            {
+                **attributes,
+                "jobId": job_id,
+                "status": JobState.RECEIVED.value,
+                "createdAt": at,
+                "updatedAt": at,
+                "history": [{"state": JobState.RECEIVED.value, "at": at}],
+            }
+        )
+        try:
+            self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(jobId)")
+        except Exception as exc:
+            if not _conditional_failed(exc):
+                raise
+            existing = self.get(job_id)
+            if existing is None:
+                raise
+            return existing, False
+        return Job(item), True
+
+    def update_details(self, job_id: str, attributes: dict[str, Any]) -> None:
+        """Record facts about a RECEIVED job (provider, model, video) without changing its state."""
+        names, values, sets = _set_clause(attributes)
+        values[":received"] = JobState.RECEIVED.value
+        self.table.update_item(
+            Key={"jobId": job_id},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression="#status = :received",
+            ExpressionAttributeNames={**names, "#status": "status"},
+            ExpressionAttributeValues=values,
+        )
+
+    # The submission claim
+
+    def claim_submission(self, job_id: str, token: str) -> str | None:
+        """Claim the right to call the provider; None if another attempt holds or used it."""
+        claim_id = uuid.uuid4().hex
+        try:
+            self.table.update_item(
+                Key={"jobId": job_id},
+                UpdateExpression="SET submission = :claim, tokenHash = :token",
+                ConditionExpression="#status = :received AND attribute_not_exists(submission)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":claim": {"claimId": claim_id, "claimedAt": now_iso()},
+                    ":token": hash_token(token),
+                    ":received": JobState.RECEIVED.value,
+                },
+            )
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return None
+            raise
+        return claim_id
+
+    def release_claim(self, job_id: str, claim_id: str) -> None:
+        """Give the claim back after the provider provably did not take the request."""
+        try:
+            self.table.update_item(
+                Key={"jobId": job_id},
+                UpdateExpression="REMOVE submission, tokenHash",
+                ConditionExpression="#status = :received AND submission.claimId = :claim",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value},
+            )
+        except Exception as exc:
+            if not _conditional_failed(exc):
+                raise
+
+    # Transitions
+
+    def mark_submitted(self, job_id: str, task_id: str) -> bool:
+        moved = self._move(job_id, JobState.SUBMITTED, {"providerTaskId": task_id, "submittedAt": now_iso()})
+        if not moved:
+            # A fast callback may have moved the job on already; keep the task id all the same.
+            self._set_if_absent(job_id, "providerTaskId", task_id)
+        return moved
+
+    def mark_succeeded(self, job_id: str, video_urls: tuple[str, ...], cover_url: str | None, cost: float | None, task_id: str | None) -> bool:
+        result: dict[str, Any] = {"videos": list(video_urls)}
+        if cover_url:
+            result["cover"] = cover_url
+        attributes: dict[str, Any] = {"result": result}
+        if cost is not None:
+            attributes["cost"] = cost
+        moved = self._move(job_id, JobState.SUCCEEDED, attributes)
+        if moved and task_id:
+            self._set_if_absent(job_id, "providerTaskId", task_id)
+        return moved
+
+    def mark_completed(self, job_id: str, outputs: list[dict[str, Any]], completed_at: str) -> bool:
+        return self._move(job_id, JobState.COMPLETED, {"outputs": outputs}, at=completed_at)
+
+    def mark_failed(self, job_id: str, error: JobError) -> bool:
+        return self._move(job_id, JobState.FAILED, {"error": error.to_record()})
+
+    def _move(self, job_id: str, target: JobState, attributes: dict[str, Any], at: str | None = None) -> bool:
+        at = at or now_iso()
+        names, values, sets = _set_clause({**attributes, "status": target.value, "updatedAt": at})
+        names["#history"] = "history"
+        names["#status"] = "status"
+        values[":entry"] = [{"state": target.value, "at": at}]
+        sets.append("#history = list_append(#history, :entry)")
+        allowed = sorted(state.value for state in ENTERED_FROM[target])
+        for index, state in enumerate(allowed):
+            values[f":from{index}"] = state
+        condition = f"#status IN ({', '.join(f':from{index}' for index in range(len(allowed)))})"
+        try:
+            self.table.update_item(
+                Key={"jobId": job_id},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def _set_if_absent(self, job_id: str, name: str, value: Any) -> None:
+        self.table.update_item(
+            Key={"jobId": job_id},
+            UpdateExpression="SET #name = if_not_exists(#name, :value)",
+            ExpressionAttributeNames={"#name": name},
+            ExpressionAttributeValues={":value": _dynamo(value)},
+        )
+
+    # Pairing: a sidecar waiting for its video leaves a note under the video's key.
+
+    def add_waiter(self, bucket: str, video_ref: str, job_id: str, expires_at: int) -> None:
+        self.table.update_item(
+            Key={"jobId": _waiter_key(bucket, video_ref)},
+            UpdateExpression="ADD waitingJobIds :job SET expiresAt = :expires",
+            ExpressionAttributeValues={":job": {job_id}, ":expires": expires_at},
+        )
+
+    def waiters(self, bucket: str, video_refs: list[str]) -> list[str]:
+        job_ids: list[str] = []
+        for ref in video_refs:
+            item = self.table.get_item(Key={"jobId": _waiter_key(bucket, ref)}, ConsistentRead=True).get("Item")
+            if item:
+                job_ids.extend(sorted(item.get("waitingJobIds", ())))
+        return job_ids
+
+
+def _waiter_key(bucket: str, video_ref: str) -> str:
+    return f"waiting#{bucket}/{video_ref}"
+
+
+def _set_clause(attributes: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], list[str]]:
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    sets: list[str] = []
+    for index, (name, value) in enumerate(attributes.items()):
+        names[f"#a{index}"] = name
+        values[f":v{index}"] = _dynamo(value)
+        sets.append(f"#a{index} = :v{index}")
+    return names, values, sets
+
+
+def epoch_after(seconds: int) -> int:
+    return int(time.time()) + seconds

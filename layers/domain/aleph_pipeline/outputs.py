@@ -1,0 +1,88 @@
+"""The files a job leaves in the output bucket: results, ``job.json``, or ``error.json``."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+from urllib.parse import urlsplit
+
+from aws_lambda_powertools import Logger
+
+from . import storage
+from .config import get_settings
+from .errors import JobError
+from .jobs import Job, JobState, JobStore
+
+logger = Logger(child=True)
+
+VIDEO_EXTENSIONS = {"mp4", "webm", "mov"}
+IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
+
+
+def result_names(job: Job, count: int) -> list[str]:
+    """``result.<ext>``, or ``result-1.<ext>`` ... when a job has several results."""
+    document = job.sidecar_document or {}
+    requested = document.get("outputFormat")
+    extension = requested.lower() if isinstance(requested, str) and requested.lower() in VIDEO_EXTENSIONS else "mp4"
+    if count == 1:
+        return [f"result.{extension}"]
+    return [f"result-{index}.{extension}" for index in range(1, count + 1)]
+
+
+def cover_name(url: str) -> str:
+    extension = posixpath.splitext(urlsplit(url).path)[1].lstrip(".").lower()
+    return f"cover.{extension if extension in IMAGE_EXTENSIONS else 'jpg'}"
+
+
+def fail_job(store: JobStore, job_id: str, error: JobError) -> None:
+    """Move a job to FAILED and leave ``error.json``; repeating it rewrites the same file."""
+    moved = store.mark_failed(job_id, error)
+    job = store.get(job_id)
+    if job is None or job.state != JobState.FAILED:
+        # The job finished another way first (a completed job keeps its outputs).
+        logger.info("job already finished; failure not recorded", extra={"job_id": job_id, "state": job.state if job else None, "error_code": error.code})
+        return
+    write_error_json(job)
+    if moved:
+        logger.warning("job failed", extra={"job_id": job_id, "error_code": error.code, "stage": error.stage})
+
+
+def write_error_json(job: Job) -> None:
+    item = job.to_manifest()
+    document: dict[str, Any] = {
+        **item.get("error", {}),
+        "jobId": job.id,
+        "sidecarKey": item.get("sidecarKey"),
+        "provider": item.get("provider"),
+        "model": item.get("model"),
+        "providerTaskId": item.get("providerTaskId"),
+        "failedAt": item.get("updatedAt"),
+        "history": item.get("history", []),
+    }
+    storage.put_json(get_settings().output_bucket_name, job.output_prefix + "error.json", {k: v for k, v in document.items() if v is not None})
+
+
+def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict[str, Any]:
+    """``job.json``: what was asked, who did it, what it cost, and where the results are."""
+    item = job.to_manifest()
+    history = [*item.get("history", []), {"state": JobState.COMPLETED.value, "at": completed_at}]
+    source: dict[str, Any] = {"bucket": item.get("inputBucket")}
+    for name, field in (("key", "videoKey"), ("etag", "videoETag"), ("size", "videoSize"), ("url", "videoUrl")):
+        if item.get(field) is not None:
+            source[name] = item[field]
+    document: dict[str, Any] = {
+        "jobId": job.id,
+        "state": JobState.COMPLETED.value,
+        "sidecar": job.sidecar_document,
+        "sidecarKey": item.get("sidecarKey"),
+        "provider": item.get("provider"),
+        "model": item.get("model"),
+        "providerTaskId": item.get("providerTaskId"),
+        "cost": item.get("cost"),
+        "source": source,
+        "outputs": outputs,
+        "history": history,
+        "createdAt": item.get("createdAt"),
+        "completedAt": completed_at,
+    }
+    return document

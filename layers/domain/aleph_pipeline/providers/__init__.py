@@ -1,0 +1,51 @@
+"""Provider adapters behind one interface; adding a provider touches only this package."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import httpx
+
+from ..config import Settings, get_settings
+from ..errors import STAGE_INTAKE, JobError
+from ..secrets import provider_api_key
+from .base import CallbackInvalid, Outcome, Provider, ProviderError, SubmitRequest, VideoInfo
+from .kie import KieProtocol
+
+__all__ = ["PROVIDER_IDS", "CallbackInvalid", "Outcome", "Provider", "ProviderError", "SubmitRequest", "VideoInfo", "get_provider"]
+
+# Provider id -> (production base URL, constructor). Result hosts are the provider's own CDNs;
+# a stack can widen or narrow them with RESULT_HOSTS.
+_REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[str, ...]]] = {
+    "kie": ("https://api.kie.ai", KieProtocol, ("aleph",), ("kie.ai", "aiquickdraw.com", "redpandaai.co")),
+    "apikley": ("https://api.apikley.ru", KieProtocol, ("aleph",), ("apikley.ru", "kie.ai", "aiquickdraw.com", "redpandaai.co")),
+}
+PROVIDER_IDS = tuple(_REGISTRY)
+
+
+def _http_client() -> httpx.Client:
+    # Generous read timeout for slow provider front ends, short connect timeout: a connect
+    # failure is the only one we can safely retry.
+    return httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0), follow_redirects=False)
+
+
+@cache
+def get_provider(provider_id: str) -> Provider:
+    settings: Settings = get_settings()
+    if provider_id not in _REGISTRY:
+        raise JobError(
+            "unknown_provider",
+            f"provider `{provider_id}` is not available; use one of: {', '.join(PROVIDER_IDS)}",
+            STAGE_INTAKE,
+        )
+    base_url, constructor, models, hosts = _REGISTRY[provider_id]
+    return constructor(
+        id=provider_id,
+        base_url=settings.provider_endpoints.get(provider_id, base_url).rstrip("/"),
+        api_key=lambda: provider_api_key(provider_id),
+        http=_http_client(),
+        models=models,
+        default_result_hosts=hosts,
+        result_hosts=tuple(settings.result_hosts.get(provider_id, ())),
+    )

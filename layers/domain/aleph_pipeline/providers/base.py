@@ -1,0 +1,172 @@
+"""The one interface every provider adapter implements, and the values it trades in."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
+from ..sidecar import Sidecar
+
+# Fields every provider takes or that never reach a provider.
+COMMON_FIELDS = frozenset({"prompt", "provider", "model", "video", "metadata", "providerOptions"})
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What is known about the input video before anything is spent."""
+
+    extension: str  # lower case, no dot
+    size: int | None  # bytes; None for an https URL whose size is unknown
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    job_id: str
+    sidecar: Sidecar
+    model: str
+    video_url: str
+    reference_image_urls: tuple[str, ...]
+    callback_url: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a callback or a poll says about a task."""
+
+    state: Literal["running", "succeeded", "failed"]
+    task_id: str | None = None
+    video_urls: tuple[str, ...] = ()
+    cover_url: str | None = None
+    cost: float | None = None
+    error: JobError | None = None
+
+
+class ProviderError(Exception):
+    """A submit or poll that did not succeed.
+
+    ``kind``: ``refused`` (the provider said no; retrying cannot help), ``retryable`` (the
+    provider did not take the request: rate limit, server error, no connection) or
+    ``ambiguous`` (the request may have reached the provider; resubmitting could pay twice).
+    """
+
+    def __init__(self, kind: Literal["refused", "retryable", "ambiguous"], code: str, message: str, status: int | None = None):
+        super().__init__(f"{code}: {message}")
+        self.kind = kind
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def to_job_error(self) -> JobError:
+        code = "provider_rejected" if self.kind == "refused" else "provider_unavailable"
+        return JobError(code, self.message, "submit", retryable=self.kind != "refused", details={"providerCode": self.code})
+
+
+class CallbackInvalid(ValueError):
+    """A callback body that is not one of the provider's shapes (answered 400)."""
+
+
+@dataclass
+class Provider(ABC):
+    """A provider of the Aleph model behind one interface: submit, parse a callback, poll, classify."""
+
+    id: str
+    base_url: str
+    api_key: Callable[[], str]
+    http: httpx.Client
+    models: tuple[str, ...]
+    default_result_hosts: tuple[str, ...]
+    result_hosts: tuple[str, ...] = field(default=())
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    def resolve_model(self, sidecar: Sidecar) -> str:
+        if sidecar.model is None:
+            return self.default_model
+        if sidecar.model not in self.models:
+            raise JobError(
+                "unknown_model",
+                f"model `{sidecar.model}` is not offered by provider `{self.id}`; use one of: {', '.join(self.models)}",
+                STAGE_INTAKE,
+            )
+        return sidecar.model
+
+    @abstractmethod
+    def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
+        """Raise ``JobError`` for anything this provider/model cannot honour, before money is spent.
+
+        Called without ``video`` as soon as the sidecar is read, and again once the video is known.
+        """
+
+    @abstractmethod
+    def submit(self, request: SubmitRequest) -> str:
+        """Send the edit; return the provider's task id or raise ``ProviderError``."""
+
+    @abstractmethod
+    def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> Outcome:
+        """Read a callback body; raise ``CallbackInvalid`` if it is none of the provider's shapes."""
+
+    @abstractmethod
+    def poll(self, task_id: str) -> Outcome:
+        """Ask the provider, with our own key, what became of a task."""
+
+    @abstractmethod
+    def classify_error(self, status: int | None, body: Any) -> ProviderError:
+        """Map an HTTP status and body to refused / retryable / ambiguous."""
+
+    @property
+    def allowed_result_hosts(self) -> tuple[str, ...]:
+        return self.result_hosts or self.default_result_hosts
+
+    # Shared plumbing for the adapters.
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """One HTTP exchange; transport failures become ``ProviderError`` of the right kind."""
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left: safe to try again.
+            raise ProviderError("retryable", "connect_error", f"could not reach {self.id}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            # Sent, but no answer: the provider may have accepted it.
+            raise ProviderError("ambiguous", "no_answer", f"{self.id} did not answer: {type(exc).__name__}") from exc
+        try:
+            body: Any = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        return response.status_code, body
+
+    @staticmethod
+    def provider_failure(message: str, retryable: bool = False, code: str = "generation_failed") -> JobError:
+        return JobError(code, message, STAGE_PROVIDER, retryable=retryable)
+
+
+def unsupported(provider: str, model: str, fields: set[str]) -> JobError:
+    names = ", ".join(f"`{name}`" for name in sorted(fields))
+    return JobError(
+        "unsupported_option",
+        f"{names} cannot be honoured by provider `{provider}` with model `{model}`",
+        STAGE_INTAKE,
+    )
+
+
+def merge_provider_options(body: dict[str, Any], options: Mapping[str, Any] | None, managed: frozenset[str]) -> dict[str, Any]:
+    """Merge a sidecar's ``providerOptions`` into a request body; fields the pipeline manages stay ours."""
+    if not options:
+        return body
+    clashes = sorted(set(options) & managed)
+    if clashes:
+        raise JobError(
+            "invalid_sidecar",
+            f"providerOptions may not set {', '.join(f'`{name}`' for name in clashes)}: the pipeline sets it",
+            STAGE_INTAKE,
+        )
+    return {**body, **options}

@@ -1,0 +1,143 @@
+"""The kie.ai Aleph protocol, spoken by kie.ai and by apikley (a clone on another base URL).
+
+Create ``POST /api/v1/aleph/generate``, poll ``GET /api/v1/aleph/record-info?taskId=``, Bearer
+auth, and the status in the body's ``code`` (HTTP 200 can still carry an error). Callbacks come
+in two shapes (see ``parse_callback``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import STAGE_INTAKE, JobError
+from ..sidecar import Sidecar
+from .base import (
+    COMMON_FIELDS,
+    CallbackInvalid,
+    Outcome,
+    Provider,
+    ProviderError,
+    SubmitRequest,
+    VideoInfo,
+    merge_provider_options,
+    unsupported,
+)
+
+MAX_VIDEO_BYTES = 10 * 1024 * 1024
+MAX_PROMPT_CHARS = 2048
+VIDEO_EXTENSIONS = ("mp4", "mov", "avi", "m4v")  # MP4/MOV/AVI per kie; m4v is an MP4 container
+SUPPORTED_FIELDS = COMMON_FIELDS | {"aspectRatio", "seed", "referenceImages", "watermark"}
+MANAGED_FIELDS = frozenset({"prompt", "videoUrl", "callBackUrl"})
+
+# Body codes that mean "try again later"; everything else that is not 200 is a refusal.
+RETRYABLE_CODES = frozenset({429, 455, 500, 502, 503, 504})
+
+
+@dataclass
+class KieProtocol(Provider):
+    def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
+        extra = sidecar.given_fields - SUPPORTED_FIELDS
+        if extra:
+            raise unsupported(self.id, model, extra)
+        if sidecar.reference_images and len(sidecar.reference_images) > 1:
+            raise JobError("unsupported_option", f"provider `{self.id}` takes one reference image, not {len(sidecar.reference_images)}", STAGE_INTAKE)
+        if len(sidecar.prompt) > MAX_PROMPT_CHARS:
+            raise JobError(
+                "invalid_sidecar", f"the prompt is {len(sidecar.prompt)} characters; provider `{self.id}` takes at most {MAX_PROMPT_CHARS}", STAGE_INTAKE
+            )
+        if video is None:
+            return
+        if video.extension not in VIDEO_EXTENSIONS:
+            raise JobError("video_unsupported", f"provider `{self.id}` takes {', '.join(VIDEO_EXTENSIONS)} videos, not .{video.extension}", STAGE_INTAKE)
+        if video.size is not None and video.size > MAX_VIDEO_BYTES:
+            raise JobError(
+                "video_too_large", f"the video is {video.size} bytes; provider `{self.id}` takes at most {MAX_VIDEO_BYTES} bytes (10 MB)", STAGE_INTAKE
+            )
+
+    def request_body(self, request: SubmitRequest) -> dict[str, Any]:
+        sidecar = request.sidecar
+        body: dict[str, Any] = {"prompt": sidecar.prompt, "videoUrl": request.video_url, "callBackUrl": request.callback_url}
+        if sidecar.aspect_ratio is not None:
+            body["aspectRatio"] = sidecar.aspect_ratio
+        if sidecar.seed is not None:
+            body["seed"] = sidecar.seed
+        if request.reference_image_urls:
+            body["referenceImage"] = request.reference_image_urls[0]
+        if sidecar.watermark is not None:
+            body["waterMark"] = sidecar.watermark
+        return merge_provider_options(body, sidecar.provider_options, MANAGED_FIELDS)
+
+    def submit(self, request: SubmitRequest) -> str:
+        status, body = self._send("POST", "/api/v1/aleph/generate", json=self.request_body(request), headers=self._auth())
+        if status == 200 and isinstance(body, dict) and body.get("code") == 200:
+            data = body.get("data")
+            task_id = data.get("taskId") if isinstance(data, dict) else None
+            if isinstance(task_id, str) and task_id:
+                return task_id
+            # A success code without a task id: it may exist, we cannot tell which one.
+            raise ProviderError("ambiguous", "no_task_id", f"{self.id} answered success without a taskId", status)
+        raise self.classify_error(status, body)
+
+    def poll(self, task_id: str) -> Outcome:
+        status, body = self._send("GET", "/api/v1/aleph/record-info", params={"taskId": task_id}, headers=self._auth())
+        if not (status == 200 and isinstance(body, dict) and body.get("code") == 200 and isinstance(body.get("data"), dict)):
+            raise self.classify_error(status, body)
+        data = body["data"]
+        flag = data.get("successFlag")
+        error_message = data.get("errorMessage") or ""
+        if data.get("expireFlag") == 1:
+            return Outcome("failed", task_id, error=self.provider_failure("the result expired at the provider", code="result_unavailable"))
+        if flag == 1:
+            response = data.get("response") or {}
+            video = response.get("resultVideoUrl") if isinstance(response, dict) else None
+            if not isinstance(video, str) or not video:
+                raise ProviderError("retryable", "incomplete", f"{self.id} reports success without a result URL", status)
+            cover = response.get("resultImageUrl") or None
+            return Outcome("succeeded", task_id, (video,), cover if isinstance(cover, str) else None)
+        if flag in (2, 3) or error_message:
+            return Outcome("failed", task_id, error=self.provider_failure(str(error_message or f"task failed (successFlag {flag})")))
+        return Outcome("running", task_id)
+
+    def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> Outcome:
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise CallbackInvalid("the callback body is not JSON") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("code"), int) or isinstance(document.get("code"), bool):
+            raise CallbackInvalid("the callback has no integer `code`")
+        code: int = document["code"]
+        data = document.get("data")
+        if data is not None and not isinstance(data, dict):
+            raise CallbackInvalid("the callback's `data` is not an object")
+        data = data or {}
+        # Shape A carries `taskId` at the top; shape B carries `data.task_id`.
+        task_id = document.get("taskId") or data.get("task_id")
+        if task_id is not None and not isinstance(task_id, str):
+            raise CallbackInvalid("the callback's task id is not a string")
+        message = document.get("msg")
+        message = message if isinstance(message, str) and message else f"provider error code {code}"
+        if code != 200:
+            return Outcome("failed", task_id, error=self.provider_failure(message, retryable=code in RETRYABLE_CODES))
+        video = data.get("result_video_url") or data.get("video_url")
+        cover = data.get("result_image_url") or data.get("image_url")
+        if not isinstance(video, str) or not video:
+            raise CallbackInvalid("a success callback without a video URL")
+        return Outcome("succeeded", task_id, (video,), cover if isinstance(cover, str) and cover else None)
+
+    def classify_error(self, status: int | None, body: Any) -> ProviderError:
+        code = body.get("code") if isinstance(body, dict) else None
+        message = body.get("msg") if isinstance(body, dict) else None
+        effective = code if isinstance(code, int) and not isinstance(code, bool) and code != 200 else status
+        text = message if isinstance(message, str) and message else f"HTTP {status}"
+        if effective in RETRYABLE_CODES or (isinstance(effective, int) and effective >= 500):
+            return ProviderError("retryable", str(effective), f"{self.id}: {text}", status)
+        if effective == 200 or effective is None:
+            # HTTP 200 without a readable body: the request may have been taken.
+            return ProviderError("ambiguous", "unreadable", f"{self.id} gave an unreadable answer ({text})", status)
+        return ProviderError("refused", str(effective), f"{self.id}: {text}", status)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key()}"}

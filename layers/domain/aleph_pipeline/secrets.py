@@ -1,0 +1,27 @@
+"""Provider API keys from one Secrets Manager secret (a JSON object keyed by provider id)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import get_settings
+from .errors import STAGE_SUBMIT, JobError
+
+
+def _provider_entry(provider_id: str) -> Any:
+    from aws_lambda_powertools.utilities import parameters  # imported on first use: cold starts
+
+    settings = get_settings()
+    secret = parameters.get_secret(settings.provider_secret_id, transform="json", max_age=settings.secret_max_age_seconds)
+    if not isinstance(secret, dict):
+        raise JobError("provider_not_configured", "the provider secret must be a JSON object keyed by provider id", STAGE_SUBMIT, retryable=True)
+    return secret.get(provider_id)
+
+
+def provider_api_key(provider_id: str) -> str:
+    """The API key for a provider; the error names the provider, never the value."""
+    entry = _provider_entry(provider_id)
+    key = entry.get("apiKey") if isinstance(entry, dict) else entry
+    if not isinstance(key, str) or not key:
+        raise JobError("provider_not_configured", f"no API key for provider `{provider_id}` in the provider secret", STAGE_SUBMIT, retryable=True)
+    return key

@@ -1,0 +1,156 @@
+"""The sidecar: the JSON file next to a video that says what edit to make (a contract)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import STAGE_INTAKE, JobError
+
+MAX_SIDECAR_BYTES = 256 * 1024
+PROVIDER_IDS = ("kie", "apikley", "runware", "crun")
+
+NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class FrameImage(BaseModel):
+    """An image pinned to a position in the video (Runware Aleph 2.0's object form)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: NonEmptyStr
+    frame: Literal["first", "last", 0, -1] | None = None
+    timestamp: float | None = Field(default=None, ge=0, le=30)
+
+    @model_validator(mode="after")
+    def _one_position(self) -> FrameImage:
+        if self.frame is not None and self.timestamp is not None:
+            raise ValueError("give either `frame` or `timestamp`, not both")
+        return self
+
+
+class Safety(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    check_content: bool | None = Field(default=None, alias="checkContent")
+    mode: Literal["none", "fast", "full"] | None = None
+
+
+class Sidecar(BaseModel):
+    """Every field a sidecar may carry; which ones a provider honours is the provider's call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=False)
+
+    prompt: NonEmptyStr
+    provider: Literal["kie", "apikley", "runware", "crun"] | None = None
+    model: NonEmptyStr | None = None
+    video: NonEmptyStr | None = None
+    reference_images: list[NonEmptyStr] | None = Field(default=None, alias="referenceImages", min_length=1)
+    frame_images: list[NonEmptyStr | FrameImage] | None = Field(default=None, alias="frameImages", min_length=1)
+    aspect_ratio: Literal["16:9", "9:16", "4:3", "3:4", "1:1", "21:9"] | None = Field(default=None, alias="aspectRatio")
+    width: int | None = Field(default=None, ge=1, le=8192)
+    height: int | None = Field(default=None, ge=1, le=8192)
+    seed: int | None = Field(default=None, ge=0, le=4294967295)
+    number_results: int | None = Field(default=None, alias="numberResults", ge=1, le=4)
+    output_format: Literal["MP4", "WEBM", "MOV"] | None = Field(default=None, alias="outputFormat")
+    output_quality: int | None = Field(default=None, alias="outputQuality", ge=20, le=99)
+    watermark: str | None = Field(default=None, max_length=100)
+    public_figure_threshold: Literal["auto", "low"] | None = Field(default=None, alias="publicFigureThreshold")
+    safety: Safety | None = None
+    provider_options: dict[str, Any] | None = Field(default=None, alias="providerOptions")
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _upper_format(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("seed", "width", "height", "number_results", "output_quality", mode="before")
+    @classmethod
+    def _no_bool_or_float(cls, value: Any) -> Any:
+        # JSON `true` or `1.5` for an integer field is a mistake, not a value to coerce.
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("must be a whole number")
+        return value
+
+    @property
+    def given_fields(self) -> set[str]:
+        """The sidecar's own (camelCase) names of the fields it set."""
+        return {_alias(name) for name in self.model_fields_set}
+
+
+def _alias(name: str) -> str:
+    field = Sidecar.model_fields[name]
+    return field.alias or name
+
+
+ALLOWED_FIELDS = tuple(_alias(name) for name in Sidecar.model_fields)
+
+
+def parse_sidecar(raw: bytes) -> tuple[Sidecar, dict[str, Any]]:
+    """Parse and validate a sidecar; return the model and the JSON object as received.
+
+    Raises ``JobError`` whose message names every problem found.
+    """
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise JobError(
+            "sidecar_too_large",
+            f"the sidecar is {len(raw)} bytes; at most {MAX_SIDECAR_BYTES} bytes are accepted",
+            STAGE_INTAKE,
+        )
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark from a Windows editor is harmless
+    except UnicodeDecodeError as exc:
+        raise JobError("invalid_json", f"the sidecar is not UTF-8 text ({exc.reason} at byte {exc.start})", STAGE_INTAKE) from exc
+    if not text.strip():
+        raise JobError("invalid_json", "the sidecar is empty; it must be a JSON object with at least a `prompt`", STAGE_INTAKE)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobError("invalid_json", f"the sidecar is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", STAGE_INTAKE) from exc
+    except RecursionError as exc:
+        raise JobError("invalid_json", "the sidecar is nested too deeply", STAGE_INTAKE) from exc
+    if not isinstance(document, dict):
+        raise JobError("invalid_sidecar", f"the sidecar must be a JSON object, not {_json_type(document)}", STAGE_INTAKE)
+    try:
+        return Sidecar.model_validate(document), document
+    except ValidationError as exc:
+        raise JobError("invalid_sidecar", describe_validation_error(exc), STAGE_INTAKE) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable sentence per problem, each naming the field by its sidecar name."""
+    problems: list[str] = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+        if error["type"] == "extra_forbidden":
+            if "." in location:
+                problems.append(f"unknown field `{location}`")
+            else:
+                problems.append(f"unknown field `{location}`; allowed fields: {', '.join(ALLOWED_FIELDS)}")
+        elif error["type"] == "missing":
+            problems.append(f"missing required field `{location}`")
+        else:
+            problems.append(f"field `{location}`: {error['msg']}")
+    unique = list(dict.fromkeys(problems))
+    return "; ".join(unique)
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic adds the union member's type name (e.g. "str" or "FrameImage") to the location.
+    return isinstance(part, str) and (part in {"str", "FrameImage", "constrained-str"} or part.startswith("function-"))
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -1,0 +1,205 @@
+"""S3: reading inputs, presigned URLs, the output files, and a streaming copy from a URL."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from io import BufferedReader, RawIOBase
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from .errors import STAGE_FINALIZE, JobError, TransientError
+
+MIB = 1024 * 1024
+MAX_REDIRECTS = 5
+# Parts of 8 MiB, two in flight: memory stays near 3 parts whatever the result's size.
+COPY_PART_BYTES = 8 * MIB
+COPY_CONCURRENCY = 2
+
+
+@lru_cache(maxsize=1)
+def s3_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 5}))
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    version_id: str | None
+
+    @property
+    def version_marker(self) -> str:
+        """What tells two uploads of the same key apart."""
+        if self.version_id and self.version_id != "null":
+            return self.version_id
+        return f"{self.etag}@{self.last_modified.isoformat()}"
+
+
+def head(bucket: str, key: str) -> ObjectInfo | None:
+    try:
+        answer = s3_client().head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if _status(exc) in (403, 404):
+            return None
+        raise
+    return ObjectInfo(bucket, key, int(answer["ContentLength"]), answer["ETag"].strip('"'), answer["LastModified"], answer.get("VersionId"))
+
+
+def read_bytes(info: ObjectInfo, limit: int) -> bytes | None:
+    """Read the exact object version ``info`` describes (None if it changed or vanished since)."""
+    try:
+        answer = s3_client().get_object(Bucket=info.bucket, Key=info.key, IfMatch=f'"{info.etag}"', Range=f"bytes=0-{limit}")
+    except Exception as exc:
+        if _status(exc) in (404, 412):
+            return None
+        raise
+    body: bytes = answer["Body"].read()
+    return body
+
+
+def list_siblings(bucket: str, stem: str) -> list[str]:
+    """Keys that start with ``<stem>.`` (a sidecar's possible videos)."""
+    paginator = s3_client().get_paginator("list_objects_v2")
+    keys: list[str] = []
+    for page in paginator.paginate(Bucket=bucket, Prefix=f"{stem}."):
+        keys.extend(entry["Key"] for entry in page.get("Contents", ()))
+    return keys
+
+
+def presign_get(bucket: str, key: str, ttl_seconds: int) -> str:
+    url: str = s3_client().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_seconds)
+    return url
+
+
+def put_json(bucket: str, key: str, document: dict[str, Any]) -> int:
+    body = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    s3_client().put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    return len(body)
+
+
+def check_url(url: str, allowed_hosts: tuple[str, ...], allow_http: bool) -> None:
+    """Refuse any URL that is not https on one of ``allowed_hosts`` (or a subdomain of one)."""
+    parts = urlsplit(url)
+    scheme_ok = parts.scheme == "https" or (allow_http and parts.scheme == "http")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not scheme_ok or not host or parts.username or parts.password:
+        raise JobError("result_rejected", f"result URL scheme or form not allowed: {_redact(url)}", STAGE_FINALIZE)
+    if _is_ip(host) and host not in allowed_hosts:
+        raise JobError("result_rejected", f"result URL host {host} is an address, not an allowed host", STAGE_FINALIZE)
+    if not any(host == allowed or host.endswith("." + allowed) for allowed in allowed_hosts):
+        raise JobError(
+            "result_rejected",
+            f"result URL host {host} is not one of the provider's hosts ({', '.join(allowed_hosts)}); a stack can allow more with the RESULT_HOSTS setting",
+            STAGE_FINALIZE,
+        )
+
+
+def copy_url_to_s3(
+    http: httpx.Client,
+    url: str,
+    bucket: str,
+    key: str,
+    *,
+    allowed_hosts: tuple[str, ...],
+    allow_http: bool,
+    max_bytes: int,
+    content_type: str | None = None,
+) -> int:
+    """Stream a URL into S3 with a managed multipart upload; memory does not grow with size.
+
+    Every redirect hop is checked like the first URL. A failed copy leaves no object: the
+    multipart upload is aborted, and an object appears only when the upload completes.
+    """
+    from boto3.s3.transfer import TransferConfig
+
+    for _hop in range(MAX_REDIRECTS + 1):
+        check_url(url, allowed_hosts, allow_http)
+        try:
+            with http.stream("GET", url) as response:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code in (404, 410, 403):
+                    raise JobError("result_unavailable", f"the result answered HTTP {response.status_code}: it is gone or expired", STAGE_FINALIZE)
+                if response.status_code != 200:
+                    raise TransientError(f"result download answered HTTP {response.status_code}")
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise JobError("result_unavailable", f"the result is {declared} bytes, over the {max_bytes}-byte limit", STAGE_FINALIZE)
+                capped = _CappedStream(response.iter_bytes(chunk_size=MIB), max_bytes)
+                # Buffered, so each read returns a full part (S3 refuses parts under 5 MiB).
+                reader = BufferedReader(capped, buffer_size=MIB)
+                extra = {"ContentType": content_type or response.headers.get("content-type", "application/octet-stream")}
+                config = TransferConfig(
+                    multipart_threshold=COPY_PART_BYTES,
+                    multipart_chunksize=COPY_PART_BYTES,
+                    max_concurrency=COPY_CONCURRENCY,
+                    max_io_queue=2,
+                )
+                s3_client().upload_fileobj(reader, bucket, key, ExtraArgs=extra, Config=config)
+                return capped.total
+        except httpx.TransportError as exc:
+            raise TransientError(f"result download failed: {type(exc).__name__}") from exc
+    raise JobError("result_unavailable", f"the result URL redirected more than {MAX_REDIRECTS} times", STAGE_FINALIZE)
+
+
+class _CappedStream(RawIOBase):
+    """A file-like view of an iterator of byte chunks that refuses to exceed ``limit`` bytes."""
+
+    def __init__(self, chunks: Iterator[bytes], limit: int) -> None:
+        self._chunks = chunks
+        self._pending = b""
+        self._limit = limit
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+            self.total += len(self._pending)
+            if self.total > self._limit:
+                raise JobError("result_unavailable", f"the result is over the {self._limit}-byte limit", STAGE_FINALIZE)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _redact(url: str) -> str:
+    """A URL without its query string (where signatures and tokens live)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return int(status) if status else None
+    return None
