@@ -147,8 +147,10 @@ def copy_url_to_s3(
                     multipart_threshold=COPY_PART_BYTES,
                     multipart_chunksize=COPY_PART_BYTES,
                     max_concurrency=COPY_CONCURRENCY,
-                    max_io_queue=2,
                 )
+                # Parts read ahead of the upload are what would grow memory: keep just enough
+                # to keep both upload threads busy.
+                config.max_in_memory_upload_chunks = COPY_CONCURRENCY + 1
                 s3_client().upload_fileobj(reader, bucket, key, ExtraArgs=extra, Config=config)
                 return capped.total
         except httpx.TransportError as exc:

@@ -1,0 +1,69 @@
+# The two commands: `make demo` and `make test`. Both set themselves up from a fresh clone
+# with only Python 3.11+ and make.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+SAM_CLI_VERSION := 1.170.0
+PIP_QUIET := --quiet --disable-pip-version-check
+export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/domain
+# SAM CLI asks before sending telemetry; never here.
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: demo test local lint typecheck template-lint unit integration e2e build bench clean help
+
+help:
+	@echo "make demo   - start the local stack, run one edit, save out/ and out/preview.png"
+	@echo "make test   - ruff, mypy, cfn-lint, sam validate --lint, and every pytest ring"
+	@echo "make local  - run the local stack in the foreground (Ctrl-C stops it)"
+	@echo "make build  - sam build (needs python3.12 on PATH)"
+
+$(VENV)/.installed: requirements-dev.txt layers/domain/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or later is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip > .venv-install.log 2>&1 || (cat .venv-install.log; exit 1)
+	$(PY) -m pip install $(PIP_QUIET) -r requirements-dev.txt >> .venv-install.log 2>&1 || (cat .venv-install.log; exit 1)
+	@rm -f .venv-install.log
+	@touch $@
+
+# SAM CLI pins its own versions of shared packages, so it lives in an environment of its own.
+$(SAM_VENV)/.installed:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install $(PIP_QUIET) aws-sam-cli==$(SAM_CLI_VERSION) > .venv-sam-install.log 2>&1 || (cat .venv-sam-install.log; exit 1)
+	@rm -f .venv-sam-install.log
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m local.demo
+
+local: $(VENV)/.installed
+	$(PY) -m local.stack
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy layers/domain/aleph_pipeline functions local
+
+template-lint: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(VENV)/bin/cfn-lint template.yaml
+	$(SAM) validate --lint --template template.yaml --region us-east-1
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+integration: $(VENV)/.installed
+	$(PY) -m pytest tests/integration
+
+e2e: $(VENV)/.installed
+	$(PY) -m pytest tests/e2e
+
+test: lint template-lint
+	$(PY) -m pytest tests
+
+build: $(SAM_VENV)/.installed
+	PYENV_VERSION=$${PYENV_VERSION:-3.11.7:3.12.1:3.13.0} $(SAM) build --template template.yaml
+
+clean:
+	rm -rf .aws-sam .local out .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""The job state machine against DynamoDB on moto server (real HTTP)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from aleph_pipeline.errors import JobError
+from aleph_pipeline.jobs import JobState, JobStore
+
+
+@pytest.fixture
+def store(moto_server: str) -> Iterator[JobStore]:
+    dynamodb = boto3.resource("dynamodb", endpoint_url=moto_server)
+    name = f"jobs-{uuid.uuid4().hex[:8]}"
+    table: Any = dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "jobId", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield JobStore(table)
+    table.delete()
+
+
+def new_job(store: JobStore) -> str:
+    job_id = uuid.uuid4().hex
+    store.create(job_id, {"outputPrefix": f"x/{job_id}/", "sidecarKey": "incoming/x.json"})
+    return job_id
+
+
+def states(store: JobStore, job_id: str) -> list[str]:
+    job = store.get(job_id)
+    assert job is not None
+    return [entry["state"] for entry in job.item["history"]]
+
+
+def test_create_is_idempotent(store: JobStore) -> None:
+    job_id = uuid.uuid4().hex
+    first, created = store.create(job_id, {"outputPrefix": "a/"})
+    again, created_again = store.create(job_id, {"outputPrefix": "b/"})
+    assert created and not created_again
+    assert again.output_prefix == "a/"
+
+
+def test_forward_path_records_history(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.claim_submission(job_id, "tok")
+    assert store.mark_submitted(job_id, "task-1")
+    assert store.mark_succeeded(job_id, ("https://h/v.mp4",), "https://h/c.png", 1.5, "task-1")
+    assert store.mark_completed(job_id, [{"key": "k", "size": 1}], "2026-01-01T00:00:00.000Z")
+    assert states(store, job_id) == ["RECEIVED", "SUBMITTED", "SUCCEEDED", "COMPLETED"]
+    job = store.get(job_id)
+    assert job is not None
+    assert job.to_manifest()["cost"] == 1.5
+    assert job.provider_task_id == "task-1"
+
+
+def test_no_backward_or_repeated_moves(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.mark_submitted(job_id, "t")
+    assert not store.mark_submitted(job_id, "t2")
+    store.mark_succeeded(job_id, ("u",), None, None, None)
+    assert not store.mark_succeeded(job_id, ("u2",), None, None, None)
+    store.mark_completed(job_id, [], "2026-01-01T00:00:00.000Z")
+    assert not store.mark_failed(job_id, JobError("x", "late failure", "provider"))
+    job = store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.COMPLETED
+    assert job.provider_task_id == "t"
+    assert "error" not in job.item
+
+
+def test_only_one_submission_claim(store: JobStore) -> None:
+    job_id = new_job(store)
+    claim = store.claim_submission(job_id, "token-a")
+    assert claim
+    assert store.claim_submission(job_id, "token-b") is None
+    job = store.get(job_id)
+    assert job is not None
+    assert job.token_matches("token-a")
+    assert not job.token_matches("token-b")
+    assert not job.token_matches(None)
+    store.release_claim(job_id, "someone-else")
+    assert store.claim_submission(job_id, "token-c") is None
+    store.release_claim(job_id, claim)
+    assert store.claim_submission(job_id, "token-c")
+
+
+def test_fast_callback_before_submit_is_recorded(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.claim_submission(job_id, "tok")
+    assert store.mark_succeeded(job_id, ("u",), None, None, "task-9")
+    assert not store.mark_submitted(job_id, "task-9")
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.state, job.provider_task_id) == (JobState.SUCCEEDED, "task-9")
+
+
+def test_failure_record(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.mark_failed(job_id, JobError("generation_failed", "moderated", "provider"))
+    job = store.get(job_id)
+    assert job is not None
+    assert job.item["error"] == {"code": "generation_failed", "message": "moderated", "stage": "provider", "retryable": False, "hint": job.item["error"]["hint"]}
+    assert not store.claim_submission(job_id, "tok")
+
+
+def test_waiters_are_found_by_video_key(store: JobStore) -> None:
+    store.add_waiter("b", "incoming/shot", "job-1", 10)
+    store.add_waiter("b", "incoming/shot", "job-2", 10)
+    store.add_waiter("b", "incoming/clip.mp4", "job-3", 10)
+    assert store.waiters("b", ["incoming/shot.mp4", "incoming/shot"]) == ["job-1", "job-2"]
+    assert store.waiters("b", ["incoming/clip.mp4", "incoming/clip"]) == ["job-3"]
+    assert store.get("waiting#b/incoming/shot") is None  # a note is not a job

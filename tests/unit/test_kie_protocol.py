@@ -1,0 +1,190 @@
+"""The kie.ai protocol adapter against canned HTTP answers (httpx's mock transport)."""
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from aleph_pipeline.errors import JobError
+from aleph_pipeline.providers.base import CallbackInvalid, ProviderError, SubmitRequest, VideoInfo
+from aleph_pipeline.providers.kie import KieProtocol
+from aleph_pipeline.sidecar import parse_sidecar
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def make(handler: Handler, provider_id: str = "kie") -> KieProtocol:
+    return KieProtocol(
+        id=provider_id,
+        base_url="https://api.kie.test",
+        api_key=lambda: "secret-key",
+        http=httpx.Client(transport=httpx.MockTransport(handler)),
+        models=("aleph",),
+        default_result_hosts=("kie.test",),
+    )
+
+
+def request(document: dict[str, object] | None = None) -> SubmitRequest:
+    sidecar, _ = parse_sidecar(json.dumps(document or {"prompt": "snow"}).encode())
+    return SubmitRequest("j" * 32, sidecar, "aleph", "https://in.test/v.mp4", ("https://in.test/r.png",), "https://cb.test/x?token=t")
+
+
+def test_submit_sends_the_documented_body_and_bearer_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(200, json={"code": 200, "msg": "success", "data": {"taskId": "task-1"}})
+
+    provider = make(handler)
+    document = {"prompt": "snow", "aspectRatio": "9:16", "seed": 7, "watermark": "", "referenceImages": ["r.png"], "providerOptions": {"uploadCn": True}}
+    assert provider.submit(request(document)) == "task-1"
+    sent = seen[0]
+    assert sent.url == "https://api.kie.test/api/v1/aleph/generate"
+    assert sent.headers["authorization"] == "Bearer secret-key"
+    assert json.loads(sent.content) == {
+        "prompt": "snow",
+        "videoUrl": "https://in.test/v.mp4",
+        "callBackUrl": "https://cb.test/x?token=t",
+        "aspectRatio": "9:16",
+        "seed": 7,
+        "referenceImage": "https://in.test/r.png",
+        "waterMark": "",
+        "uploadCn": True,
+    }
+
+
+def test_provider_options_may_not_replace_what_the_pipeline_sets() -> None:
+    provider = make(lambda req: httpx.Response(500))
+    with pytest.raises(JobError, match="callBackUrl"):
+        provider.request_body(request({"prompt": "x", "providerOptions": {"callBackUrl": "https://evil.test"}}))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (200, {"code": 401, "msg": "bad key", "data": None}, "refused"),
+        (200, {"code": 402, "msg": "Insufficient credits", "data": None}, "refused"),
+        (200, {"code": 422, "msg": "bad", "data": None}, "refused"),
+        (200, {"code": 451, "msg": "could not fetch", "data": None}, "refused"),
+        (200, {"code": 429, "msg": "slow down", "data": None}, "retryable"),
+        (429, {"code": 429, "msg": "slow down", "data": None}, "retryable"),
+        (200, {"code": 455, "msg": "maintenance", "data": None}, "retryable"),
+        (500, None, "retryable"),
+        (503, {"code": 500, "msg": "oops"}, "retryable"),
+        (200, None, "ambiguous"),
+        (200, {"code": 200, "msg": "success", "data": {}}, "ambiguous"),
+        (400, {"code": 400, "msg": "bad request", "data": None}, "refused"),
+    ],
+)
+def test_submit_classifies_answers(status: int, body: object, kind: str) -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=b"not json" if body is None else json.dumps(body).encode())
+
+    with pytest.raises(ProviderError) as caught:
+        make(handler).submit(request())
+    assert caught.value.kind == kind
+    assert "secret-key" not in str(caught.value)
+
+
+def test_connect_failure_is_retryable_and_read_timeout_is_ambiguous() -> None:
+    def refuse(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=req)
+
+    def hang(req: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=req)
+
+    with pytest.raises(ProviderError) as refused:
+        make(refuse).submit(request())
+    assert refused.value.kind == "retryable"
+    with pytest.raises(ProviderError) as hung:
+        make(hang).submit(request())
+    assert hung.value.kind == "ambiguous"
+
+
+def parse(body: object) -> object:
+    return make(lambda req: httpx.Response(500)).parse_callback(json.dumps(body).encode(), {})
+
+
+def test_callback_shape_a_success_and_failure() -> None:
+    outcome = parse({"code": 200, "msg": "success", "data": {"result_video_url": "https://kie.test/v.mp4", "result_image_url": "https://kie.test/c.png"}, "taskId": "t1"})
+    assert outcome.state == "succeeded"  # type: ignore[attr-defined]
+    assert outcome.task_id == "t1"  # type: ignore[attr-defined]
+    assert outcome.video_urls == ("https://kie.test/v.mp4",)  # type: ignore[attr-defined]
+    assert outcome.cover_url == "https://kie.test/c.png"  # type: ignore[attr-defined]
+    failed = parse({"code": 400, "msg": "Your prompt was caught by our AI moderator.", "data": None, "taskId": "t1"})
+    assert failed.state == "failed"  # type: ignore[attr-defined]
+    assert failed.error.message == "Your prompt was caught by our AI moderator."  # type: ignore[attr-defined]
+    assert failed.error.code == "generation_failed"  # type: ignore[attr-defined]
+
+
+def test_callback_shape_b_success_and_failure() -> None:
+    body = {"code": 200, "msg": "All generated successfully.", "data": {"task_id": "t2", "video_id": "v", "video_url": "https://kie.test/v.mp4", "image_url": "https://kie.test/c.png"}}
+    outcome = parse(body)
+    assert (outcome.state, outcome.task_id, outcome.video_urls) == ("succeeded", "t2", ("https://kie.test/v.mp4",))  # type: ignore[attr-defined]
+    failed = parse({"code": 500, "msg": "server error", "data": {"task_id": "t2"}})
+    assert failed.state == "failed"  # type: ignore[attr-defined]
+    assert failed.error.retryable  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[]", b'{"msg": "no code"}', b'{"code": "200"}', b'{"code": 200, "data": []}', b'{"code": 200, "data": {}}', b'{"code": true}'],
+)
+def test_malformed_callbacks_are_refused(body: bytes) -> None:
+    with pytest.raises(CallbackInvalid):
+        make(lambda req: httpx.Response(500)).parse_callback(body, {})
+
+
+def record(data: dict[str, object]) -> httpx.Response:
+    return httpx.Response(200, json={"code": 200, "msg": "success", "data": data})
+
+
+@pytest.mark.parametrize(
+    ("data", "state"),
+    [
+        ({"taskId": "t", "successFlag": 0, "errorMessage": "", "response": None}, "running"),
+        ({"taskId": "t", "successFlag": 0, "errorMessage": None, "response": None}, "running"),
+        ({"taskId": "t", "successFlag": 1, "response": {"resultVideoUrl": "https://kie.test/v.mp4", "resultImageUrl": "https://kie.test/c.png"}}, "succeeded"),
+        ({"taskId": "t", "successFlag": 0, "errorMessage": "NSFW", "response": None, "completeTime": None}, "failed"),
+        ({"taskId": "t", "successFlag": 2, "errorMessage": ""}, "failed"),
+        ({"taskId": "t", "successFlag": 1, "expireFlag": 1, "response": {"resultVideoUrl": "https://kie.test/v.mp4"}}, "failed"),
+    ],
+)
+def test_poll_reads_record_info(data: dict[str, object], state: str) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return record(data)
+
+    outcome = make(handler, "apikley").poll("t")
+    assert outcome.state == state
+    assert seen[0].url.path == "/api/v1/aleph/record-info"
+    assert seen[0].url.params["taskId"] == "t"
+
+
+@pytest.mark.parametrize(
+    ("document", "video", "code"),
+    [
+        ({"prompt": "x", "numberResults": 2}, None, "unsupported_option"),
+        ({"prompt": "x", "frameImages": ["a.png"]}, None, "unsupported_option"),
+        ({"prompt": "x", "width": 1280, "height": 720}, None, "unsupported_option"),
+        ({"prompt": "x", "outputFormat": "WEBM"}, None, "unsupported_option"),
+        ({"prompt": "x", "referenceImages": ["a.png", "b.png"]}, None, "unsupported_option"),
+        ({"prompt": "x" * 2049}, None, "invalid_sidecar"),
+        ({"prompt": "x"}, VideoInfo("webm", 100), "video_unsupported"),
+        ({"prompt": "x"}, VideoInfo("mp4", 10 * 1024 * 1024 + 1), "video_too_large"),
+    ],
+)
+def test_check_refuses_what_kie_cannot_honour(document: dict[str, object], video: VideoInfo | None, code: str) -> None:
+    sidecar, _ = parse_sidecar(json.dumps(document).encode())
+    with pytest.raises(JobError) as caught:
+        make(lambda req: httpx.Response(500)).check(sidecar, "aleph", video)
+    assert caught.value.code == code
+
+
+def test_check_accepts_what_kie_takes() -> None:
+    sidecar, _ = parse_sidecar(b'{"prompt": "x", "aspectRatio": "1:1", "seed": 1, "watermark": "w", "referenceImages": ["a.png"], "providerOptions": {"uploadCn": true}}')
+    make(lambda req: httpx.Response(500)).check(sidecar, "aleph", VideoInfo("MOV".lower(), 1000))

@@ -1,0 +1,405 @@
+"""What the code and the local stack rely on in template.yaml, and the sample events in events/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+import pytest
+from cfnlint.api import ManualArgs, lint_file
+from cfnlint.decode import decode
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = ROOT / "template.yaml"
+EVENTS_DIR = ROOT / "events"
+
+# contracts.md: the finalize stream mapping's one filter, exactly.
+FINALIZE_PATTERN = {"eventName": ["INSERT", "MODIFY"], "dynamodb": {"NewImage": {"status": {"S": ["SUCCEEDED"]}}}}
+
+# contracts.md: the variables every handler reads. CALLBACK_API_URL only where callback URLs are
+# built (SubmitFunction): CallbackFunction cannot reference its own API without a cycle.
+COMMON_ENV = {
+    "JOBS_TABLE_NAME",
+    "INPUT_BUCKET_NAME",
+    "OUTPUT_BUCKET_NAME",
+    "INPUT_PREFIX",
+    "DEFAULT_PROVIDER",
+    "PROVIDER_SECRET_ID",
+    "PRESIGNED_URL_TTL_SECONDS",
+    "PAIRING_TIMEOUT_SECONDS",
+    "JOB_DEADLINE_SECONDS",
+    "RESULT_HOSTS",
+    "ALLOW_HTTP_RESULT_URLS",
+    "MAX_RESULT_BYTES",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+}
+FUNCTION_ENV = {
+    "SubmitFunction": COMMON_ENV | {"CALLBACK_API_URL"},
+    "CallbackFunction": COMMON_ENV,
+    "FinalizeFunction": COMMON_ENV,
+}
+LOCAL_ONLY_ENV = {"PROVIDER_ENDPOINTS", "AWS_ENDPOINT_URL"}
+
+
+def _plain(node: Any) -> Any:
+    """cfn-lint's decoded nodes as plain dicts/lists/strings (tags become Ref/Fn::* keys)."""
+    return json.loads(json.dumps(node, default=str))
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    decoded, matches = decode(str(TEMPLATE_PATH))
+    assert not matches, [str(m) for m in matches]
+    assert decoded is not None
+    return _plain(decoded)
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def _props(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    return resources[name]["Properties"]
+
+
+def _function_props(template: dict[str, Any], name: str) -> dict[str, Any]:
+    """A function's properties with Globals.Function merged in (SAM's rules for maps)."""
+    merged = dict(template.get("Globals", {}).get("Function", {}))
+    for key, value in _props(template["Resources"], name).items():
+        if key == "Environment":
+            variables = dict(merged.get("Environment", {}).get("Variables", {}))
+            variables.update(value.get("Variables", {}))
+            merged["Environment"] = {"Variables": variables}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _references(node: Any) -> set[str]:
+    """Logical ids a node points at through Ref, Fn::GetAtt or ${...} in Fn::Sub."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                target = value[0] if isinstance(value, list) else str(value).split(".")[0]
+                found.add(target)
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                found.update(m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text))
+                if isinstance(value, list):
+                    found.update(_references(value[1]))
+            else:
+                found.update(_references(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.update(_references(item))
+    return found
+
+
+def _event_source(template: dict[str, Any], function: str, kind: str) -> dict[str, Any]:
+    events = [e for e in _props(template["Resources"], function)["Events"].values() if e["Type"] == kind]
+    assert len(events) == 1, f"{function} should have one {kind} event"
+    return events[0]["Properties"]
+
+
+# ------------------------------------------------------------------ lint
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    matches = lint_file(TEMPLATE_PATH, ManualArgs(regions=["us-east-1"]))
+    assert not matches, "\n".join(str(m) for m in matches)
+
+
+# ------------------------------------------------------------------ buckets
+
+
+def test_input_notification_is_prefix_only_into_submit_queue(resources: dict[str, Any]) -> None:
+    queues = _props(resources, "InputBucket")["NotificationConfiguration"]["QueueConfigurations"]
+    assert len(queues) == 1
+    (config,) = queues
+    assert config["Event"] == "s3:ObjectCreated:*"
+    assert config["Queue"] == {"Fn::GetAtt": ["SubmitQueue", "Arn"]}
+    rules = config["Filter"]["S3Key"]["Rules"]
+    assert [rule["Name"].lower() for rule in rules] == ["prefix"], "no suffix filter: the code decides"
+    assert rules[0]["Value"] == {"Ref": "InputPrefix"}
+
+
+def test_input_bucket_waits_for_a_queue_policy_that_does_not_reference_it(resources: dict[str, Any]) -> None:
+    depends_on = resources["InputBucket"].get("DependsOn")
+    assert "SubmitQueuePolicy" in ([depends_on] if isinstance(depends_on, str) else depends_on)
+    policy = _props(resources, "SubmitQueuePolicy")
+    assert "InputBucket" not in _references(policy)
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    source_arn = statement["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
+    bucket_name = _props(resources, "InputBucket")["BucketName"]["Fn::Sub"]
+    # The policy's SourceArn must name exactly the bucket InputBucket creates.
+    assert source_arn[0] == "arn:${AWS::Partition}:s3:::" + bucket_name[0]
+    assert source_arn[1] == bucket_name[1]
+
+
+def test_bucket_names_are_short_and_lowercase(resources: dict[str, Any]) -> None:
+    for name in ("InputBucket", "OutputBucket"):
+        pattern, variables = _props(resources, name)["BucketName"]["Fn::Sub"]
+        assert set(variables) == {"StackSuffix"}
+        # Longest values: 12-digit account, a 14-character region, 8 hex characters of the stack UUID.
+        worst = pattern.replace("${AWS::AccountId}", "1" * 12).replace("${AWS::Region}", "ap-southeast-5")
+        worst = worst.replace("${StackSuffix}", "f" * 8)
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", worst), worst
+        assert len(worst) <= 63
+
+
+@pytest.mark.parametrize("bucket", ["InputBucket", "OutputBucket"])
+def test_buckets_are_private_and_encrypted(resources: dict[str, Any], bucket: str) -> None:
+    props = _props(resources, bucket)
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms", "aws:kms:dsse"}
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+
+
+@pytest.mark.parametrize("bucket", ["InputBucket", "OutputBucket"])
+def test_buckets_deny_plain_http(resources: dict[str, Any], bucket: str) -> None:
+    policies = [
+        _props(resources, name)
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::S3::BucketPolicy" and _props(resources, name)["Bucket"] == {"Ref": bucket}
+    ]
+    assert len(policies) == 1
+    statements = policies[0]["PolicyDocument"]["Statement"]
+    assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements)
+
+
+def test_output_bucket_aborts_incomplete_multipart_uploads(resources: dict[str, Any]) -> None:
+    rules = _props(resources, "OutputBucket")["LifecycleConfiguration"]["Rules"]
+    assert any(r["Status"] == "Enabled" and r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == 1 for r in rules)
+
+
+# ------------------------------------------------------------------ table, queues, secret
+
+
+def test_jobs_table(resources: dict[str, Any]) -> None:
+    props = _props(resources, "JobsTable")
+    assert resources["JobsTable"]["Type"] == "AWS::DynamoDB::Table"
+    assert props["KeySchema"] == [{"AttributeName": "jobId", "KeyType": "HASH"}]
+    types = {a["AttributeName"]: a["AttributeType"] for a in props["AttributeDefinitions"]}
+    assert types == {"jobId": "S", "status": "S", "updatedAt": "S"}
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    (gsi,) = props["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == "by-status"
+    assert gsi["KeySchema"] == [
+        {"AttributeName": "status", "KeyType": "HASH"},
+        {"AttributeName": "updatedAt", "KeyType": "RANGE"},
+    ]
+    assert gsi["Projection"] == {"ProjectionType": "ALL"}
+
+
+def test_submit_queue(resources: dict[str, Any]) -> None:
+    props = _props(resources, "SubmitQueue")
+    submit_timeout = _props(resources, "SubmitFunction")["Timeout"]
+    assert props["VisibilityTimeout"] >= 6 * submit_timeout
+    assert props["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["SubmitDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": 5,
+    }
+    for queue in ("SubmitQueue", "SubmitDeadLetterQueue", "FinalizeDeadLetterQueue"):
+        assert _props(resources, queue)["SqsManagedSseEnabled"] is True
+    for dlq in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue"):
+        assert _props(resources, dlq)["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_provider_secret_placeholder_is_keyed_by_provider(resources: dict[str, Any], template: dict[str, Any]) -> None:
+    placeholder = json.loads(_props(resources, "ProviderKeysSecret")["SecretString"])
+    assert set(placeholder) == set(template["Parameters"]["DefaultProvider"]["AllowedValues"])
+    assert set(placeholder) == {"kie", "apikley", "runware", "crun"}
+    assert all(value == "" for value in placeholder.values())
+
+
+# ------------------------------------------------------------------ functions
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTION_ENV))
+def test_functions_run_python312_or_later_on_arm64_with_the_layer(template: dict[str, Any], function: str) -> None:
+    props = _function_props(template, function)
+    major, minor = (int(part) for part in props["Runtime"].removeprefix("python").split("."))
+    assert (major, minor) >= (3, 12)
+    assert props["Architectures"] == ["arm64"]
+    assert props["Handler"] == "app.lambda_handler"
+    assert props["CodeUri"] == f"functions/{function.removesuffix('Function').lower()}/"
+    assert {"Ref": "SharedLayer"} in props["Layers"]
+    assert props["Tracing"] == "Active"
+
+
+def test_layer_is_built_by_sam_for_arm64(resources: dict[str, Any]) -> None:
+    layer = resources["SharedLayer"]
+    assert layer["Properties"]["ContentUri"] == "layers/domain/"
+    assert "python3.12" in layer["Properties"]["CompatibleRuntimes"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Metadata"] == {"BuildMethod": "python3.12", "BuildArchitecture": "arm64"}
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTION_ENV))
+def test_functions_get_the_contract_environment(template: dict[str, Any], function: str) -> None:
+    variables = _function_props(template, function)["Environment"]["Variables"]
+    missing = FUNCTION_ENV[function] - set(variables)
+    assert not missing, f"{function} lacks {sorted(missing)}"
+    assert not LOCAL_ONLY_ENV & set(variables)
+    assert variables["ALLOW_HTTP_RESULT_URLS"] == "false"
+    assert variables["POWERTOOLS_SERVICE_NAME"] == "aleph-pipeline"
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "AlephPipeline"
+    assert variables["JOBS_TABLE_NAME"] == {"Ref": "JobsTable"}
+    assert variables["PROVIDER_SECRET_ID"] == {"Ref": "ProviderKeysSecret"}
+
+
+def test_callback_api_url_is_the_http_api_base(template: dict[str, Any]) -> None:
+    url = _function_props(template, "SubmitFunction")["Environment"]["Variables"]["CALLBACK_API_URL"]
+    assert url == {"Fn::Sub": "https://${CallbackApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}
+    assert template["Outputs"]["CallbackApiUrl"]["Value"] == url
+
+
+def test_callback_function_does_not_reference_its_api(template: dict[str, Any]) -> None:
+    # CallbackApi's integration points at CallbackFunction: the reverse would be a cycle.
+    assert "CallbackApi" not in _references(template.get("Globals", {}))
+    props = dict(_props(template["Resources"], "CallbackFunction"))
+    props.pop("Events")
+    assert "CallbackApi" not in _references(props)
+
+
+def test_submit_event_source(template: dict[str, Any]) -> None:
+    source = _event_source(template, "SubmitFunction", "SQS")
+    assert source["Queue"] == {"Fn::GetAtt": ["SubmitQueue", "Arn"]}
+    assert source["BatchSize"] == 10
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert source["ScalingConfig"] == {"MaximumConcurrency": 5}
+
+
+def test_finalize_event_source(template: dict[str, Any]) -> None:
+    source = _event_source(template, "FinalizeFunction", "DynamoDB")
+    assert source["Stream"] == {"Fn::GetAtt": ["JobsTable", "StreamArn"]}
+    assert source["StartingPosition"] == "LATEST"
+    assert source["BatchSize"] == 5
+    assert source["BisectBatchOnFunctionError"] is True
+    assert source["MaximumRetryAttempts"] == 10
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert source["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["FinalizeDeadLetterQueue", "Arn"]}
+    (only_filter,) = source["FilterCriteria"]["Filters"]
+    assert json.loads(only_filter["Pattern"]) == FINALIZE_PATTERN
+    props = _props(template["Resources"], "FinalizeFunction")
+    assert props["Timeout"] == 900
+    assert props["MemorySize"] == 1024
+
+
+def test_callback_route(template: dict[str, Any]) -> None:
+    source = _event_source(template, "CallbackFunction", "HttpApi")
+    assert source["ApiId"] == {"Ref": "CallbackApi"}
+    assert source["Method"] == "POST"
+    assert source["Path"] == "/callbacks/{provider}/{jobId}"
+    assert source["PayloadFormatVersion"] == "2.0"
+    access_log = _props(template["Resources"], "CallbackApi").get("AccessLogSettings")
+    if access_log:
+        # The query string carries the per-job token: it must never be logged.
+        assert "queryString" not in access_log["Format"]
+        assert "rawQueryString" not in access_log["Format"]
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTION_ENV))
+def test_functions_log_to_their_own_group_with_retention(template: dict[str, Any], function: str) -> None:
+    group = _props(template["Resources"], function)["LoggingConfig"]["LogGroup"]["Ref"]
+    assert template["Resources"][group]["Type"] == "AWS::Logs::LogGroup"
+    assert _props(template["Resources"], group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert function not in _references(template["Resources"][group])
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    expected = {
+        "InputBucketName",
+        "OutputBucketName",
+        "JobsTableName",
+        "CallbackApiUrl",
+        "SubmitQueueUrl",
+        "SubmitDeadLetterQueueUrl",
+        "FinalizeDeadLetterQueueUrl",
+        "ProviderKeysSecretArn",
+        "SubmitFunctionName",
+        "CallbackFunctionName",
+        "FinalizeFunctionName",
+    }
+    assert expected <= set(template["Outputs"])
+
+
+# ------------------------------------------------------------------ sample events
+
+EVENT_FILES = sorted(EVENTS_DIR.rglob("*.json"))
+
+
+def test_there_are_sample_events_for_every_function() -> None:
+    assert {path.parent.name for path in EVENT_FILES} >= {"submit", "callback", "finalize"}
+
+
+@pytest.mark.parametrize("path", EVENT_FILES, ids=lambda p: str(p.relative_to(EVENTS_DIR)))
+def test_sample_event_is_json(path: Path) -> None:
+    assert isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+
+
+@pytest.mark.parametrize("path", sorted((EVENTS_DIR / "submit").glob("*.json")), ids=lambda p: p.name)
+def test_submit_events_are_sqs_messages_with_s3_bodies(path: Path) -> None:
+    event = json.loads(path.read_text(encoding="utf-8"))
+    for record in event["Records"]:
+        assert record["eventSource"] == "aws:sqs"
+        assert record["md5OfBody"] == hashlib.md5(record["body"].encode(), usedforsecurity=False).hexdigest()
+        body = json.loads(record["body"])
+        if body.get("Event") == "s3:TestEvent":
+            continue
+        for s3_record in body["Records"]:
+            assert s3_record["eventName"].startswith("ObjectCreated:")
+            assert s3_record["s3"]["bucket"]["name"] == "aleph-input"
+            assert unquote_plus(s3_record["s3"]["object"]["key"]).startswith("incoming/")
+
+
+def test_submit_event_keys_are_encoded_like_s3() -> None:
+    event = json.loads((EVENTS_DIR / "submit" / "sidecar-created-space-and-plus.json").read_text(encoding="utf-8"))
+    key = json.loads(event["Records"][0]["body"])["Records"][0]["s3"]["object"]["key"]
+    assert key == "incoming/team-a/my+shot%2B1.json"
+    assert unquote_plus(key) == "incoming/team-a/my shot+1.json"
+
+
+def _matches(pattern: Any, value: Any) -> bool:
+    """Enough of Lambda's event filtering for exact-value patterns: lists are allowed values."""
+    if isinstance(pattern, list):
+        return value in pattern
+    return isinstance(value, dict) and all(k in value and _matches(p, value[k]) for k, p in pattern.items())
+
+
+def test_finalize_filter_keeps_succeeded_and_drops_completed() -> None:
+    kept = json.loads((EVENTS_DIR / "finalize" / "job-succeeded.json").read_text(encoding="utf-8"))
+    dropped = json.loads((EVENTS_DIR / "finalize" / "job-completed-filtered-out.json").read_text(encoding="utf-8"))
+    assert all(_matches(FINALIZE_PATTERN, record) for record in kept["Records"])
+    assert not any(_matches(FINALIZE_PATTERN, record) for record in dropped["Records"])
+
+
+@pytest.mark.parametrize("path", sorted((EVENTS_DIR / "callback").glob("*.json")), ids=lambda p: p.name)
+def test_callback_events_are_http_api_v2(path: Path) -> None:
+    event = json.loads(path.read_text(encoding="utf-8"))
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == "POST /callbacks/{provider}/{jobId}"
+    assert event["requestContext"]["http"]["method"] == "POST"
+    provider, job_id = event["pathParameters"]["provider"], event["pathParameters"]["jobId"]
+    assert event["rawPath"] == f"/callbacks/{provider}/{job_id}"
+    json.loads(event["body"])
