@@ -1,0 +1,158 @@
+"""Fault injection rules (``/_sim/faults``), kept in one place so new faults are one line each.
+
+A rule names a fault and optionally narrows it by provider and prompt substring; ``count``
+limits how many requests/tasks it hits and ``rate`` makes it probabilistic. Rates draw from one
+``random.Random`` seeded by the ``seed`` setting, re-seeded whenever the rules are replaced, so
+the same seed, rules and request sequence always give the same outcome.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+# Faults decided when a submit request arrives: they replace the normal answer.
+SUBMIT_FAULTS: dict[str, tuple[int, int, str]] = {
+    # name: (HTTP status, body code, msg)
+    "submit_429": (429, 429, "Rate limited: too many requests, please slow down"),
+    "submit_500": (500, 500, "Server Error - An unexpected error occurred while processing the request"),
+    # kie answers credit problems with HTTP 200 and the code in the body.
+    "insufficient_credits": (200, 402, "Insufficient credits: the account does not have enough credits"),
+}
+
+# Faults decided once per accepted task: they change how the task ends or calls back.
+TASK_FAULTS: dict[str, str] = {
+    "generation_failure": "the task fails; failure callback with code 400 and a moderator message",
+    "drop_callback": "never calls back; polling still works",
+    "duplicate_callback": "sends the callback twice",
+    "delay_callback": "waits delay_seconds (rule or config) before calling back",
+    "expired_result": "result files answer 404 and record-info shows expireFlag 1",
+    "foreign_result_host": "callback result URLs point at https://169.254.169.254/latest/meta-data",
+}
+
+KNOWN_FAULTS = tuple(SUBMIT_FAULTS) + tuple(TASK_FAULTS)
+DEFAULT_GENERATION_FAILURE_MSG = "Your prompt was caught by our AI moderator. Please adjust it and try again!"
+FOREIGN_RESULT_URL = "https://169.254.169.254/latest/meta-data"
+
+
+@dataclass
+class FaultRule:
+    fault: str
+    provider: str | None = None
+    match_prompt: str | None = None
+    count: int | None = None  # remaining applications; None = unlimited
+    rate: float | None = None
+    delay_seconds: float | None = None  # delay_callback only
+    msg: str | None = None  # generation_failure only: the failure message
+    applied: int = 0
+
+    @classmethod
+    def parse(cls, raw: Any, index: int) -> FaultRule:
+        where = f"rule {index}"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where} must be an object")
+        unknown = set(raw) - {"fault", "provider", "match_prompt", "count", "rate", "delay_seconds", "msg"}
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        fault = raw.get("fault")
+        if fault not in KNOWN_FAULTS:
+            raise ValueError(f"{where}: fault must be one of {', '.join(KNOWN_FAULTS)}")
+        for name in ("provider", "match_prompt", "msg"):
+            if raw.get(name) is not None and not isinstance(raw[name], str):
+                raise ValueError(f"{where}: {name} must be a string")
+        count = raw.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ValueError(f"{where}: count must be a non-negative integer")
+        rate = raw.get("rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
+            raise ValueError(f"{where}: rate must be a number between 0 and 1")
+        delay = raw.get("delay_seconds")
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
+            raise ValueError(f"{where}: delay_seconds must be a non-negative number")
+        return cls(
+            fault=fault,
+            provider=raw.get("provider"),
+            match_prompt=raw.get("match_prompt"),
+            count=count,
+            rate=None if rate is None else float(rate),
+            delay_seconds=None if delay is None else float(delay),
+            msg=raw.get("msg"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fault": self.fault,
+            "provider": self.provider,
+            "match_prompt": self.match_prompt,
+            "count": self.count,
+            "rate": self.rate,
+            "delay_seconds": self.delay_seconds,
+            "msg": self.msg,
+            "applied": self.applied,
+        }
+
+
+class FaultBook:
+    """The active rules. ``pick_*`` consume ``count`` only when a rule actually applies."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[FaultRule] = []
+        self._seed = seed
+        self._rng = random.Random(seed)
+
+    def set_rules(self, raw_rules: Any) -> None:
+        if isinstance(raw_rules, dict):
+            raw_rules = [raw_rules]
+        if not isinstance(raw_rules, list):
+            raise ValueError("faults must be a JSON list of rules")
+        rules = [FaultRule.parse(raw, i) for i, raw in enumerate(raw_rules)]
+        with self._lock:
+            self._rules = rules
+            self._rng = random.Random(self._seed)
+
+    def clear(self) -> None:
+        self.set_rules([])
+
+    def reseed(self, seed: int | None) -> None:
+        with self._lock:
+            self._seed = seed
+            self._rng = random.Random(seed)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [rule.to_json() for rule in self._rules]
+
+    def _take(self, rule: FaultRule, provider: str, prompt: str | None) -> bool:
+        """Whether ``rule`` applies now; caller holds the lock."""
+        if rule.count is not None and rule.count <= 0:
+            return False
+        if rule.provider is not None and rule.provider != provider:
+            return False
+        if rule.match_prompt is not None and (prompt is None or rule.match_prompt not in prompt):
+            return False
+        if rule.rate is not None and self._rng.random() >= rule.rate:
+            return False
+        if rule.count is not None:
+            rule.count -= 1
+        rule.applied += 1
+        return True
+
+    def pick_submit(self, provider: str, prompt: str | None) -> FaultRule | None:
+        """The first submit-time fault that applies to this request, if any."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.fault in SUBMIT_FAULTS and self._take(rule, provider, prompt):
+                    return rule
+        return None
+
+    def pick_task(self, provider: str, prompt: str | None) -> dict[str, FaultRule]:
+        """Every task-time fault that applies to a new task, by fault name (first rule wins)."""
+        chosen: dict[str, FaultRule] = {}
+        with self._lock:
+            for rule in self._rules:
+                if rule.fault in TASK_FAULTS and rule.fault not in chosen and self._take(rule, provider, prompt):
+                    chosen[rule.fault] = rule
+        return chosen

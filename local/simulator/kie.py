@@ -1,0 +1,324 @@
+"""The kie.ai Aleph wire protocol, also spoken by apikley (a kie.ai clone).
+
+Written from the providers' pages only (kie.ai "Runway Aleph API" quick start, apikley
+"Generate Aleph Video" + OpenAPI, and /work/shared/providers.md) and never from the product's
+client code, so a client that misreads the protocol fails against this server.
+
+Wire facts implemented here:
+- ``POST /api/v1/aleph/generate`` with ``Authorization: Bearer <key>`` and a JSON body.
+- Every answer is ``{"code", "msg", "data"}`` and the status lives in the *body* ``code``; the HTTP
+  status is 200 except for rate-limit / server-error faults (429 / 500).
+- ``GET /api/v1/aleph/record-info?taskId=`` for polling; ``paramJson`` is a JSON *string*.
+- Callbacks come in two documented shapes (A and B), chosen by the ``callback_shape`` setting.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from local.simulator.callbacks import post_json
+from local.simulator.context import SimContext
+from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input
+from local.simulator.faults import DEFAULT_GENERATION_FAILURE_MSG, FOREIGN_RESULT_URL, SUBMIT_FAULTS, FaultRule
+from local.simulator.store import Task, iso, utc_now
+from local.simulator.web import Request, Response, json_response
+
+log = logging.getLogger("local.simulator")
+
+GENERATE_PATH = "/api/v1/aleph/generate"
+RECORD_INFO_PATH = "/api/v1/aleph/record-info"
+# apikley's generate page tells clients to poll this path; providers.md says that is the page's
+# error (record-detail belongs to another model). Served on apikley only, answering like
+# record-info, so a client following the page still works here -- the product must use record-info.
+RECORD_DETAIL_PATH = "/api/v1/aleph/record-detail"
+
+ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
+MAX_PROMPT_CHARS = 2048
+MAX_PROMPT_MSG = "Your prompt/negative prompt cannot exceed 2048 characters. Please check if your input is too long."
+VIDEO_FILE = "video.mp4"
+COVER_FILE = "cover.png"
+
+
+def _is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def validate_generate(body: dict[str, Any]) -> list[str]:
+    """Every problem with a generate body, each naming its field (answered with code 422).
+
+    Optional fields may be absent or null; when present they must have the documented type.
+    Plain http is accepted for URLs because locally the presigned URLs point at 127.0.0.1.
+    """
+    problems: list[str] = []
+    prompt = body.get("prompt")
+    if prompt is None:
+        problems.append("prompt is required")
+    elif not isinstance(prompt, str):
+        problems.append("prompt must be a string")
+    elif not prompt.strip():
+        problems.append("prompt must not be empty")
+    elif len(prompt) > MAX_PROMPT_CHARS:
+        problems.append(f"prompt is {len(prompt)} characters long. {MAX_PROMPT_MSG}")
+
+    video_url = body.get("videoUrl")
+    if video_url is None:
+        problems.append("videoUrl is required")
+    elif not isinstance(video_url, str):
+        problems.append("videoUrl must be a string")
+    elif not _is_http_url(video_url):
+        problems.append("videoUrl must be an http(s) URL")
+
+    callback = body.get("callBackUrl")
+    if callback is not None:
+        if not isinstance(callback, str):
+            problems.append("callBackUrl must be a string")
+        elif callback and not _is_http_url(callback):
+            problems.append("callBackUrl must be an http(s) URL")
+
+    for name in ("waterMark", "referenceImage"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            problems.append(f"{name} must be a string")
+    if body.get("uploadCn") is not None and not isinstance(body["uploadCn"], bool):
+        problems.append("uploadCn must be a boolean")
+    aspect = body.get("aspectRatio")
+    if aspect is not None and aspect not in ASPECT_RATIOS:
+        problems.append(f"aspectRatio must be one of {', '.join(ASPECT_RATIOS)}")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        problems.append("seed must be an integer")
+    return problems
+
+
+class KieProtocol:
+    """One kie-protocol provider served under ``/<name>`` (``/kie``, ``/apikley``)."""
+
+    def __init__(self, name: str, ctx: SimContext, *, serve_record_detail: bool = False, signs_callbacks: bool = False) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.serve_record_detail = serve_record_detail
+        # Only kie documents webhook signing (X-Webhook-Timestamp / X-Webhook-Signature).
+        self.signs_callbacks = signs_callbacks
+
+    @property
+    def prefix(self) -> str:
+        return f"/{self.name}"
+
+    # ---- HTTP ---------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        routes = {GENERATE_PATH: ("POST", self._generate), RECORD_INFO_PATH: ("GET", self._record_info)}
+        if self.serve_record_detail:
+            routes[RECORD_DETAIL_PATH] = ("GET", self._record_info)
+        route = routes.get(request.path)
+        if route is None:
+            return json_response({"code": 404, "msg": f"Not Found: {request.path}", "data": None}, 404)
+        method, handler = route
+        if request.method != method:
+            return json_response({"code": 405, "msg": f"Method {request.method} not allowed", "data": None}, 405)
+        if not self._authorized(request):
+            return self._answer(401, "Unauthorized: missing or invalid API key (Authorization: Bearer <key>)")
+        return handler(request)
+
+    def _answer(self, code: int, msg: str, data: Any = None, http_status: int | None = None) -> Response:
+        if http_status is None:
+            http_status = code if self.ctx.settings.mirror_http_status and 100 <= code <= 599 else 200
+        return json_response({"code": code, "msg": msg, "data": data}, http_status)
+
+    def _authorized(self, request: Request) -> bool:
+        key = self.ctx.settings.key_for(self.name)
+        scheme, _, token = (request.header("Authorization") or "").partition(" ")
+        return key is not None and scheme.lower() == "bearer" and hmac.compare_digest(token.encode("utf-8"), key.api_key.encode("utf-8"))
+
+    def _generate(self, request: Request) -> Response:
+        content_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return self._answer(400, f"Content-Type must be application/json, got {content_type or 'none'}")
+        try:
+            body = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return self._answer(400, f"Malformed JSON in request body: {exc}")
+        if not isinstance(body, dict):
+            return self._answer(400, "Request body must be a JSON object")
+        problems = validate_generate(body)
+        if problems:
+            return self._answer(422, "; ".join(problems))
+
+        prompt: str = body["prompt"]
+        rule = self.ctx.faults.pick_submit(self.name, prompt)
+        if rule is not None:
+            http_status, code, msg = SUBMIT_FAULTS[rule.fault]
+            return self._answer(code, msg, None, http_status if http_status != 200 else None)
+
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        task = Task(provider=self.name, request=body, headers=headers)
+        task.callback_shape = self.ctx.settings.next_callback_shape()
+        rules = self.ctx.faults.pick_task(self.name, prompt)
+        task.faults = sorted(rules)
+        if not body.get("callBackUrl"):
+            task.callback_status = "none"
+        self.ctx.store.add(task)
+        self.ctx.submit(lambda: self._run(task, rules))
+        return self._answer(200, "success", {"taskId": task.task_id})
+
+    def _record_info(self, request: Request) -> Response:
+        task_id = request.query_value("taskId")
+        if not task_id:
+            return self._answer(422, "taskId is required")
+        task = self.ctx.store.get(task_id)
+        if task is None or task.provider != self.name:
+            return self._answer(404, f"Task not found: {task_id}")
+        with self.ctx.store.lock:
+            success = task.state == "success"
+            failed = task.state == "failed"
+            data = {
+                "taskId": task.task_id,
+                "paramJson": json.dumps(task.request, ensure_ascii=False, separators=(",", ":")),
+                "response": (
+                    {
+                        "taskId": task.task_id,
+                        "resultVideoUrl": (task.result_urls or {}).get("video"),
+                        "resultImageUrl": (task.result_urls or {}).get("image"),
+                    }
+                    if success
+                    else None
+                ),
+                # apikley's failure example has completeTime null; only successes complete.
+                "completeTime": iso(task.completed_at) if success else None,
+                "createTime": iso(task.created_at),
+                "successFlag": 1 if success else 0,
+                "errorCode": (task.error or {}).get("code", 0) if failed else 0,
+                "errorMessage": (task.error or {}).get("msg", "") if failed else "",
+                "expireFlag": 1 if task.expired else 0,
+            }
+        return self._answer(200, "success", data)
+
+    # ---- the task ------------------------------------------------------------------------------
+
+    def _run(self, task: Task, rules: dict[str, FaultRule]) -> None:
+        """Worker body: fetch, edit, record the outcome, then call back."""
+        store = self.ctx.store
+        with store.lock:
+            if task.discarded or self.ctx.stop.is_set():
+                return
+            task.state = "running"
+        self.ctx.settings.wait_released(self.ctx.stop)  # ``hold`` keeps the task observable as running
+        if self.ctx.stop.is_set() or task.discarded:
+            return
+        error: dict[str, Any] | None = None
+        try:
+            if "generation_failure" in rules:
+                raise EditFailure(400, rules["generation_failure"].msg or DEFAULT_GENERATION_FAILURE_MSG)
+            workdir = self.ctx.task_dir(task.task_id)
+            source = workdir / "input"
+            video, cover = workdir / VIDEO_FILE, workdir / COVER_FILE
+            try:
+                fetch_input(task.request["videoUrl"], source)
+                edit_video(source, video, cover, aspect_ratio=task.request.get("aspectRatio"))
+            finally:
+                source.unlink(missing_ok=True)
+        except EditFailure as failure:
+            error = {"code": failure.code, "msg": failure.msg}
+        except Exception:  # any surprise is a provider-side 500 for the client
+            log.exception("task %s failed unexpectedly", task.task_id)
+            error = {"code": 500, "msg": MSG_SERVER_ERROR}
+        with store.lock:
+            task.completed_at = utc_now()
+            if error is None:
+                task.files = {VIDEO_FILE: video, COVER_FILE: cover}
+                task.result_urls = {
+                    "video": self.ctx.file_url(task.task_id, VIDEO_FILE),
+                    "image": self.ctx.file_url(task.task_id, COVER_FILE),
+                }
+                task.expired = "expired_result" in rules
+                task.state = "success"
+            else:
+                task.error = error
+                task.state = "failed"
+            discarded = task.discarded
+        if discarded:  # DELETE /_sim/tasks raced with this task: leave nothing behind
+            self.ctx.remove_task_files(task.task_id)
+        self._notify(task, rules)
+
+    def _notify(self, task: Task, rules: dict[str, FaultRule]) -> None:
+        url = task.request.get("callBackUrl")
+        with self.ctx.store.lock:
+            if not url:
+                task.callback_status = "none"
+                return
+            if task.discarded:
+                task.callback_status = "abandoned"
+                return
+            if "drop_callback" in rules:
+                task.callback_status = "dropped"
+                return
+        self.ctx.spawn(lambda: self._deliver(task, rules, url), name=f"sim-callback-{task.task_id[:8]}")
+
+    def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str) -> None:
+        if "delay_callback" in rules:
+            rule_delay = rules["delay_callback"].delay_seconds
+            delay = self.ctx.settings.delay_seconds if rule_delay is None else rule_delay
+            if not self.ctx.sleep(delay):
+                with self.ctx.store.lock:
+                    task.callback_status = "abandoned"
+                return
+        payload = self._callback_payload(task, foreign="foreign_result_host" in rules)
+        for _ in range(2 if "duplicate_callback" in rules else 1):
+            if self.ctx.stop.is_set():
+                break
+            attempt = post_json(
+                url,
+                payload,
+                timeout=self.ctx.settings.callback_timeout_seconds,
+                headers=self._signature_headers(task.task_id),
+            )
+            with self.ctx.store.lock:
+                task.callbacks.append(attempt)
+        with self.ctx.store.lock:
+            task.callback_status = "sent" if task.callbacks else "abandoned"
+
+    def _callback_payload(self, task: Task, *, foreign: bool) -> dict[str, Any]:
+        with self.ctx.store.lock:
+            result_urls = dict(task.result_urls or {})
+            error = dict(task.error or {})
+            shape = task.callback_shape
+        if foreign:  # what a forged or compromised callback could carry
+            result_urls = {"video": FOREIGN_RESULT_URL, "image": FOREIGN_RESULT_URL}
+        if error:
+            if shape == "A":
+                return {"code": error["code"], "msg": error["msg"], "data": None, "taskId": task.task_id}
+            # The docs show no failure example for shape B; this is our reading.
+            return {"code": error["code"], "msg": error["msg"], "data": {"task_id": task.task_id}}
+        if shape == "A":
+            return {
+                "code": 200,
+                "msg": "success",
+                "data": {"result_video_url": result_urls["video"], "result_image_url": result_urls["image"]},
+                "taskId": task.task_id,
+            }
+        return {
+            "code": 200,
+            "msg": "All generated successfully.",
+            "data": {
+                "task_id": task.task_id,
+                "video_id": task.video_id,
+                "video_url": result_urls["video"],
+                "image_url": result_urls["image"],
+            },
+        }
+
+    def _signature_headers(self, task_id: str) -> dict[str, str]:
+        """kie's optional signing: base64(HMAC-SHA256(key, taskId + "." + timestamp))."""
+        key = self.ctx.settings.key_for(self.name)
+        if not self.signs_callbacks or key is None or key.webhook_hmac_key is None:
+            return {}
+        timestamp = str(int(time.time()))
+        digest = hmac.new(key.webhook_hmac_key.encode("utf-8"), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+        return {"X-Webhook-Timestamp": timestamp, "X-Webhook-Signature": base64.b64encode(digest).decode("ascii")}

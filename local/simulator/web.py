@@ -1,0 +1,65 @@
+"""Request/response values shared by the HTTP plumbing and the protocol modules.
+
+Protocol modules (``kie.py`` and later ``runware.py``, ``crun.py``) work on these plain values
+instead of ``BaseHTTPRequestHandler`` so that adding a provider never touches the server code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request; ``path`` is relative to the provider prefix (or the full path)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """Case-insensitive header lookup (HTTP header names are case-insensitive)."""
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def query_value(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@dataclass
+class Response:
+    """An HTTP answer; ``file`` streams a result file instead of ``body``."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    file: Path | None = None
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(status=status, body=json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+
+
+def text_response(text: str, status: int) -> Response:
+    return Response(status=status, body=text.encode("utf-8"), content_type="text/plain; charset=utf-8")
+
+
+class Provider(Protocol):
+    """What the server needs from a provider module: a base-path prefix and a handler."""
+
+    name: str
+
+    @property
+    def prefix(self) -> str: ...
+
+    def handle(self, request: Request) -> Response: ...
