@@ -17,7 +17,9 @@ def ffmpeg(*args: str) -> subprocess.CompletedProcess[bytes]:
 def make_clip(path: Path, seconds: float = 8.0, size: str = "640x360", rate: int = 24) -> Path:
     """A moving test pattern with a tone: enough motion and colour for an edit to show."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    video_codec = ["-c:v", "libvpx-vp9", "-b:v", "300k"] if path.suffix.lower() == ".webm" else ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
+    video_codec = (
+        ["-c:v", "libvpx-vp9", "-b:v", "300k"] if path.suffix.lower() == ".webm" else ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
+    )
     audio_codec = ["-c:a", "libopus"] if path.suffix.lower() == ".webm" else ["-c:a", "aac"]
     ffmpeg(
         "-y",

@@ -41,7 +41,7 @@ def states(store: JobStore, job_id: str) -> list[str]:
 
 def test_create_is_idempotent(store: JobStore) -> None:
     job_id = uuid.uuid4().hex
-    first, created = store.create(job_id, {"outputPrefix": "a/"})
+    _first, created = store.create(job_id, {"outputPrefix": "a/"})
     again, created_again = store.create(job_id, {"outputPrefix": "b/"})
     assert created and not created_again
     assert again.output_prefix == "a/"
@@ -106,7 +106,13 @@ def test_failure_record(store: JobStore) -> None:
     assert store.mark_failed(job_id, JobError("generation_failed", "moderated", "provider"))
     job = store.get(job_id)
     assert job is not None
-    assert job.item["error"] == {"code": "generation_failed", "message": "moderated", "stage": "provider", "retryable": False, "hint": job.item["error"]["hint"]}
+    assert job.item["error"] == {
+        "code": "generation_failed",
+        "message": "moderated",
+        "stage": "provider",
+        "retryable": False,
+        "hint": job.item["error"]["hint"],
+    }
     assert not store.claim_submission(job_id, "tok")
 
 

@@ -108,7 +108,9 @@ def parse(body: object) -> object:
 
 
 def test_callback_shape_a_success_and_failure() -> None:
-    outcome = parse({"code": 200, "msg": "success", "data": {"result_video_url": "https://kie.test/v.mp4", "result_image_url": "https://kie.test/c.png"}, "taskId": "t1"})
+    outcome = parse(
+        {"code": 200, "msg": "success", "data": {"result_video_url": "https://kie.test/v.mp4", "result_image_url": "https://kie.test/c.png"}, "taskId": "t1"}
+    )
     assert outcome.state == "succeeded"  # type: ignore[attr-defined]
     assert outcome.task_id == "t1"  # type: ignore[attr-defined]
     assert outcome.video_urls == ("https://kie.test/v.mp4",)  # type: ignore[attr-defined]
@@ -120,7 +122,11 @@ def test_callback_shape_a_success_and_failure() -> None:
 
 
 def test_callback_shape_b_success_and_failure() -> None:
-    body = {"code": 200, "msg": "All generated successfully.", "data": {"task_id": "t2", "video_id": "v", "video_url": "https://kie.test/v.mp4", "image_url": "https://kie.test/c.png"}}
+    body = {
+        "code": 200,
+        "msg": "All generated successfully.",
+        "data": {"task_id": "t2", "video_id": "v", "video_url": "https://kie.test/v.mp4", "image_url": "https://kie.test/c.png"},
+    }
     outcome = parse(body)
     assert (outcome.state, outcome.task_id, outcome.video_urls) == ("succeeded", "t2", ("https://kie.test/v.mp4",))  # type: ignore[attr-defined]
     failed = parse({"code": 500, "msg": "server error", "data": {"task_id": "t2"}})
@@ -186,5 +192,7 @@ def test_check_refuses_what_kie_cannot_honour(document: dict[str, object], video
 
 
 def test_check_accepts_what_kie_takes() -> None:
-    sidecar, _ = parse_sidecar(b'{"prompt": "x", "aspectRatio": "1:1", "seed": 1, "watermark": "w", "referenceImages": ["a.png"], "providerOptions": {"uploadCn": true}}')
+    sidecar, _ = parse_sidecar(
+        b'{"prompt": "x", "aspectRatio": "1:1", "seed": 1, "watermark": "w", "referenceImages": ["a.png"], "providerOptions": {"uploadCn": true}}'
+    )
     make(lambda req: httpx.Response(500)).check(sidecar, "aleph", VideoInfo("MOV".lower(), 1000))

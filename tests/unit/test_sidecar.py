@@ -92,4 +92,4 @@ def test_oversized_sidecar_is_refused_before_parsing() -> None:
 
 def test_deep_nesting_is_a_clear_error() -> None:
     raw = b'{"prompt": "x", "metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    assert error_of(raw[: MAX_SIDECAR_BYTES]).code in {"invalid_json", "sidecar_too_large"}
+    assert error_of(raw[:MAX_SIDECAR_BYTES]).code in {"invalid_json", "sidecar_too_large"}
