@@ -123,3 +123,15 @@ def test_waiters_are_found_by_video_key(store: JobStore) -> None:
     assert store.waiters("b", ["incoming/shot.mp4", "incoming/shot"]) == ["job-1", "job-2"]
     assert store.waiters("b", ["incoming/clip.mp4", "incoming/clip"]) == ["job-3"]
     assert store.get("waiting#b/incoming/shot") is None  # a note is not a job
+
+
+def test_intake_failure_cannot_fail_a_claimed_job(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.update_details(job_id, {"provider": "kie"})
+    assert store.claim_submission(job_id, "tok")
+    assert not store.update_details(job_id, {"provider": "apikley"})
+    assert not store.mark_failed(job_id, JobError("invalid_sidecar", "late check", "intake"), unless_claimed=True)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.state, job.provider) == (JobState.RECEIVED, "kie")
+    assert store.mark_failed(job_id, JobError("provider_rejected", "no credits", "submit"))

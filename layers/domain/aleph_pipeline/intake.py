@@ -113,7 +113,7 @@ def _advance(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, rec
         provider.check(sidecar, model, VideoInfo(video.extension, video.info.size if video.info else None))
         reference_urls = tuple(_image_url(sidecar_info, ref) for ref in sidecar.reference_images or ())
     except JobError as error:
-        fail_job(store, job_id, error)
+        fail_job(store, job_id, error, unless_claimed=True)
         return
 
     details: dict[str, Any] = {"provider": provider.id, "model": model, "sidecarJson": raw.decode("utf-8-sig")}
@@ -121,7 +121,9 @@ def _advance(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, rec
         details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
     else:
         details["videoUrl"] = video.url
-    store.update_details(job_id, details)
+    if not store.update_details(job_id, details):
+        logger.info("another attempt is submitting this job")
+        return
     _submit_once(
         store,
         job_id=job_id,

@@ -169,17 +169,23 @@ class JobStore:
             return existing, False
         return Job(item), True
 
-    def update_details(self, job_id: str, attributes: dict[str, Any]) -> None:
-        """Record facts about a RECEIVED job (provider, model, video) without changing its state."""
+    def update_details(self, job_id: str, attributes: dict[str, Any]) -> bool:
+        """Record facts about an unclaimed RECEIVED job (provider, model, video); False if it moved on."""
         names, values, sets = _set_clause(attributes)
         values[":received"] = JobState.RECEIVED.value
-        self.table.update_item(
-            Key={"jobId": job_id},
-            UpdateExpression="SET " + ", ".join(sets),
-            ConditionExpression="#status = :received",
-            ExpressionAttributeNames={**names, "#status": "status"},
-            ExpressionAttributeValues=values,
-        )
+        try:
+            self.table.update_item(
+                Key={"jobId": job_id},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="#status = :received AND attribute_not_exists(submission)",
+                ExpressionAttributeNames={**names, "#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
 
     # The submission claim
 
@@ -242,10 +248,11 @@ class JobStore:
     def mark_completed(self, job_id: str, outputs: list[dict[str, Any]], completed_at: str) -> bool:
         return self._move(job_id, JobState.COMPLETED, {"outputs": outputs}, at=completed_at)
 
-    def mark_failed(self, job_id: str, error: JobError) -> bool:
-        return self._move(job_id, JobState.FAILED, {"error": error.to_record()})
+    def mark_failed(self, job_id: str, error: JobError, *, unless_claimed: bool = False) -> bool:
+        """``unless_claimed``: an intake check must not fail a job another attempt already sent."""
+        return self._move(job_id, JobState.FAILED, {"error": error.to_record()}, unclaimed_only=unless_claimed)
 
-    def _move(self, job_id: str, target: JobState, attributes: dict[str, Any], at: str | None = None) -> bool:
+    def _move(self, job_id: str, target: JobState, attributes: dict[str, Any], at: str | None = None, *, unclaimed_only: bool = False) -> bool:
         at = at or now_iso()
         names, values, sets = _set_clause({**attributes, "status": target.value, "updatedAt": at})
         names["#history"] = "history"
@@ -256,6 +263,8 @@ class JobStore:
         for index, state in enumerate(allowed):
             values[f":from{index}"] = state
         condition = f"#status IN ({', '.join(f':from{index}' for index in range(len(allowed)))})"
+        if unclaimed_only:
+            condition += " AND attribute_not_exists(submission)"
         try:
             self.table.update_item(
                 Key={"jobId": job_id},
