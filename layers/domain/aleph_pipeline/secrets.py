@@ -12,7 +12,12 @@ def _provider_entry(provider_id: str) -> Any:
     from aws_lambda_powertools.utilities import parameters  # imported on first use: cold starts
 
     settings = get_settings()
-    secret = parameters.get_secret(settings.provider_secret_id, transform="json", max_age=settings.secret_max_age_seconds)
+    try:
+        secret = parameters.get_secret(settings.provider_secret_id, transform="json", max_age=settings.secret_max_age_seconds)
+    except parameters.exceptions.GetParameterError as exc:
+        raise JobError("provider_not_configured", "the provider secret could not be read (missing, empty or not JSON)", STAGE_SUBMIT, retryable=True) from exc
+    except parameters.exceptions.TransformParameterError as exc:
+        raise JobError("provider_not_configured", "the provider secret is not a JSON object", STAGE_SUBMIT, retryable=True) from exc
     if not isinstance(secret, dict):
         raise JobError("provider_not_configured", "the provider secret must be a JSON object keyed by provider id", STAGE_SUBMIT, retryable=True)
     return secret.get(provider_id)

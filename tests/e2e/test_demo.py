@@ -1,0 +1,34 @@
+"""`make demo` from the outside: it writes an edited result, job.json and a preview picture."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from local.media import duration_seconds, frame_rgb, mean_abs_difference
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_writes_result_and_preview(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "local.demo", "--out", str(out), "--workdir", str(tmp_path / "stack")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "COMPLETED" in completed.stdout
+    assert sorted(path.name for path in out.iterdir()) == ["cover.png", "job.json", "preview.png", "result.mp4"]
+    manifest = json.loads((out / "job.json").read_text())
+    assert manifest["state"] == "COMPLETED"
+    sample = tmp_path / "stack" / "sample.mp4"
+    assert duration_seconds(out / "result.mp4") <= 5.1
+    assert mean_abs_difference(frame_rgb(sample), frame_rgb(out / "result.mp4")) > 30
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
