@@ -15,7 +15,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aleph_pipeline.intake import handle_object_created
 
 logger = Logger()
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose records all failed is reported like any other, not raised: SQS retries just those.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def record_handler(record: SQSRecord) -> None:

@@ -50,6 +50,7 @@ def test_video_then_sidecar_yields_an_edited_five_second_result(stack_clean: Sta
     assert manifest["provider"] == "kie"
     assert manifest["model"] == "aleph"
     assert manifest["sidecar"] == {"prompt": f"snow {unique}", "aspectRatio": "16:9", "seed": 7, "metadata": {"take": 3}}
+    assert manifest["metadata"] == {"take": 3}
     assert manifest["sidecarKey"] == key
     assert manifest["source"]["key"] == f"incoming/team-a/shot-{unique}.mp4"
     assert manifest["source"]["size"] == len(stack.clip)

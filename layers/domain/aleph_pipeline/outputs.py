@@ -74,6 +74,7 @@ def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict
         "jobId": job.id,
         "state": JobState.COMPLETED.value,
         "sidecar": job.sidecar_document,
+        "metadata": (job.sidecar_document or {}).get("metadata"),
         "sidecarKey": item.get("sidecarKey"),
         "provider": item.get("provider"),
         "model": item.get("model"),

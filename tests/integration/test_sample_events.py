@@ -1,0 +1,176 @@
+"""The handlers, in-process, fed the sample events under events/ against moto server over HTTP.
+
+The samples are the same files `sam local invoke -e` takes; here they prove the handlers read
+AWS's real shapes. Provider calls go to a closed port on 127.0.0.1, never outside.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+
+from aleph_pipeline import jobs, storage
+from aleph_pipeline.config import get_settings
+from aleph_pipeline.jobs import JobStore, hash_token
+from aleph_pipeline.providers import get_provider
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "events"
+JOB_ID = "0123456789abcdef0123456789abcdef"
+
+
+class Context:
+    function_name = "sample"
+    memory_limit_in_mb = "512"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:sample"
+    aws_request_id = "sample-request"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 30_000
+
+
+def load_handler(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"sample_{name}_{uuid.uuid4().hex}", ROOT / "functions" / name / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def event(path: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((EVENTS / path).read_text())
+    return document
+
+
+def clear_caches() -> None:
+    from aws_lambda_powertools.utilities import parameters
+
+    for cached in (get_settings, storage.s3_client, jobs._table, get_provider):
+        cached.cache_clear()
+    parameters.clear_caches()
+    parameters.base.DEFAULT_PROVIDERS.clear()
+
+
+@pytest.fixture
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    suffix = uuid.uuid4().hex[:8]
+    names = {"table_name": f"jobs-{suffix}", "input": "aleph-input", "output": f"out-{suffix}", "secret": f"keys-{suffix}"}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("JOBS_TABLE_NAME", names["table_name"])
+    monkeypatch.setenv("OUTPUT_BUCKET_NAME", names["output"])
+    monkeypatch.setenv("PROVIDER_SECRET_ID", names["secret"])
+    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"kie": "http://127.0.0.1:9", "apikley": "http://127.0.0.1:9"}))
+    clear_caches()
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    for bucket in (names["input"], names["output"]):
+        s3.create_bucket(Bucket=bucket)
+    boto3.client("secretsmanager", endpoint_url=moto_server).create_secret(Name=names["secret"], SecretString=json.dumps({"kie": "k", "apikley": "a"}))
+    table = boto3.resource("dynamodb", endpoint_url=moto_server).create_table(
+        TableName=names["table_name"],
+        KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "jobId", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield {"s3": s3, "table": table, **names}
+    clear_caches()
+
+
+def submitted_job(aws: dict[str, Any], provider: str = "kie", task_id: str = "ee603959-debb-48d1-98c4-a6d1c717eba6") -> None:
+    aws["table"].put_item(
+        Item={
+            "jobId": JOB_ID,
+            "status": "SUBMITTED",
+            "provider": provider,
+            "tokenHash": hash_token("test-token"),
+            "outputPrefix": f"team-a/shot1/{JOB_ID}/",
+            "providerTaskId": task_id,
+            "history": [{"state": "RECEIVED", "at": "t0"}, {"state": "SUBMITTED", "at": "t1"}],
+            "updatedAt": "t1",
+        }
+    )
+
+
+def status() -> str:
+    job = JobStore().get(JOB_ID)
+    assert job is not None
+    return job.state.value
+
+
+@pytest.mark.parametrize(("sample", "provider"), [("kie-shape-a-success", "kie"), ("kie-shape-b-success", "kie"), ("apikley-shape-b-success", "apikley")])
+def test_callback_samples_move_a_submitted_job(aws: dict[str, Any], sample: str, provider: str) -> None:
+    body = json.loads(event(f"callback/{sample}.json")["body"])
+    submitted_job(aws, provider, body.get("taskId") or body["data"]["task_id"])
+    answer = load_handler("callback").lambda_handler(event(f"callback/{sample}.json"), Context())
+    assert answer["statusCode"] == 200, answer
+    assert status() == "SUCCEEDED"
+    job = JobStore().get(JOB_ID)
+    assert job is not None
+    assert job.item["result"]["videos"][0].startswith("https://")
+
+
+def test_callback_samples_refuse_and_fail(aws: dict[str, Any]) -> None:
+    submitted_job(aws)
+    other = dict(
+        event("callback/kie-shape-a-success.json"),
+        body=json.dumps({"code": 200, "msg": "success", "data": {"result_video_url": "https://tempfile.aiquickdraw.com/x.mp4"}, "taskId": "someone-else"}),
+    )
+    assert load_handler("callback").lambda_handler(other, Context())["statusCode"] == 400  # not this job's task
+    handler = load_handler("callback").lambda_handler
+    assert handler(event("callback/kie-missing-token.json"), Context())["statusCode"] == 401
+    assert status() == "SUBMITTED"
+    assert handler(event("callback/kie-failure.json"), Context())["statusCode"] == 200
+    assert status() == "FAILED"
+    error = json.loads(aws["s3"].get_object(Bucket=aws["output"], Key=f"team-a/shot1/{JOB_ID}/error.json")["Body"].read())
+    assert error["code"] == "generation_failed"
+    assert error["stage"] == "provider"
+    again = handler(event("callback/kie-shape-a-success.json"), Context())
+    assert again["statusCode"] == 200
+    assert json.loads(again["body"])["status"] == "ignored"
+    assert status() == "FAILED"
+
+
+def test_submit_samples_pair_and_retry_a_refused_connection(aws: dict[str, Any]) -> None:
+    aws["s3"].put_object(Bucket=aws["input"], Key="incoming/team-a/shot1.json", Body=b'{"prompt": "make it snow"}')
+    handler = load_handler("submit").lambda_handler
+    assert handler(event("submit/s3-test-event.json"), Context()) == {"batchItemFailures": []}
+    assert handler(event("submit/sidecar-created.json"), Context()) == {"batchItemFailures": []}
+    items = aws["table"].scan()["Items"]
+    waiting = [item for item in items if "status" in item]
+    assert [item["status"] for item in waiting] == ["RECEIVED"]
+    aws["s3"].put_object(Bucket=aws["input"], Key="incoming/team-a/shot1.MP4", Body=b"\x00" * 1024)
+    video_event = event("submit/video-created-uppercase-ext.json")
+    answer = handler(video_event, Context())
+    # The provider's port is closed: nothing was sent, so the message is retried and the claim released.
+    assert answer == {"batchItemFailures": [{"itemIdentifier": video_event["Records"][0]["messageId"]}]}
+    job = JobStore().get(waiting[0]["jobId"])
+    assert job is not None
+    assert job.state.value == "RECEIVED"
+    assert not job.submission_claimed
+    assert job.item["videoKey"] == "incoming/team-a/shot1.MP4"
+
+
+def test_submit_sample_with_space_and_plus_decodes_the_key(aws: dict[str, Any]) -> None:
+    sample = event("submit/sidecar-created-space-and-plus.json")
+    key = "incoming/team-a/my shot+1.json"
+    assert json.loads(sample["Records"][0]["body"])["Records"][0]["s3"]["object"]["key"] == "incoming/team-a/my+shot%2B1.json"
+    aws["s3"].put_object(Bucket=aws["input"], Key=key, Body=b"{not json")
+    assert load_handler("submit").lambda_handler(sample, Context()) == {"batchItemFailures": []}
+    jobs_found = [item for item in aws["table"].scan()["Items"] if item.get("sidecarKey") == key]
+    assert [job["status"] for job in jobs_found] == ["FAILED"]
+    assert jobs_found[0]["error"]["code"] == "invalid_json"
+
+
+def test_finalize_sample_for_a_job_not_succeeded_changes_nothing(aws: dict[str, Any]) -> None:
+    submitted_job(aws)
+    assert load_handler("finalize").lambda_handler(event("finalize/job-succeeded.json"), Context()) == {"batchItemFailures": []}
+    assert status() == "SUBMITTED"
+    assert aws["s3"].list_objects_v2(Bucket=aws["output"]).get("KeyCount", 0) == 0
