@@ -30,6 +30,7 @@ class Stack:
     sim: httpx.Client
     api: httpx.Client
     clip: bytes
+    workdir: Path
 
     @property
     def bucket(self) -> str:
@@ -131,6 +132,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 sim=sim,
                 api=api,
                 clip=clip,
+                workdir=Path(workdir),
             )
     finally:
         process.terminate()

@@ -4,6 +4,7 @@ handlers fed by the dispatcher, the simulator speaking kie.ai/apikley and editin
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -172,3 +173,12 @@ def test_provider_failure_callback_fails_the_job_with_its_message(stack_clean: S
     assert error["stage"] == "provider"
     assert stack.output_keys(f"fail-{unique}/") == [f"fail-{unique}/{job['jobId']}/error.json"]
     assert len(stack.sim_tasks(unique)) == 1
+
+
+def test_no_key_or_callback_token_reaches_the_logs(stack: Stack) -> None:
+    """Runs last in this module: every job above has logged by now."""
+    logs = "".join(path.read_text(errors="replace") for path in stack.workdir.glob("*.log"))
+    assert "submitted" in logs  # the handlers' own log lines are here
+    for secret in ("sim-kie-key", "sim-apikley-key"):
+        assert secret not in logs
+    assert not re.findall(r"token=(?!\*)[A-Za-z0-9_\-]{16,}", logs)

@@ -309,7 +309,8 @@ def test_object_under_the_prefix_reaches_submit_as_an_sqs_event(stack: Stack, un
     assert s3_record["s3"]["bucket"]["name"] == "aleph-input"
     raw_key = s3_record["s3"]["object"]["key"]
     assert raw_key == quote_plus(key)  # moto encodes "/" too (S3 keeps it): unquote_plus reads both
-    assert " " not in raw_key and "+1" not in raw_key
+    assert " " not in raw_key
+    assert raw_key.endswith("%2B1.json")  # the key's own "+" is encoded; a space becomes "+"
     assert unquote_plus(raw_key) == key
 
     context = invocation["context"]
