@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 SAM_CLI_VERSION := 1.170.0
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
 PIP_QUIET := --quiet --disable-pip-version-check
 export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/domain
 # SAM CLI asks before sending telemetry; never here.
@@ -35,6 +37,13 @@ $(SAM_VENV)/.installed:
 	@rm -f .venv-sam-install.log
 	@touch $@
 
+# checkov pins its own versions of boto3 and friends too.
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install $(PIP_QUIET) checkov==$(CHECKOV_VERSION) > .venv-checkov-install.log 2>&1 || (cat .venv-checkov-install.log; exit 1)
+	@rm -f .venv-checkov-install.log
+	@touch $@
+
 demo: $(VENV)/.installed
 	$(PY) -m local.demo
 
@@ -46,9 +55,11 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy layers/domain/aleph_pipeline functions local
 
-template-lint: $(VENV)/.installed $(SAM_VENV)/.installed
+template-lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SAM) validate --lint --template template.yaml --region us-east-1
+	# --skip-download and BC_SKIP_MAPPING keep checkov off the network; skips and reasons: .checkov.yaml
+	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --skip-download -f template.yaml
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
