@@ -405,3 +405,19 @@ def test_callback_events_are_http_api_v2(path: Path) -> None:
     provider, job_id = event["pathParameters"]["provider"], event["pathParameters"]["jobId"]
     assert event["rawPath"] == f"/callbacks/{provider}/{job_id}"
     json.loads(event["body"])
+
+
+# ------------------------------------------------------------------ alarms
+
+
+def test_dead_letter_queues_and_function_errors_alarm_to_the_topic(resources: dict[str, Any], template: dict[str, Any]) -> None:
+    alarms = {name: body["Properties"] for name, body in resources.items() if body["Type"] == "AWS::CloudWatch::Alarm"}
+    watched = {json.dumps(props["Dimensions"][0]["Value"], sort_keys=True) for props in alarms.values()}
+    for queue in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "SubmitQueue"):
+        assert json.dumps({"Fn::GetAtt": [queue, "QueueName"]}, sort_keys=True) in watched
+    for function in ("SubmitFunction", "CallbackFunction", "FinalizeFunction"):
+        assert json.dumps({"Ref": function}, sort_keys=True) in watched
+    assert all(props["AlarmActions"] == [{"Ref": "AlarmTopic"}] for props in alarms.values())
+    subscription = resources["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert template["Parameters"]["AlarmEmail"]["Default"] == ""
