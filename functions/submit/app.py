@@ -6,20 +6,20 @@ import json
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aleph_pipeline.intake import handle_object_created
+from aleph_pipeline.log import logger
 
-logger = Logger()
 # A batch whose records all failed is reported like any other, not raised: SQS retries just those.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def record_handler(record: SQSRecord) -> None:
+    logger.thread_safe_clear_keys()  # each record is its own job
     try:
         notification = json.loads(record.body)
     except json.JSONDecodeError:

@@ -7,16 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aws_lambda_powertools import Logger
-
 from .config import get_settings
 from .errors import JobError
 from .jobs import TERMINAL, JobState, JobStore
+from .log import logger
 from .outputs import fail_job
 from .providers import PROVIDER_IDS, CallbackInvalid, get_provider
 from .storage import check_url
-
-logger = Logger(child=True)
 
 MAX_CALLBACK_BYTES = 1024 * 1024
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -40,7 +37,7 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
     if not job.token_matches(token):
         logger.warning("callback refused: bad or missing token", extra={"job_id": job_id})
         return Answer(401, {"message": "bad or missing token"})
-    logger.append_keys(job_id=job_id)
+    logger.thread_safe_append_keys(job_id=job_id)
     provider = get_provider(provider_id)
     try:
         outcome = provider.parse_callback(body, headers)

@@ -5,16 +5,14 @@ from __future__ import annotations
 from functools import lru_cache
 
 import httpx
-from aws_lambda_powertools import Logger
 
 from . import storage
 from .config import get_settings
 from .errors import JobError
 from .jobs import JobState, JobStore, now_iso
+from .log import logger
 from .outputs import cover_name, fail_job, manifest, result_names
 from .providers import get_provider
-
-logger = Logger(child=True)
 
 
 @lru_cache(maxsize=1)
@@ -30,7 +28,7 @@ def finalize_job(job_id: str) -> None:
     if job is None or job.state != JobState.SUCCEEDED:
         logger.info("nothing to finalize", extra={"job_id": job_id, "state": job.state if job else None})
         return
-    logger.append_keys(job_id=job_id)
+    logger.thread_safe_append_keys(job_id=job_id)
     settings = get_settings()
     provider = get_provider(str(job.provider))
     result = job.to_manifest().get("result", {})

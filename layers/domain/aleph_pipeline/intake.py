@@ -7,18 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from aws_lambda_powertools import Logger
-
 from . import storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import JobState, JobStore, epoch_after
 from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relative
+from .log import logger
 from .outputs import fail_job, write_error_json
 from .providers import ProviderError, SubmitRequest, VideoInfo, get_provider
 from .sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
-
-logger = Logger(child=True)
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ def _on_sidecar(store: JobStore, bucket: str, sidecar_key: InputKey, receive_cou
         logger.info("sidecar gone before it was read", extra={"key": sidecar_key.key})
         return
     job_id = job_id_for(bucket, sidecar_key.key, info.version_marker)
-    logger.append_keys(job_id=job_id)
+    logger.thread_safe_append_keys(job_id=job_id)
     job, created = store.create(
         job_id,
         {
@@ -80,7 +77,7 @@ def _on_video(store: JobStore, bucket: str, video_key: InputKey, receive_count: 
         job = store.get(job_id)
         if job is None or job.state != JobState.RECEIVED or job.submission_claimed:
             continue
-        logger.append_keys(job_id=job_id)
+        logger.thread_safe_append_keys(job_id=job_id)
         info = storage.head(bucket, job.item["sidecarKey"])
         if info is None or info.etag != job.item["sidecarETag"]:
             fail_job(

@@ -6,14 +6,11 @@ import posixpath
 from typing import Any
 from urllib.parse import urlsplit
 
-from aws_lambda_powertools import Logger
-
 from . import storage
 from .config import get_settings
 from .errors import JobError
 from .jobs import Job, JobState, JobStore
-
-logger = Logger(child=True)
+from .log import logger
 
 VIDEO_EXTENSIONS = {"mp4", "webm", "mov"}
 IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
