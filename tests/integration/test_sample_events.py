@@ -68,7 +68,7 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     monkeypatch.setenv("JOBS_TABLE_NAME", names["table_name"])
     monkeypatch.setenv("OUTPUT_BUCKET_NAME", names["output"])
     monkeypatch.setenv("PROVIDER_SECRET_ID", names["secret"])
-    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"kie": "http://127.0.0.1:9", "apikley": "http://127.0.0.1:9"}))
+    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"kie": "http://127.0.0.1:9", "apikley": "http://127.0.0.1:9", "crun": "http://127.0.0.1:9"}))
     clear_caches()
     s3 = boto3.client("s3", endpoint_url=moto_server)
     for bucket in (names["input"], names["output"]):
@@ -105,10 +105,19 @@ def status() -> str:
     return job.state.value
 
 
-@pytest.mark.parametrize(("sample", "provider"), [("kie-shape-a-success", "kie"), ("kie-shape-b-success", "kie"), ("apikley-shape-b-success", "apikley")])
+@pytest.mark.parametrize(
+    ("sample", "provider"),
+    [
+        ("kie-shape-a-success", "kie"),
+        ("kie-shape-b-success", "kie"),
+        ("apikley-shape-b-success", "apikley"),
+        ("crun-bare-success", "crun"),
+        ("crun-wrapped-success", "crun"),
+    ],
+)
 def test_callback_samples_move_a_submitted_job(aws: dict[str, Any], sample: str, provider: str) -> None:
     body = json.loads(event(f"callback/{sample}.json")["body"])
-    submitted_job(aws, provider, body.get("taskId") or body["data"]["task_id"])
+    submitted_job(aws, provider, body.get("taskId") or body.get("task_id") or body["data"]["task_id"])
     answer = load_handler("callback").lambda_handler(event(f"callback/{sample}.json"), Context())
     assert answer["statusCode"] == 200, answer
     assert status() == "SUCCEEDED"
