@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CALLBACK_SHAPES = ("A", "B", "alternate")
-DEFAULT_KEYS: dict[str, Any] = {"kie": "sim-kie-key", "apikley": "sim-apikley-key"}
+DEFAULT_KEYS: dict[str, Any] = {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "crun": "sim-crun-key"}
 DEFAULT_DELAY_SECONDS = 3.0
 DEFAULT_CALLBACK_TIMEOUT_SECONDS = 15.0  # kie's documented callback timeout
 
@@ -95,6 +95,7 @@ class Settings:
         self.callback_timeout_seconds = DEFAULT_CALLBACK_TIMEOUT_SECONDS
         self.hold = False
         self.mirror_http_status = False
+        self.crun_callback_wrapped = False
         self.reset()
 
     def reset(self) -> None:
@@ -110,6 +111,7 @@ class Settings:
             self.callback_timeout_seconds = DEFAULT_CALLBACK_TIMEOUT_SECONDS
             self.hold = False
             self.mirror_http_status = False
+            self.crun_callback_wrapped = False
             self._shape_counter = 0
             self._cond.notify_all()
 
@@ -131,7 +133,7 @@ class Settings:
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                     raise ValueError("seed must be an integer or null")
                 parsed[name] = value
-            elif name in ("hold", "mirror_http_status"):
+            elif name in ("hold", "mirror_http_status", "crun_callback_wrapped"):
                 parsed[name] = _boolean(value, name)
             elif name == "public_url":
                 parsed[name] = _check_url(value, name)
@@ -155,6 +157,7 @@ class Settings:
                 "seed": self.seed,
                 "hold": self.hold,
                 "mirror_http_status": self.mirror_http_status,
+                "crun_callback_wrapped": self.crun_callback_wrapped,
                 "public_url": self.public_url,
                 "keys": {
                     name: (key.api_key if key.webhook_hmac_key is None else {"apiKey": key.api_key, "webhookHmacKey": key.webhook_hmac_key})

@@ -24,7 +24,7 @@ SUBMIT_FAULTS: dict[str, tuple[int, int, str]] = {
 
 # Faults decided once per accepted task: they change how the task ends or calls back.
 TASK_FAULTS: dict[str, str] = {
-    "generation_failure": "the task fails; failure callback with code 400 and a moderator message",
+    "generation_failure": "the task fails; failure callback with code 400 (crun: status failed, result.code 501) and a moderator message",
     "drop_callback": "never calls back; polling still works",
     "duplicate_callback": "sends the callback twice",
     "delay_callback": "waits delay_seconds (rule or config) before calling back",

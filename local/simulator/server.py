@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from local.simulator.config import ProviderKey, Settings
 from local.simulator.context import SimContext
 from local.simulator.control import CONTROL_PREFIX, Control
+from local.simulator.crun import CrunProtocol
 from local.simulator.kie import KieProtocol
 from local.simulator.store import iso_ms, utc_now
 from local.simulator.web import Provider, Request, Response, json_response
@@ -34,6 +35,7 @@ def _build_providers(ctx: SimContext) -> list[Provider]:
     return [
         KieProtocol("kie", ctx, signs_callbacks=True),
         KieProtocol("apikley", ctx, serve_record_detail=True),
+        CrunProtocol(ctx),
     ]
 
 

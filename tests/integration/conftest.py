@@ -12,7 +12,7 @@ import pytest
 
 from aleph_pipeline import jobs, storage
 from aleph_pipeline.config import get_settings
-from aleph_pipeline.providers import get_provider
+from aleph_pipeline.providers import PROVIDER_IDS, get_provider
 
 
 def clear_caches() -> None:
@@ -33,12 +33,14 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     monkeypatch.setenv("OUTPUT_BUCKET_NAME", names["output"])
     monkeypatch.setenv("PROVIDER_SECRET_ID", names["secret"])
     # Closed ports: a provider call is refused at once and never leaves the machine.
-    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"kie": "http://127.0.0.1:9", "apikley": "http://127.0.0.1:9"}))
+    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps(dict.fromkeys(PROVIDER_IDS, "http://127.0.0.1:9")))
     clear_caches()
     s3 = boto3.client("s3", endpoint_url=moto_server)
     for bucket in (names["input"], names["output"]):
         s3.create_bucket(Bucket=bucket)
-    boto3.client("secretsmanager", endpoint_url=moto_server).create_secret(Name=names["secret"], SecretString=json.dumps({"kie": "k", "apikley": "a"}))
+    boto3.client("secretsmanager", endpoint_url=moto_server).create_secret(
+        Name=names["secret"], SecretString=json.dumps({provider: f"key-{provider}" for provider in PROVIDER_IDS})
+    )
     table = boto3.resource("dynamodb", endpoint_url=moto_server).create_table(
         TableName=names["table_name"],
         KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],

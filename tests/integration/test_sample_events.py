@@ -67,10 +67,19 @@ def status() -> str:
     return job.state.value
 
 
-@pytest.mark.parametrize(("sample", "provider"), [("kie-shape-a-success", "kie"), ("kie-shape-b-success", "kie"), ("apikley-shape-b-success", "apikley")])
+@pytest.mark.parametrize(
+    ("sample", "provider"),
+    [
+        ("kie-shape-a-success", "kie"),
+        ("kie-shape-b-success", "kie"),
+        ("apikley-shape-b-success", "apikley"),
+        ("crun-bare-success", "crun"),
+        ("crun-wrapped-success", "crun"),
+    ],
+)
 def test_callback_samples_move_a_submitted_job(aws: dict[str, Any], sample: str, provider: str) -> None:
     body = json.loads(event(f"callback/{sample}.json")["body"])
-    submitted_job(aws, provider, body.get("taskId") or body["data"]["task_id"])
+    submitted_job(aws, provider, body.get("taskId") or body.get("task_id") or body["data"]["task_id"])
     answer = load_handler("callback").lambda_handler(event(f"callback/{sample}.json"), Context())
     assert answer["statusCode"] == 200, answer
     assert status() == "SUCCEEDED"

@@ -11,6 +11,7 @@ from ..config import Settings, get_settings
 from ..errors import STAGE_INTAKE, JobError
 from ..secrets import provider_api_key
 from .base import CallbackInvalid, Outcome, Provider, ProviderError, SubmitRequest, VideoInfo
+from .crun import CrunProtocol
 from .kie import KieProtocol
 
 __all__ = ["PROVIDER_IDS", "CallbackInvalid", "Outcome", "Provider", "ProviderError", "SubmitRequest", "VideoInfo", "get_provider"]
@@ -20,6 +21,9 @@ __all__ = ["PROVIDER_IDS", "CallbackInvalid", "Outcome", "Provider", "ProviderEr
 _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[str, ...]]] = {
     "kie": ("https://api.kie.ai", KieProtocol, ("aleph",), ("kie.ai", "aiquickdraw.com", "redpandaai.co")),
     "apikley": ("https://api.apikley.ru", KieProtocol, ("aleph",), ("apikley.ru", "kie.ai", "aiquickdraw.com", "redpandaai.co")),
+    # crun's result CDN is not documented: its own domains (crunai.com serves its static files);
+    # ResultHostsOverride / RESULT_HOSTS widens the list when results come from elsewhere.
+    "crun": ("https://api.crun.ai", CrunProtocol, ("runway/gen-4-aleph",), ("crun.ai", "crunai.com")),
 }
 PROVIDER_IDS = tuple(_REGISTRY)
 

@@ -1,0 +1,306 @@
+"""The crun.ai wire protocol for ``runway/gen-4-aleph``, served under ``/crun``.
+
+Written from crun's pages only (the "Runway Gen4 Aleph" create page, "Get Task Info", and
+/work/shared/providers.md) and never from the product's client code.
+
+Wire facts implemented here:
+- ``POST /api/v1/client/job/CreateTask`` with ``x-api-key: <key>`` and
+  ``{"model": "runway/gen-4-aleph", "callback_url": ..., "input": {...}}``; the answer is
+  ``{"code": 200, "message": "success", "data": {"task_id": "task_..."}}``.
+- Errors are ``{"code", "message", "data": null}`` (``message``, not kie's ``msg``); a validation
+  error is ``{"code": 422, "message": "Missing Params or Type Error", "errors": [...]}``.
+- ``GET /api/v1/client/job/TaskInfo?task_id=`` answers ``data{task_id, provider, model_version,
+  status: pending|running|success|failed, param, create_at, result: null|{code, message,
+  media_urls, usage}, credits, duration_s, complete_at, source}``.
+- The callback is "consistent with the data object returned by the task status query": sent bare
+  by default, or wrapped in ``{code, message, data}`` when the ``crun_callback_wrapped`` setting
+  is on (the docs leave it open, so the client must take both).
+
+The ``input`` fields of this model are undocumented. Checked: ``prompt`` (required, at most 1000
+characters, Runway's limit), ``video_url`` (required), ``img_urls`` (list of URLs),
+``aspect_ratio``, ``seed``; any other field is kept as received (visible in ``/_sim/tasks``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from local.simulator.callbacks import post_json
+from local.simulator.context import SimContext
+from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input
+from local.simulator.faults import DEFAULT_GENERATION_FAILURE_MSG, FOREIGN_RESULT_URL, FaultRule
+from local.simulator.store import Task, utc_now
+from local.simulator.web import Request, Response, json_response
+
+log = logging.getLogger("local.simulator")
+
+CREATE_PATH = "/api/v1/client/job/CreateTask"
+TASK_INFO_PATH = "/api/v1/client/job/TaskInfo"
+MODEL = "runway/gen-4-aleph"
+ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 4294967295
+VIDEO_FILE = "video.mp4"
+MSG_VALIDATION = "Missing Params or Type Error"
+GENERATION_FAILED = 501
+
+# crun's descriptions of its codes, used as the answers' messages.
+MESSAGES = {
+    401: "Unauthorized - Authentication credentials are missing or invalid",
+    402: "Insufficient Credits - Account does not have enough credits to perform the operation",
+    404: "Not Found - The requested resource or endpoint does not exist",
+    429: "Rate Limited - Request limit has been exceeded for this resource",
+    500: "Server Error - An unexpected error occurred while processing the request",
+}
+# The shared submit faults, in crun's terms: fault -> (HTTP status, body code). Rate limits and
+# server errors carry their HTTP status; other refusals follow the ``mirror_http_status`` setting.
+SUBMIT_FAULT_CODES: dict[str, tuple[int | None, int]] = {
+    "submit_429": (429, 429),
+    "submit_500": (500, 500),
+    "insufficient_credits": (None, 402),
+}
+STATUS = {"queued": "pending", "running": "running", "success": "success", "failed": "failed"}
+
+
+def _is_http_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def validate_create(body: dict[str, Any]) -> list[str]:
+    """Every problem with a CreateTask body, each naming its field (answered with code 422).
+
+    Plain http is accepted for URLs because locally the presigned URLs point at 127.0.0.1.
+    """
+    problems: list[str] = []
+    model = body.get("model")
+    if model is None:
+        problems.append("model is required")
+    elif model != MODEL:
+        problems.append(f"model must be {MODEL}")
+    callback = body.get("callback_url")
+    if callback is not None and not _is_http_url(callback):
+        problems.append("callback_url must be an http(s) URL")
+    given = body.get("input")
+    if given is None:
+        problems.append("input is required")
+        return problems
+    if not isinstance(given, dict):
+        problems.append("input must be an object")
+        return problems
+    prompt = given.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems.append("input.prompt is required and must be a non-empty string")
+    elif len(prompt) > MAX_PROMPT_CHARS:
+        problems.append(f"input.prompt must be at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
+    if not _is_http_url(given.get("video_url")):
+        problems.append("input.video_url is required and must be an http(s) URL")
+    images = given.get("img_urls")
+    if images is not None and (not isinstance(images, list) or not all(_is_http_url(url) for url in images)):
+        problems.append("input.img_urls must be a list of http(s) URLs")
+    aspect = given.get("aspect_ratio")
+    if aspect is not None and aspect not in ASPECT_RATIOS:
+        problems.append(f"input.aspect_ratio must be one of {', '.join(ASPECT_RATIOS)}")
+    seed = given.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        problems.append(f"input.seed must be an integer from 0 to {MAX_SEED}")
+    return problems
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
+class CrunProtocol:
+    """crun.ai's unified job API, for the one model it offers here."""
+
+    def __init__(self, ctx: SimContext, name: str = "crun") -> None:
+        self.name = name
+        self.ctx = ctx
+
+    @property
+    def prefix(self) -> str:
+        return f"/{self.name}"
+
+    # ---- HTTP ---------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        routes = {CREATE_PATH: ("POST", self._create), TASK_INFO_PATH: ("GET", self._task_info)}
+        route = routes.get(request.path)
+        if route is None:
+            return self._answer(404, MESSAGES[404], http_status=404)
+        method, handler = route
+        if request.method != method:
+            return self._answer(405, f"Method {request.method} not allowed", http_status=405)
+        if not self._authorized(request):
+            return self._answer(401, MESSAGES[401])
+        return handler(request)
+
+    def _answer(self, code: int, message: str, data: Any = None, *, errors: list[str] | None = None, http_status: int | None = None) -> Response:
+        if http_status is None:
+            http_status = code if self.ctx.settings.mirror_http_status and 100 <= code <= 599 else 200
+        payload: dict[str, Any] = {"code": code, "message": message}
+        if errors is not None:
+            payload["errors"] = errors
+        else:
+            payload["data"] = data
+        return json_response(payload, http_status)
+
+    def _authorized(self, request: Request) -> bool:
+        key = self.ctx.settings.key_for(self.name)
+        given = request.header("x-api-key") or ""
+        return key is not None and bool(given) and hmac.compare_digest(given.encode("utf-8"), key.api_key.encode("utf-8"))
+
+    def _create(self, request: Request) -> Response:
+        content_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return self._answer(422, MSG_VALIDATION, errors=[f"Content-Type must be application/json, got {content_type or 'none'}"])
+        try:
+            body = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return self._answer(422, MSG_VALIDATION, errors=[f"malformed JSON body: {exc}"])
+        if not isinstance(body, dict):
+            return self._answer(422, MSG_VALIDATION, errors=["the body must be a JSON object"])
+        problems = validate_create(body)
+        if problems:
+            return self._answer(422, MSG_VALIDATION, errors=problems)
+
+        prompt: str = body["input"]["prompt"]
+        rule = self.ctx.faults.pick_submit(self.name, prompt)
+        if rule is not None:
+            http_status, code = SUBMIT_FAULT_CODES[rule.fault]
+            return self._answer(code, MESSAGES[code], http_status=http_status)
+
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "x-api-key"}
+        task = Task(provider=self.name, request=body, headers=headers, task_id=f"task_{uuid.uuid4().hex}")
+        task.callback_shape = "wrapped" if self.ctx.settings.crun_callback_wrapped else "bare"
+        rules = self.ctx.faults.pick_task(self.name, prompt)
+        task.faults = sorted(rules)
+        if not body.get("callback_url"):
+            task.callback_status = "none"
+        self.ctx.store.add(task)
+        self.ctx.submit(lambda: self._run(task, rules))
+        return self._answer(200, "success", {"task_id": task.task_id})
+
+    def _task_info(self, request: Request) -> Response:
+        task_id = request.query_value("task_id")
+        if not task_id:
+            return self._answer(422, MSG_VALIDATION, errors=["task_id is required"])
+        task = self.ctx.store.get(task_id)
+        if task is None or task.provider != self.name:
+            return self._answer(404, f"Task not found: {task_id}")
+        return self._answer(200, "success", self._task_data(task))
+
+    def _task_data(self, task: Task, *, foreign: bool = False) -> dict[str, Any]:
+        """The task object of TaskInfo's ``data`` (and of the callback)."""
+        with self.ctx.store.lock:
+            state = task.state
+            request = task.request
+            error = dict(task.error or {})
+            video = (task.result_urls or {}).get("video")
+            created, completed = task.created_at, task.completed_at
+        result: dict[str, Any] | None = None
+        if state == "success":
+            result = {"code": 200, "message": "success", "media_urls": [FOREIGN_RESULT_URL if foreign else video], "usage": {}}
+        elif state == "failed":
+            result = {"code": error.get("code", GENERATION_FAILED), "message": error.get("msg", ""), "media_urls": []}
+        done = state in ("success", "failed")
+        return {
+            "task_id": task.task_id,
+            "provider": "Runway",
+            "model_version": "gen-4-aleph",
+            "status": STATUS.get(state, "pending"),
+            "param": {"model": request.get("model"), "callback_url": request.get("callback_url"), "input": request.get("input")},
+            "create_at": _epoch(created),
+            "result": result,
+            "credits": 0,
+            "duration_s": round((completed - created).total_seconds(), 3) if done and completed else None,
+            "complete_at": _epoch(completed) if done else None,
+            "source": "api",
+        }
+
+    # ---- the task ------------------------------------------------------------------------------
+
+    def _run(self, task: Task, rules: dict[str, FaultRule]) -> None:
+        """Worker body: fetch, edit, record the outcome, then call back."""
+        store = self.ctx.store
+        with store.lock:
+            if task.discarded or self.ctx.stop.is_set():
+                return
+            task.state = "running"
+        self.ctx.settings.wait_released(self.ctx.stop)  # ``hold`` keeps the task observable as running
+        if self.ctx.stop.is_set() or task.discarded:
+            return
+        error: dict[str, Any] | None = None
+        try:
+            if "generation_failure" in rules:
+                raise EditFailure(GENERATION_FAILED, rules["generation_failure"].msg or DEFAULT_GENERATION_FAILURE_MSG)
+            workdir = self.ctx.task_dir(task.task_id)
+            source, video = workdir / "input", workdir / VIDEO_FILE
+            given = task.request["input"]
+            try:
+                fetch_input(given["video_url"], source)
+                edit_video(source, video, workdir / "cover.png", aspect_ratio=given.get("aspect_ratio"))
+            finally:
+                source.unlink(missing_ok=True)
+        except EditFailure as failure:
+            # crun reports any failed generation as 501; its own faults as 500.
+            error = {"code": 500 if failure.code == 500 else GENERATION_FAILED, "msg": failure.msg}
+        except Exception:  # any surprise is a provider-side 500 for the client
+            log.exception("task %s failed unexpectedly", task.task_id)
+            error = {"code": 500, "msg": MSG_SERVER_ERROR}
+        with store.lock:
+            task.completed_at = utc_now()
+            if error is None:
+                task.files = {VIDEO_FILE: video}
+                task.result_urls = {"video": self.ctx.file_url(task.task_id, VIDEO_FILE)}
+                task.expired = "expired_result" in rules
+                task.state = "success"
+            else:
+                task.error = error
+                task.state = "failed"
+            discarded = task.discarded
+        if discarded:  # DELETE /_sim/tasks raced with this task: leave nothing behind
+            self.ctx.remove_task_files(task.task_id)
+        self._notify(task, rules)
+
+    def _notify(self, task: Task, rules: dict[str, FaultRule]) -> None:
+        url = task.request.get("callback_url")
+        with self.ctx.store.lock:
+            if not url:
+                task.callback_status = "none"
+                return
+            if task.discarded:
+                task.callback_status = "abandoned"
+                return
+            if "drop_callback" in rules:
+                task.callback_status = "dropped"
+                return
+        self.ctx.spawn(lambda: self._deliver(task, rules, url), name=f"sim-callback-{task.task_id[:13]}")
+
+    def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str) -> None:
+        if "delay_callback" in rules:
+            rule_delay = rules["delay_callback"].delay_seconds
+            delay = self.ctx.settings.delay_seconds if rule_delay is None else rule_delay
+            if not self.ctx.sleep(delay):
+                with self.ctx.store.lock:
+                    task.callback_status = "abandoned"
+                return
+        data = self._task_data(task, foreign="foreign_result_host" in rules)
+        payload = {"code": 200, "message": "success", "data": data} if task.callback_shape == "wrapped" else data
+        for _ in range(2 if "duplicate_callback" in rules else 1):
+            if self.ctx.stop.is_set():
+                break
+            attempt = post_json(url, payload, timeout=self.ctx.settings.callback_timeout_seconds)
+            with self.ctx.store.lock:
+                task.callbacks.append(attempt)
+        with self.ctx.store.lock:
+            task.callback_status = "sent" if task.callbacks else "abandoned"

@@ -1,0 +1,145 @@
+"""crun.ai end to end through the local stack: the real handlers, moto server over HTTP, and the
+simulator speaking crun's job API (``/crun``) and editing real video."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import Stack, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "runway/gen-4-aleph"
+CREATE_PATH = "/crun/api/v1/client/job/CreateTask"
+
+
+@pytest.fixture
+def crun_stack(stack_clean: Stack) -> Iterator[Stack]:
+    """The stack with an empty request log; crun's settings back to their defaults afterwards."""
+    stack_clean.sim.delete("/_sim/requests").raise_for_status()
+    yield stack_clean
+    stack_clean.sim_config(crun_callback_wrapped=False, mirror_http_status=False)
+
+
+def run_pair(stack: Stack, stem: str, prompt: str, **extra: Any) -> str:
+    stack.put(f"{stem}.mp4", stack.clip)
+    sidecar_key = f"{stem}.json"
+    stack.put_sidecar(sidecar_key, {"prompt": prompt, "provider": "crun", **extra})
+    return sidecar_key
+
+
+def create_requests(stack: Stack) -> list[dict[str, Any]]:
+    return [entry for entry in stack.sim.get("/_sim/requests").json() if entry["provider"] == "crun" and entry["path"].startswith(CREATE_PATH)]
+
+
+def assert_completed(stack: Stack, sidecar_key: str, folder: str) -> dict[str, Any]:
+    job = stack.wait_for_job(sidecar_key)
+    assert job["status"] == "COMPLETED", job.get("error")
+    prefix = f"{folder}/{job['jobId']}/"
+    # crun returns media URLs only: no cover image.
+    assert stack.output_keys(f"{folder}/") == [prefix + "job.json", prefix + "result.mp4"]
+    manifest = stack.output_json(prefix + "job.json")
+    assert (manifest["provider"], manifest["model"]) == ("crun", MODEL)
+    assert [entry["state"] for entry in manifest["history"]] == ["RECEIVED", "SUBMITTED", "SUCCEEDED", "COMPLETED"]
+    return manifest
+
+
+def queue_drained(stack: Stack) -> bool:
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    counts = stack.sqs.get_queue_attributes(QueueUrl=stack.info["submit_queue_url"], AttributeNames=names)["Attributes"]
+    return all(counts[name] == "0" for name in names)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_crun_job_completes_from_a_bare_or_wrapped_callback(crun_stack: Stack, unique: str, wrapped: bool) -> None:
+    stack = crun_stack
+    stack.sim_config(crun_callback_wrapped=wrapped)
+    folder = f"crun-{'wrapped' if wrapped else 'bare'}-{unique}"
+    key = run_pair(stack, f"incoming/{folder}", f"crun {unique}", aspectRatio="16:9", seed=11)
+    manifest = assert_completed(stack, key, folder)
+    [task] = stack.sim_tasks(unique)
+    assert task["provider"] == "crun"
+    assert task["callback_shape"] == ("wrapped" if wrapped else "bare")
+    assert [attempt["status"] for attempt in task["callbacks"]] == [200]
+    assert manifest["providerTaskId"] == task["taskId"]
+    sent = task["request"]
+    assert sent["model"] == MODEL
+    assert sent["callback_url"].startswith(f"{stack.info['api_url']}/callbacks/crun/{manifest['jobId']}?token=")
+    assert {name: sent["input"][name] for name in ("prompt", "aspect_ratio", "seed")} == {"prompt": f"crun {unique}", "aspect_ratio": "16:9", "seed": 11}
+    assert sent["input"]["video_url"].startswith(stack.info["s3_endpoint"])
+    assert len(create_requests(stack)) == 1
+
+
+def test_provider_options_reach_the_request_body(crun_stack: Stack, unique: str) -> None:
+    stack = crun_stack
+    options = {"duration": 5, "aspect_ratio": "1:1", "style": {"name": "noir"}}
+    key = run_pair(stack, f"incoming/crun-opts-{unique}", f"opts {unique}", aspectRatio="16:9", providerOptions=options)
+    assert_completed(stack, key, f"crun-opts-{unique}")
+    [task] = stack.sim_tasks(unique)
+    sent_input = task["request"]["input"]
+    assert sent_input["duration"] == 5
+    assert sent_input["style"] == {"name": "noir"}
+    assert sent_input["aspect_ratio"] == "1:1"  # the option overrides the mapped field
+    assert set(task["request"]) == {"model", "callback_url", "input"}
+
+
+def test_insufficient_credits_fails_the_job_without_a_retry(crun_stack: Stack, unique: str) -> None:
+    stack = crun_stack
+    stack.sim_faults([{"fault": "insufficient_credits", "provider": "crun", "match_prompt": unique}])
+    key = run_pair(stack, f"incoming/crun-402-{unique}", f"poor {unique}")
+    job = stack.wait_for_job(key)
+    assert job["status"] == "FAILED"
+    error = stack.output_json(f"crun-402-{unique}/{job['jobId']}/error.json")
+    assert error["code"] == "provider_rejected"
+    assert error["stage"] == "submit"
+    assert error["retryable"] is False
+    assert error["message"] == "crun: Insufficient Credits - Account does not have enough credits to perform the operation"
+    assert error["details"] == {"providerCode": "402"}
+    assert error["hint"]
+    assert stack.output_keys(f"crun-402-{unique}/") == [f"crun-402-{unique}/{job['jobId']}/error.json"]
+    wait_until(lambda: queue_drained(stack), 30, "the submit queue to drain (no redelivery pending)")
+    assert [entry["code"] for entry in create_requests(stack)] == [402]
+    assert stack.sim_tasks(unique) == []
+
+
+def test_rate_limit_then_success_submits_once_and_completes(crun_stack: Stack, unique: str) -> None:
+    stack = crun_stack
+    stack.sim_faults([{"fault": "submit_429", "provider": "crun", "match_prompt": unique, "count": 1}])
+    key = run_pair(stack, f"incoming/crun-429-{unique}", f"busy {unique}")
+    assert_completed(stack, key, f"crun-429-{unique}")
+    assert len(stack.sim_tasks(unique)) == 1
+    assert [(entry["http_status"], entry["code"]) for entry in create_requests(stack)] == [(429, 429), (200, 200)]
+
+
+def test_generation_failure_fails_the_job_with_crun_message(crun_stack: Stack, unique: str) -> None:
+    stack = crun_stack
+    message = "Generation Failed - the prompt was refused by content moderation"
+    stack.sim_faults([{"fault": "generation_failure", "provider": "crun", "match_prompt": unique, "msg": message}])
+    stack.sim_config(crun_callback_wrapped=True)
+    key = run_pair(stack, f"incoming/crun-501-{unique}", f"refused {unique}")
+    job = stack.wait_for_job(key)
+    assert job["status"] == "FAILED"
+    error = stack.output_json(f"crun-501-{unique}/{job['jobId']}/error.json")
+    assert (error["code"], error["stage"], error["message"]) == ("generation_failed", "provider", message)
+    assert error["details"] == {"providerCode": 501}
+    assert len(stack.sim_tasks(unique)) == 1
+
+
+def test_option_crun_cannot_honour_is_refused_before_submission(crun_stack: Stack, unique: str) -> None:
+    stack = crun_stack
+    key = run_pair(stack, f"incoming/crun-opt-{unique}", f"opt {unique}", watermark="mine")
+    job = stack.wait_for_job(key)
+    error = stack.output_json(f"crun-opt-{unique}/{job['jobId']}/error.json")
+    assert error["code"] == "unsupported_option"
+    assert "`watermark`" in error["message"] and "`crun`" in error["message"]
+    assert create_requests(stack) == []
+
+
+def test_no_crun_key_reaches_the_logs(stack: Stack) -> None:
+    """Runs last in this module: every crun job above has logged by now."""
+    logs = "".join(path.read_text(errors="replace") for path in stack.workdir.glob("*.log"))
+    assert "submitted" in logs
+    assert "sim-crun-key" not in logs

@@ -1,0 +1,273 @@
+"""The simulator speaks crun.ai's job API (``/crun``) as crun's pages describe.
+
+Real HTTP on 127.0.0.1: the simulator runs in-process, the input clip is made with ffmpeg and
+served by a tiny HTTP server, callbacks land on another. Waits poll a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from local.media import duration_seconds, make_clip
+from local.simulator.server import SimulatorServer
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = "sim-crun-key"
+CREATE = "/crun/api/v1/client/job/CreateTask"
+TASK_INFO = "/crun/api/v1/client/job/TaskInfo"
+MODEL = "runway/gen-4-aleph"
+
+
+def wait_until(probe: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Sink:
+    url: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bodies(self, task_id: str) -> list[Any]:
+        with self.lock:
+            return [entry["body"] for entry in self.received if task_id in json.dumps(entry["body"])]
+
+
+def _sink_handler(sink: Sink) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            with sink.lock:
+                sink.received.append({"path": self.path, "body": body})
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def _serve(server: ThreadingHTTPServer) -> Iterator[str]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def media_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("crun-media")
+    make_clip(folder / "input.mp4", seconds=7, size="320x240")
+    yield from _serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(folder))))
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    found = Sink()
+    for url in _serve(ThreadingHTTPServer(("127.0.0.1", 0), _sink_handler(found))):
+        found.url = url
+        yield found
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SimulatorServer]:
+    with SimulatorServer("127.0.0.1", 0) as running:
+        yield running
+
+
+@dataclass
+class Crun:
+    url: str
+    client: httpx.Client
+    media: str
+    sink: Sink
+
+    def create(self, body: Any, key: str | None = KEY) -> httpx.Response:
+        headers = {"x-api-key": key} if key is not None else {}
+        return self.client.post(f"{self.url}{CREATE}", json=body, headers=headers)
+
+    def body(self, callback: bool = True, **input_fields: Any) -> dict[str, Any]:
+        document: dict[str, Any] = {"model": MODEL, "input": {"prompt": "make it snow", "video_url": f"{self.media}/input.mp4", **input_fields}}
+        if callback:
+            document["callback_url"] = f"{self.sink.url}/callbacks/crun/job?token=s3cret"
+        return document
+
+    def create_ok(self, callback: bool = True, **input_fields: Any) -> str:
+        answer = self.create(self.body(callback, **input_fields))
+        assert answer.status_code == 200, answer.text
+        document = answer.json()
+        assert (document["code"], document["message"]) == (200, "success"), answer.text
+        task_id: str = document["data"]["task_id"]
+        return task_id
+
+    def info(self, task_id: str) -> dict[str, Any]:
+        answer = self.client.get(f"{self.url}{TASK_INFO}", params={"task_id": task_id}, headers={"x-api-key": KEY})
+        document: dict[str, Any] = answer.json()
+        return document
+
+    def sim_task(self, task_id: str) -> dict[str, Any]:
+        document: dict[str, Any] = self.client.get(f"{self.url}/_sim/tasks/{task_id}").json()
+        return document
+
+    def wait_done(self, task_id: str) -> dict[str, Any]:
+        return wait_until(lambda: (t := self.sim_task(task_id))["callback_status"] not in ("pending",) and t["state"] in ("success", "failed") and t, task_id)
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        answer = self.client.request(method, f"{self.url}/_sim/{path}", json=body)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+@pytest.fixture
+def crun(server: SimulatorServer, media_url: str, sink: Sink) -> Iterator[Crun]:
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        handle = Crun(server.url, client, media_url, sink)
+        handle.control("POST", "reset")
+        yield handle
+        handle.control("POST", "reset")
+
+
+def test_api_key_header_is_required(crun: Crun) -> None:
+    for key in (None, "wrong"):
+        answer = crun.create(crun.body(), key=key)
+        assert answer.json() == {"code": 401, "message": "Unauthorized - Authentication credentials are missing or invalid", "data": None}
+    bearer = crun.client.post(f"{crun.url}{CREATE}", json=crun.body(), headers={"Authorization": f"Bearer {KEY}"})
+    assert bearer.json()["code"] == 401  # crun uses x-api-key, not a bearer token
+    assert crun.control("GET", "tasks") == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"model": "aleph"}, "model must be runway/gen-4-aleph"),
+        ({"model": None}, "model is required"),
+        ({"input": None}, "input is required"),
+        ({"input": {"video_url": "http://x.test/v.mp4"}}, "input.prompt is required and must be a non-empty string"),
+        ({"input": {"prompt": "x"}}, "input.video_url is required and must be an http(s) URL"),
+        ({"input": {"prompt": "x" * 1001, "video_url": "http://x.test/v.mp4"}}, "input.prompt must be at most 1000 characters, got 1001"),
+        ({"input": {"prompt": "x", "video_url": "http://x.test/v.mp4", "seed": "7"}}, "input.seed must be an integer from 0 to 4294967295"),
+        ({"input": {"prompt": "x", "video_url": "http://x.test/v.mp4", "aspect_ratio": "2:1"}}, "input.aspect_ratio must be one of"),
+        ({"input": {"prompt": "x", "video_url": "http://x.test/v.mp4", "img_urls": "http://x.test/a.png"}}, "input.img_urls must be a list of http(s) URLs"),
+        ({"callback_url": "ftp://x.test/cb"}, "callback_url must be an http(s) URL"),
+    ],
+)
+def test_validation_errors_use_crun_error_body(crun: Crun, change: dict[str, Any], problem: str) -> None:
+    body = {**crun.body(), **change}
+    body = {name: value for name, value in body.items() if value is not None}
+    document = crun.create(body).json()
+    assert set(document) == {"code", "message", "errors"}
+    assert (document["code"], document["message"]) == (422, "Missing Params or Type Error")
+    assert any(error.startswith(problem) for error in document["errors"]), document["errors"]
+    assert "msg" not in document
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_task_runs_edits_and_calls_back_bare_or_wrapped(crun: Crun, wrapped: bool, tmp_path: Path) -> None:
+    crun.control("POST", "config", {"crun_callback_wrapped": wrapped})
+    task_id = crun.create_ok(aspect_ratio="16:9", seed=7, duration=5)
+    assert task_id.startswith("task_")
+    task = crun.wait_done(task_id)
+    assert task["callback_shape"] == ("wrapped" if wrapped else "bare")
+    [body] = crun.sink.bodies(task_id)
+    data = body["data"] if wrapped else body
+    if wrapped:
+        assert (body["code"], body["message"]) == (200, "success")
+    else:
+        assert "code" not in body
+    assert (data["task_id"], data["status"]) == (task_id, "success")
+    assert data["param"]["input"]["duration"] == 5  # extra fields kept as received
+    [video_url] = data["result"]["media_urls"]
+    assert crun.info(task_id)["data"] == data  # the callback is the status query's data object
+    result = tmp_path / "result.mp4"
+    result.write_bytes(crun.client.get(video_url).content)
+    assert duration_seconds(result) <= 5.1
+
+
+def test_sim_tasks_records_the_request_body_as_received_without_the_key(crun: Crun) -> None:
+    task_id = crun.create_ok(callback=False, img_urls=[f"{crun.media}/input.mp4"], custom_option={"a": 1})
+    recorded = crun.sim_task(task_id)
+    assert recorded["provider"] == "crun"
+    assert recorded["request"] == crun.body(False, img_urls=[f"{crun.media}/input.mp4"], custom_option={"a": 1})
+    assert KEY not in json.dumps(recorded)
+    assert wait_until(lambda: crun.info(task_id)["data"]["status"] == "success", "success")
+
+
+def test_task_info_reports_progress_and_unknown_tasks(crun: Crun) -> None:
+    crun.control("POST", "config", {"hold": True})
+    task_id = crun.create_ok(callback=False)
+    assert wait_until(lambda: crun.info(task_id)["data"]["status"] == "running", "running")
+    data = crun.info(task_id)["data"]
+    assert data["result"] is None and data["complete_at"] is None
+    assert isinstance(data["create_at"], int)
+    assert data["param"] == {"model": MODEL, "callback_url": None, "input": crun.body(False)["input"]}
+    crun.control("POST", "config", {"hold": False})
+    assert wait_until(lambda: crun.info(task_id)["data"]["status"] == "success", "success")
+    assert crun.info("task_nope") == {"code": 404, "message": "Task not found: task_nope", "data": None}
+    missing = crun.client.get(f"{crun.url}{TASK_INFO}", headers={"x-api-key": KEY}).json()
+    assert (missing["code"], missing["errors"]) == (422, ["task_id is required"])
+
+
+def test_generation_failure_is_status_failed_with_code_501(crun: Crun) -> None:
+    crun.control("POST", "faults", [{"fault": "generation_failure", "msg": "Content moderation refused the prompt"}])
+    task_id = crun.create_ok()
+    crun.wait_done(task_id)
+    [body] = crun.sink.bodies(task_id)
+    assert body["status"] == "failed"
+    assert body["result"] == {"code": 501, "message": "Content moderation refused the prompt", "media_urls": []}
+    assert crun.info(task_id)["data"]["result"]["code"] == 501
+
+
+def test_submit_faults_answer_with_crun_codes(crun: Crun) -> None:
+    crun.control("POST", "faults", [{"fault": "submit_429", "count": 1}])
+    limited = crun.create(crun.body(False))
+    assert limited.status_code == 429
+    assert limited.json() == {"code": 429, "message": "Rate Limited - Request limit has been exceeded for this resource", "data": None}
+    assert crun.create(crun.body(False)).json()["code"] == 200  # count exhausted
+
+    crun.control("POST", "faults", [{"fault": "insufficient_credits"}])
+    poor = crun.create(crun.body(False))
+    assert (poor.status_code, poor.json()["code"]) == (200, 402)
+    crun.control("POST", "config", {"mirror_http_status": True})
+    assert crun.create(crun.body(False)).status_code == 402
+
+    crun.control("POST", "faults", [{"fault": "submit_500", "provider": "kie"}])
+    assert crun.create(crun.body(False)).json()["code"] == 200  # the provider filter
+    codes = [(entry["provider"], entry["code"]) for entry in crun.control("GET", "requests")]
+    assert codes == [("crun", 429), ("crun", 200), ("crun", 402), ("crun", 402), ("crun", 200)]
+
+
+def test_expired_result_and_foreign_host_faults(crun: Crun) -> None:
+    crun.control("POST", "faults", [{"fault": "expired_result"}, {"fault": "foreign_result_host"}])
+    task_id = crun.create_ok()
+    crun.wait_done(task_id)
+    [body] = crun.sink.bodies(task_id)
+    assert body["result"]["media_urls"] == ["https://169.254.169.254/latest/meta-data"]
+    [own_url] = crun.info(task_id)["data"]["result"]["media_urls"]
+    assert crun.client.get(own_url).status_code == 404
