@@ -91,6 +91,7 @@ class LocalStack:
         stream_max_retries: int | None = None,
         schedule_interval: float | None = None,
         api_concurrency: int = 8,
+        handler_env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir) if workdir else DEFAULT_WORKDIR
         self.moto_port = moto_port if moto_port is not None else _env_port("ALEPH_MOTO_PORT")
@@ -99,6 +100,8 @@ class LocalStack:
         self.simulator_enabled = simulator and simulator_url is None
         self.simulator_url: str | None = simulator_url.rstrip("/") if simulator_url else None
         self.handler_overrides = {k: Path(v) for k, v in (handlers or {}).items()}
+        # Settings a test or a user changes for the handlers (e.g. shorter grace periods).
+        self.handler_env_overrides = dict(handler_env or {})
         self.template_path = Path(template) if template else None
         self.sqs_concurrency = sqs_concurrency
         self.sqs_wait_seconds = sqs_wait_seconds
@@ -354,6 +357,7 @@ class LocalStack:
                 "POWERTOOLS_TRACE_DISABLED": "true",
             }
         )
+        env.update(self.handler_env_overrides)
         return env
 
     def _apply_environ(self, env: Mapping[str, str]) -> None:
@@ -688,6 +692,13 @@ def _handler_arg(value: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _env_arg(value: str) -> tuple[str, str]:
+    name, sep, setting = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return name, setting
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m local.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"where {STACK_JSON} and the logs go (default: .local/)")
@@ -702,6 +713,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-retry-backoff", type=float, default=0.2, help="first stream retry delay in seconds, doubling up to 2 s (default 0.2)")
     parser.add_argument("--stream-max-retries", type=int, default=None, help="override the template's MaximumRetryAttempts")
     parser.add_argument("--schedule-interval", type=float, default=None, help="run scheduled functions every N seconds instead of the template's rate")
+    parser.add_argument("--env", action="append", type=_env_arg, default=[], metavar="NAME=VALUE", help="set a handler environment variable (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no banner, warnings and errors only")
     return parser
 
@@ -732,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream_retry_backoff=args.stream_retry_backoff,
         stream_max_retries=args.stream_max_retries,
         schedule_interval=args.schedule_interval,
+        handler_env=dict(args.env),
     )
     try:
         stack.start()

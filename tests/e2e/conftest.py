@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -59,7 +60,10 @@ class Stack:
                 found.update(job)
             return job is not None and job["status"] in states
 
-        wait_until(reached, timeout, f"job for {sidecar_key} to reach {states} (last: {found.get('status')})")
+        try:
+            wait_until(reached, timeout, f"job for {sidecar_key} to reach {states}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (last state: {found.get('status')}, error: {found.get('error')})") from None
         return found
 
     def output_keys(self, prefix: str) -> list[str]:
@@ -115,10 +119,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
-    process, info = spawn(workdir)
+@contextlib.contextmanager
+def open_stack(workdir: Path, *stack_args: str) -> Iterator[Stack]:
+    """A local stack subprocess (``stack_args`` go to ``python -m local.stack``) and clients for it."""
+    process, info = spawn(workdir, *stack_args)
     try:
         session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=info["region"])
         endpoint = info["s3_endpoint"]
@@ -137,6 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with open_stack(tmp_path_factory.mktemp("stack")) as opened:
+        yield opened
 
 
 @pytest.fixture

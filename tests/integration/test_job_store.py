@@ -49,7 +49,7 @@ def test_create_is_idempotent(store: JobStore) -> None:
 
 def test_forward_path_records_history(store: JobStore) -> None:
     job_id = new_job(store)
-    assert store.claim_submission(job_id, "tok")
+    assert store.claim_submission(job_id, "tok", 4102444800)
     assert store.mark_submitted(job_id, "task-1")
     assert store.mark_succeeded(job_id, ("https://h/v.mp4",), "https://h/c.png", 1.5, "task-1")
     assert store.mark_completed(job_id, [{"key": "k", "size": 1}], "2026-01-01T00:00:00.000Z")
@@ -77,23 +77,23 @@ def test_no_backward_or_repeated_moves(store: JobStore) -> None:
 
 def test_only_one_submission_claim(store: JobStore) -> None:
     job_id = new_job(store)
-    claim = store.claim_submission(job_id, "token-a")
+    claim = store.claim_submission(job_id, "token-a", 4102444800)
     assert claim
-    assert store.claim_submission(job_id, "token-b") is None
+    assert store.claim_submission(job_id, "token-b", 4102444800) is None
     job = store.get(job_id)
     assert job is not None
     assert job.token_matches("token-a")
     assert not job.token_matches("token-b")
     assert not job.token_matches(None)
     store.release_claim(job_id, "someone-else")
-    assert store.claim_submission(job_id, "token-c") is None
+    assert store.claim_submission(job_id, "token-c", 4102444800) is None
     store.release_claim(job_id, claim)
-    assert store.claim_submission(job_id, "token-c")
+    assert store.claim_submission(job_id, "token-c", 4102444800)
 
 
 def test_fast_callback_before_submit_is_recorded(store: JobStore) -> None:
     job_id = new_job(store)
-    store.claim_submission(job_id, "tok")
+    store.claim_submission(job_id, "tok", 4102444800)
     assert store.mark_succeeded(job_id, ("u",), None, None, "task-9")
     assert not store.mark_submitted(job_id, "task-9")
     job = store.get(job_id)
@@ -113,7 +113,7 @@ def test_failure_record(store: JobStore) -> None:
         "retryable": False,
         "hint": job.item["error"]["hint"],
     }
-    assert not store.claim_submission(job_id, "tok")
+    assert not store.claim_submission(job_id, "tok", 4102444800)
 
 
 def test_waiters_are_found_by_video_key(store: JobStore) -> None:
@@ -128,7 +128,7 @@ def test_waiters_are_found_by_video_key(store: JobStore) -> None:
 def test_intake_failure_cannot_fail_a_claimed_job(store: JobStore) -> None:
     job_id = new_job(store)
     assert store.update_details(job_id, {"provider": "kie"})
-    assert store.claim_submission(job_id, "tok")
+    assert store.claim_submission(job_id, "tok", 4102444800)
     assert not store.update_details(job_id, {"provider": "apikley"})
     assert not store.mark_failed(job_id, JobError("invalid_sidecar", "late check", "intake"), unless_claimed=True)
     job = store.get(job_id)

@@ -9,10 +9,10 @@ from typing import Any
 
 from .config import get_settings
 from .errors import JobError
-from .jobs import TERMINAL, JobState, JobStore
+from .jobs import TERMINAL, Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job
-from .providers import PROVIDER_IDS, CallbackInvalid, get_provider
+from .providers import PROVIDER_IDS, CallbackInvalid, Outcome, Provider, get_provider
 from .storage import check_url
 
 MAX_CALLBACK_BYTES = 1024 * 1024
@@ -45,14 +45,27 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
         return Answer(400, {"message": str(exc)})
     if outcome.task_id and job.provider_task_id and outcome.task_id != job.provider_task_id:
         return Answer(400, {"message": "the callback's task id does not belong to this job"})
+    result = apply_outcome(store, job, provider, outcome)
+    if result == "rejected":
+        return Answer(400, {"message": "a result URL is not on the provider's allowed hosts"})
+    job_state = {"failed": JobState.FAILED.value, "succeeded": JobState.SUCCEEDED.value}.get(result, job.state.value)
+    return Answer(200, {"status": "accepted" if result in ("failed", "succeeded") else result, "state": job_state})
+
+
+def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcome) -> str:
+    """Move a job by what the provider says: the one path for callbacks and the reconciler's polls.
+
+    Returns ``ignored`` (job already past it), ``noted`` (still running), ``failed``,
+    ``succeeded`` or ``rejected`` (a result URL off the provider's hosts: nothing fetched, no change).
+    """
     if job.state in TERMINAL or job.state == JobState.SUCCEEDED:
-        logger.info("late or repeated callback; no change", extra={"state": job.state})
-        return Answer(200, {"status": "ignored", "state": job.state.value})
+        logger.info("late or repeated outcome; no change", extra={"state": job.state})
+        return "ignored"
     if outcome.state == "running":
-        return Answer(200, {"status": "noted", "state": job.state.value})
+        return "noted"
     if outcome.state == "failed":
-        fail_job(store, job_id, outcome.error or JobError("generation_failed", "the provider reported a failure", "provider"))
-        return Answer(200, {"status": "accepted", "state": JobState.FAILED.value})
+        fail_job(store, job.id, outcome.error or JobError("generation_failed", "the provider reported a failure", "provider"))
+        return "failed"
     settings = get_settings()
     urls = [*outcome.video_urls, *([outcome.cover_url] if outcome.cover_url else [])]
     try:
@@ -60,7 +73,7 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
             check_url(url, provider.allowed_result_hosts, settings.allow_http_result_urls)
     except JobError as exc:
         # Nothing is fetched and the job waits: the real result still comes by callback or poll.
-        logger.warning("callback refused: result URL not allowed", extra={"reason": exc.message})
-        return Answer(400, {"message": exc.message})
-    store.mark_succeeded(job_id, outcome.video_urls, outcome.cover_url, outcome.cost, outcome.task_id)
-    return Answer(200, {"status": "accepted", "state": JobState.SUCCEEDED.value})
+        logger.warning("outcome refused: result URL not allowed", extra={"reason": exc.message})
+        return "rejected"
+    store.mark_succeeded(job.id, outcome.video_urls, outcome.cover_url, outcome.cost, outcome.task_id)
+    return "succeeded"

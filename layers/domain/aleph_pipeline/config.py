@@ -19,8 +19,8 @@ class Settings(BaseSettings):
     callback_api_url: str = ""
     provider_secret_id: str = ""
     presigned_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
-    pairing_timeout_seconds: int = Field(default=3600, ge=60)
-    job_deadline_seconds: int = Field(default=86400, ge=300)
+    pairing_timeout_seconds: int = Field(default=3600, ge=1)
+    job_deadline_seconds: int = Field(default=86400, ge=1)
     # Overrides used by the local stack; production leaves them empty.
     provider_endpoints: dict[str, str] = Field(default_factory=dict)
     result_hosts: dict[str, list[str]] = Field(default_factory=dict)
@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
     submit_max_attempts: int = Field(default=4, ge=1)
     secret_max_age_seconds: int = Field(default=300, ge=0)
+    # The reconciler: how long a callback may be late before the provider is polled, how long a
+    # SUCCEEDED job may wait for finalize before it is nudged, and how much work one run takes on.
+    callback_grace_seconds: int = Field(default=600, ge=0)
+    finalize_grace_seconds: int = Field(default=1800, ge=0)
+    finalize_max_nudges: int = Field(default=3, ge=0)
+    reconcile_batch_size: int = Field(default=50, ge=1, le=1000)
 
     @field_validator("input_prefix")
     @classmethod

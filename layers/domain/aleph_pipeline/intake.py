@@ -210,7 +210,7 @@ def _submit_once(
 ) -> None:
     settings = get_settings()
     token = secrets.token_urlsafe(32)
-    claim = store.claim_submission(job_id, token)
+    claim = store.claim_submission(job_id, token, epoch_after(settings.job_deadline_seconds))
     if claim is None:
         logger.info("submission already claimed")
         return

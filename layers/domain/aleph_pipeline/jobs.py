@@ -41,6 +41,7 @@ ENTERED_FROM: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset({JobState.RECEIVED, JobState.SUBMITTED, JobState.SUCCEEDED}),
 }
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED})
+STATUS_INDEX = "by-status"
 
 
 def now_iso() -> str:
@@ -189,18 +190,22 @@ class JobStore:
 
     # The submission claim
 
-    def claim_submission(self, job_id: str, token: str) -> str | None:
-        """Claim the right to call the provider; None if another attempt holds or used it."""
+    def claim_submission(self, job_id: str, token: str, deadline_at: int) -> str | None:
+        """Claim the right to call the provider; None if another attempt holds or used it.
+
+        ``deadline_at`` (epoch seconds) is when the reconciler gives up waiting for the provider.
+        """
         claim_id = uuid.uuid4().hex
         try:
             self.table.update_item(
                 Key={"jobId": job_id},
-                UpdateExpression="SET submission = :claim, tokenHash = :token",
+                UpdateExpression="SET submission = :claim, tokenHash = :token, deadlineAt = :deadline",
                 ConditionExpression="#status = :received AND attribute_not_exists(submission)",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":claim": {"claimId": claim_id, "claimedAt": now_iso()},
                     ":token": hash_token(token),
+                    ":deadline": deadline_at,
                     ":received": JobState.RECEIVED.value,
                 },
             )
@@ -286,6 +291,56 @@ class JobStore:
             ExpressionAttributeNames={"#name": name},
             ExpressionAttributeValues={":value": _dynamo(value)},
         )
+
+    # The reconciler's view: jobs that have sat in a state since before a cutoff.
+
+    def stale(self, state: JobState, before: str, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs in ``state`` not updated since ``before``, oldest first (GSI query, never a scan)."""
+        found: list[Job] = []
+        query: dict[str, Any] = {
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "#status = :state AND updatedAt < :before",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":state": state.value, ":before": before},
+            "Limit": limit,
+        }
+        while len(found) < limit:
+            page = self.table.query(**query)
+            found.extend(Job(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return found[:limit]
+
+    def note_polled(self, job_id: str, state: JobState) -> None:
+        """Record a poll that found the job still running, so other stale jobs get their turn."""
+        try:
+            self.table.update_item(
+                Key={"jobId": job_id},
+                UpdateExpression="SET updatedAt = :at, lastPolledAt = :at",
+                ConditionExpression="#status = :state",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":at": now_iso(), ":state": state.value},
+            )
+        except Exception as exc:
+            if not _conditional_failed(exc):
+                raise
+
+    def nudge_finalize(self, job_id: str, max_nudges: int) -> bool:
+        """Touch a SUCCEEDED job so its stream record fires finalize again; False once ``max_nudges`` are used."""
+        try:
+            self.table.update_item(
+                Key={"jobId": job_id},
+                UpdateExpression="SET updatedAt = :at, finalizeNudges = if_not_exists(finalizeNudges, :zero) + :one",
+                ConditionExpression="#status = :succeeded AND (attribute_not_exists(finalizeNudges) OR finalizeNudges < :max)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":at": now_iso(), ":zero": 0, ":one": 1, ":max": max_nudges, ":succeeded": JobState.SUCCEEDED.value},
+            )
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
 
     # Pairing: a sidecar waiting for its video leaves a note under the video's key.
 

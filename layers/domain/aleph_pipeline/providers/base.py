@@ -117,6 +117,13 @@ class Provider(ABC):
     def poll(self, task_id: str) -> Outcome:
         """Ask the provider, with our own key, what became of a task."""
 
+    def own_reference(self, job_id: str) -> str | None:
+        """A task id we chose ourselves, so a submission whose answer was lost can still be polled.
+
+        None for providers that assign their own ids (we then learn it only from the answer or the callback).
+        """
+        return None
+
     @abstractmethod
     def classify_error(self, status: int | None, body: Any) -> ProviderError:
         """Map an HTTP status and body to refused / retryable / ambiguous."""
