@@ -13,7 +13,7 @@ from .config import get_settings
 from .errors import JobError
 from .jobs import TERMINAL, JobState, JobStore
 from .outputs import fail_job
-from .providers import PROVIDER_IDS, CallbackInvalid, get_provider
+from .providers import PROVIDER_IDS, CallbackInvalid, ResultItem, get_provider
 from .storage import check_url
 
 logger = Logger(child=True)
@@ -57,7 +57,8 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
         fail_job(store, job_id, outcome.error or JobError("generation_failed", "the provider reported a failure", "provider"))
         return Answer(200, {"status": "accepted", "state": JobState.FAILED.value})
     settings = get_settings()
-    urls = [*outcome.video_urls, *([outcome.cover_url] if outcome.cover_url else [])]
+    items = outcome.items
+    urls = [url for item in items for url in (item.video_url, item.cover_url) if url]
     try:
         for url in urls:
             check_url(url, provider.allowed_result_hosts, settings.allow_http_result_urls)
@@ -65,5 +66,14 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
         # Nothing is fetched and the job waits: the real result still comes by callback or poll.
         logger.warning("callback refused: result URL not allowed", extra={"reason": exc.message})
         return Answer(400, {"message": exc.message})
-    store.mark_succeeded(job_id, outcome.video_urls, outcome.cover_url, outcome.cost, outcome.task_id)
-    return Answer(200, {"status": "accepted", "state": JobState.SUCCEEDED.value})
+    # One callback may carry one result of several (Runware sends one per result): each is
+    # recorded once, and the job succeeds when the last expected one is in.
+    for item in items:
+        store.record_result(job_id, _result_record(item), task_id=outcome.task_id)
+    after = store.get(job_id)
+    return Answer(200, {"status": "accepted", "state": after.state.value if after else job.state.value})
+
+
+def _result_record(item: ResultItem) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": item.id, "url": item.video_url, "cover": item.cover_url, "cost": item.cost, "seed": item.seed}
+    return {name: value for name, value in record.items() if value is not None}
