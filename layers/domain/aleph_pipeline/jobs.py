@@ -255,7 +255,8 @@ class JobStore:
 
         Idempotent per result id: a repeated callback for a result already recorded changes
         nothing. The job moves to SUCCEEDED when it holds ``expectedResults`` results (1 unless
-        the job asked for several), with the results in arrival order and the summed cost.
+        the job asked for several), with the results in arrival order (``result-1`` is the first
+        to arrive) and the summed cost.
         """
         # A job recorded before results were kept per item has no map yet; the nested write needs one.
         self.table.update_item(
@@ -263,14 +264,15 @@ class JobStore:
             UpdateExpression="SET resultItems = if_not_exists(resultItems, :empty)",
             ExpressionAttributeValues={":empty": {}},
         )
-        values: dict[str, Any] = {":item": _dynamo({**result, "receivedAt": now_iso()})}
+        values: dict[str, Any] = {":item": _dynamo({**result, "receivedAt": now_iso()}), ":id": [str(result["id"])], ":none": []}
         allowed = sorted(state.value for state in ENTERED_FROM[JobState.SUCCEEDED])
         for index, state in enumerate(allowed):
             values[f":from{index}"] = state
         try:
             answer = self.table.update_item(
                 Key={"jobId": job_id},
-                UpdateExpression="SET resultItems.#result = :item",
+                # resultOrder keeps the arrival order, written in the same conditional update.
+                UpdateExpression="SET resultItems.#result = :item, resultOrder = list_append(if_not_exists(resultOrder, :none), :id)",
                 ConditionExpression=f"#status IN ({', '.join(f':from{index}' for index in range(len(allowed)))}) AND attribute_not_exists(resultItems.#result)",
                 ExpressionAttributeNames={"#status": "status", "#result": str(result["id"])},
                 ExpressionAttributeValues=values,
@@ -281,10 +283,10 @@ class JobStore:
                 return False  # a repeated result, or the job has moved on
             raise
         job = Job(answer["Attributes"])
-        items: list[dict[str, Any]] = list(_plain(job.item.get("resultItems", {})).values())
-        if len(items) < job.expected_results:
+        recorded: dict[str, dict[str, Any]] = _plain(job.item.get("resultItems", {}))
+        if len(recorded) < job.expected_results:
             return False
-        items.sort(key=lambda item: (str(item.get("receivedAt")), str(item.get("id"))))
+        items = [recorded[result_id] for result_id in job.item.get("resultOrder", []) if result_id in recorded]
         costs = [item["cost"] for item in items if isinstance(item.get("cost"), int | float)]
         cost = round(sum(costs), 6) if costs else None
         return self.mark_succeeded(job_id, tuple(str(item["url"]) for item in items), items[0].get("cover"), cost, task_id)
