@@ -276,7 +276,7 @@ class RunwareProtocol:
         if rule is not None:
             status, code, message = SUBMIT_FAULTS[rule.fault]
             return json_response({"errors": [_error(code, message, task=body)]}, status)
-        if self.ctx.store.get(body["taskUUID"]) is not None:
+        if self.ctx.store.get(body["taskUUID"]) is not None:  # "Must be unique per task"; the code is our reading
             error = _error("duplicateTaskUUID", "A task with this taskUUID already exists.", parameter="taskUUID", task=body)
             return json_response({"errors": [error]}, 400)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}

@@ -162,3 +162,15 @@ def test_no_runware_key_or_token_reaches_the_logs(stack: Stack) -> None:
     assert "runware" in logs
     assert "sim-runware-key" not in logs
     assert not re.findall(r"token=(?!\*)[A-Za-z0-9_\-]{16,}", logs)
+
+
+def test_duplicated_webhooks_of_a_two_result_job_give_two_results(stack_clean: Stack, unique: str) -> None:
+    stack = stack_clean
+    stack.sim_faults([{"fault": "duplicate_callback", "provider": "runware", "match_prompt": unique}])
+    key = start(stack, f"incoming/rwdup-{unique}", {"prompt": f"dup {unique}", "numberResults": 2, "outputFormat": "MOV"})
+    _job, prefix = completed(stack, key, f"rwdup-{unique}")
+    assert stack.output_keys(prefix) == [prefix + "job.json", prefix + "result-1.mov", prefix + "result-2.mov"]
+    [task] = stack.sim_tasks(unique)
+    assert len(task["callbacks"]) == 4  # every result's webhook came twice
+    manifest = stack.output_json(prefix + "job.json")
+    assert manifest["cost"] == pytest.approx(sum(result["cost"] for result in task["results"]))  # each result counted once

@@ -398,3 +398,11 @@ def test_classify_code_without_a_status() -> None:
     assert classify_code("timeoutProvider", None)
     assert not classify_code("somethingNew", None)
     assert classify_code(None, 503)
+
+
+def test_a_resubmission_that_finds_its_own_task_is_accepted() -> None:
+    body = {"errors": [{"code": "duplicateTaskUUID", "message": "exists", "parameter": "taskUUID", "taskUUID": task_uuid(JOB_ID)}]}
+    assert make(lambda req: httpx.Response(400, json=body)).submit(request({})) == task_uuid(JOB_ID)
+    other = {"errors": [{"code": "duplicateTaskUUID", "message": "exists", "parameter": "seed"}]}
+    with pytest.raises(ProviderError):
+        make(lambda req: httpx.Response(400, json=other)).submit(request({}))

@@ -208,8 +208,13 @@ class RunwareProtocol(Provider):
     def submit(self, request: SubmitRequest) -> str:
         body = self.request_body(request)
         status, answer = self._send("POST", "/v1", json=body, headers=self._auth())
-        if status == 200 and not _errors(answer):
+        errors = _errors(answer)
+        if status == 200 and not errors:
             # Runware acknowledges with the task; any 200 without errors means it took it.
+            return str(body[0]["taskUUID"])
+        if errors and _already_taken(errors[0]):
+            # The taskUUID is this job's own: an earlier attempt (answered 5xx or 429) was taken
+            # after all. (The code of this answer is not documented; an inference.)
             return str(body[0]["taskUUID"])
         raise self.classify_error(status, answer)
 
@@ -321,6 +326,12 @@ def _errors(document: Any) -> list[dict[str, Any]]:
     if isinstance(document, dict) and isinstance(document.get("errors"), list):
         return [error if isinstance(error, dict) else {} for error in document["errors"]]
     return []
+
+
+def _already_taken(error: Mapping[str, Any]) -> bool:
+    """Whether an error says a task with our ``taskUUID`` exists already."""
+    code = str(error.get("code") or "").lower()
+    return error.get("parameter") == "taskUUID" and ("duplicate" in code or "exists" in code)
 
 
 def _items(document: Any) -> list[dict[str, Any]] | None:
