@@ -43,7 +43,7 @@ log = logging.getLogger("local.stack")
 _T = TypeVar("_T")
 
 REGION = "us-east-1"
-LOCAL_PROVIDERS = ("kie", "apikley", "crun")
+LOCAL_PROVIDERS = ("kie", "apikley", "runware", "crun")
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 LAYER_PATHS = (REPO_ROOT / "layers" / "domain",)
 UNREACHABLE_PROVIDER_URL = "http://127.0.0.1:9"  # the discard port: refused at once

@@ -134,5 +134,6 @@ class Control:
             return text_response("result expired\n", 404)
         if path is None or not path.is_file():
             return text_response("no such result\n", 404)
-        content_type = "video/mp4" if name.endswith(".mp4") else "image/png"
+        types = {".mp4": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime", ".png": "image/png"}
+        content_type = next((value for suffix, value in types.items() if name.endswith(suffix)), "application/octet-stream")
         return Response(status=200, content_type=content_type, file=path)

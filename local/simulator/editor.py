@@ -7,6 +7,7 @@ can tell an output frame from an input frame. Shared by every provider protocol.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -73,34 +74,73 @@ def _aspect_crop(aspect_ratio: str | None) -> list[str]:
     return [f"crop=w='min(iw,ih*{width}/{height})':h='min(ih,iw*{height}/{width})'"]
 
 
-def edit_video(src: Path, video_out: Path, cover_out: Path, *, aspect_ratio: str | None = None) -> None:
-    """Write the edited H.264 MP4 (video only) and a PNG of its first frame."""
+def _codec(video_out: Path, quality: int | None) -> list[str]:
+    """Encoder options by the output's container; ``quality`` (20-99, higher is better) sets the CRF."""
+    suffix = video_out.suffix.lower()
+    if suffix == ".webm":
+        crf = 33 if quality is None else round(63 - 0.4 * quality)
+        return ["-c:v", "libvpx-vp9", "-b:v", "0", "-crf", str(crf), "-deadline", "realtime", "-cpu-used", "8", "-threads", "2"]
+    crf = 23 if quality is None else round(51 - 0.33 * quality)
+    x264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-threads", "2", "-pix_fmt", "yuv420p"]
+    return [*x264, "-movflags", "+faststart"] if suffix in (".mp4", ".m4v", ".mov") else x264
+
+
+def edit_video(
+    src: Path,
+    video_out: Path,
+    cover_out: Path | None,
+    *,
+    aspect_ratio: str | None = None,
+    max_seconds: float | None = OUTPUT_SECONDS,
+    size: tuple[int, int] | None = None,
+    variant: int = 0,
+    quality: int | None = None,
+) -> None:
+    """Write the edited video (video only; container by ``video_out``'s suffix) and a PNG of its
+    first frame. ``variant`` shifts the hue further, so several results of one task differ;
+    ``size`` scales and centre-crops to exactly that many pixels."""
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    scale = (
+        [f"scale={size[0]}:{size[1]}:force_original_aspect_ratio=increase", f"crop={size[0]}:{size[1]}", "setsar=1"]
+        if size
+        else [f"scale=w='trunc(min(iw,{MAX_OUTPUT_WIDTH})/2)*2':h=-2"]
+    )
     filters = [
         *_aspect_crop(aspect_ratio),
         "negate",
-        "hue=h=90:s=1.3",
-        f"scale=w='trunc(min(iw,{MAX_OUTPUT_WIDTH})/2)*2':h=-2",
+        f"hue=h={90 + 60 * variant}:s=1.3",
+        *scale,
         "format=yuv420p",
     ]
     base = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
     edit = [
         *base,
         "-i", str(src),
-        "-t", str(OUTPUT_SECONDS),
+        *(["-t", str(max_seconds)] if max_seconds else []),
         "-map", "0:v:0",
         "-vf", ",".join(filters),
         "-an",
-        "-c:v", "libx264", "-preset", "veryfast", "-threads", "2",
-        "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart",
+        *_codec(video_out, quality),
         str(video_out),
     ]  # fmt: skip
-    cover = [*base, "-i", str(video_out), "-frames:v", "1", "-update", "1", str(cover_out)]
-    for command in (edit, cover):
+    commands = [edit]
+    if cover_out is not None:
+        commands.append([*base, "-i", str(video_out), "-frames:v", "1", "-update", "1", str(cover_out)])
+    for command in commands:
         try:
             subprocess.run(command, check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SECONDS)
         except subprocess.CalledProcessError as exc:
             raise EditFailure(400, MSG_BAD_VIDEO) from exc
         except subprocess.TimeoutExpired as exc:
             raise EditFailure(500, MSG_SERVER_ERROR) from exc
+
+
+def probe_seconds(path: Path) -> float | None:
+    """The input's duration as ffmpeg reads it (None when it cannot tell)."""
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    result = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, timeout=60, check=False)
+    match = re.search(rb"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
+    if not match:
+        return None
+    hours, minutes, seconds = (float(part) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds

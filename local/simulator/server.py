@@ -22,6 +22,7 @@ from local.simulator.context import SimContext
 from local.simulator.control import CONTROL_PREFIX, Control
 from local.simulator.crun import CrunProtocol
 from local.simulator.kie import KieProtocol
+from local.simulator.runware import RunwareProtocol
 from local.simulator.store import iso_ms, utc_now
 from local.simulator.web import Provider, Request, Response, json_response
 
@@ -35,6 +36,7 @@ def _build_providers(ctx: SimContext) -> list[Provider]:
     return [
         KieProtocol("kie", ctx, signs_callbacks=True),
         KieProtocol("apikley", ctx, serve_record_detail=True),
+        RunwareProtocol(ctx),
         CrunProtocol(ctx),
     ]
 
@@ -157,7 +159,11 @@ class _Server(ThreadingHTTPServer):
         code: Any = None
         if response.content_type == "application/json" and response.body:
             try:
-                code = json.loads(response.body).get("code")
+                answer = json.loads(response.body)
+                code = answer.get("code")
+                errors = answer.get("errors")
+                if code is None and isinstance(errors, list) and errors and isinstance(errors[0], dict):
+                    code = errors[0].get("code")  # Runware's errors envelope
             except (ValueError, AttributeError):
                 code = None
         self.ctx.store.log_request(

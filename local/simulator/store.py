@@ -63,6 +63,7 @@ class Task:
     state: str = "queued"
     error: dict[str, Any] | None = None  # {"code": int, "msg": str}
     result_urls: dict[str, str] | None = None  # {"video": ..., "image": ...}
+    results: list[dict[str, Any]] = field(default_factory=list)  # per-result records (Runware: one per result)
     files: dict[str, Path] = field(default_factory=dict)  # served name -> path
     callbacks: list[CallbackAttempt] = field(default_factory=list)
     # none (no callBackUrl) | pending | delivered | dropped (fault) | abandoned (server stopped/cleared)
@@ -82,6 +83,7 @@ class Task:
             "state": self.state,
             "error": self.error,
             "result_urls": self.result_urls,
+            "results": self.results,
             "callbacks": [attempt.to_json() for attempt in self.callbacks],
             "callback_status": self.callback_status,
             "callback_shape": self.callback_shape,

@@ -135,3 +135,47 @@ def test_intake_failure_cannot_fail_a_claimed_job(store: JobStore) -> None:
     assert job is not None
     assert (job.state, job.provider) == (JobState.RECEIVED, "kie")
     assert store.mark_failed(job_id, JobError("provider_rejected", "no credits", "submit"))
+
+
+def test_results_arriving_one_by_one_complete_the_job_once_all_are_in(store: JobStore) -> None:
+    job_id = uuid.uuid4().hex
+    store.create(job_id, {"outputPrefix": f"x/{job_id}/", "expectedResults": 3})
+    store.mark_submitted(job_id, "task-1")
+    first = {"id": "v-b", "url": "https://h/b.mp4", "cost": 0.1, "seed": 5}
+    assert not store.record_result(job_id, first, task_id="task-1")
+    assert not store.record_result(job_id, first, task_id="task-1")  # a repeated webhook
+    assert not store.record_result(job_id, {"id": "v-a", "url": "https://h/a.mp4", "cost": 0.2}, task_id="task-1")
+    job = store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.SUBMITTED
+    assert sorted(job.item["resultItems"]) == ["v-a", "v-b"]
+    assert store.record_result(job_id, {"id": "v-c", "url": "https://h/c.mp4"}, task_id="task-1")
+    assert not store.record_result(job_id, {"id": "v-d", "url": "https://h/d.mp4"}, task_id="task-1")  # one too many: too late
+    job = store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.SUCCEEDED
+    manifest = job.to_manifest()
+    assert manifest["result"]["videos"] == ["https://h/b.mp4", "https://h/a.mp4", "https://h/c.mp4"]  # arrival order
+    assert manifest["cost"] == pytest.approx(0.3)
+    assert states(store, job_id) == ["RECEIVED", "SUBMITTED", "SUCCEEDED"]
+
+
+def test_a_single_result_job_succeeds_with_its_cover_and_ignores_repeats(store: JobStore) -> None:
+    job_id = new_job(store)  # no expectedResults recorded: one result
+    item = {"id": "1", "url": "https://h/v.mp4", "cover": "https://h/c.png", "cost": 2}
+    assert store.record_result(job_id, item)
+    assert not store.record_result(job_id, item)
+    job = store.get(job_id)
+    assert job is not None
+    assert job.to_manifest()["result"] == {"videos": ["https://h/v.mp4"], "cover": "https://h/c.png"}
+    assert job.to_manifest()["cost"] == 2
+
+
+def test_results_after_a_failure_change_nothing(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.mark_failed(job_id, JobError("generation_failed", "no", "provider"))
+    assert not store.record_result(job_id, {"id": "1", "url": "https://h/v.mp4"})
+    job = store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.FAILED
+    assert "result" not in job.item

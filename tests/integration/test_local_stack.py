@@ -251,7 +251,7 @@ def test_stack_json_has_the_contract_fields(stack: Stack) -> None:
     assert info["submit_queue_url"].endswith("/aleph-submit")
     assert info["simulator_url"] is None
     secret = aws_client("secretsmanager", info).get_secret_value(SecretId=info["secret_id"])
-    assert json.loads(secret["SecretString"]) == {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "crun": "sim-crun-key"}
+    assert json.loads(secret["SecretString"]) == {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "runware": "sim-runware-key", "crun": "sim-crun-key"}
 
 
 def test_resources_are_provisioned_as_the_contract_says(stack: Stack) -> None:
@@ -332,8 +332,8 @@ def test_handler_environment_is_the_contracts(stack: Stack, unique: str) -> None
     assert (env["JOBS_TABLE_NAME"], env["INPUT_BUCKET_NAME"], env["OUTPUT_BUCKET_NAME"]) == ("aleph-jobs", "aleph-input", "aleph-output")
     assert (env["INPUT_PREFIX"], env["DEFAULT_PROVIDER"], env["PROVIDER_SECRET_ID"]) == ("incoming/", "kie", "aleph/provider-keys")
     assert env["ALLOW_HTTP_RESULT_URLS"] == "true"
-    assert json.loads(env["RESULT_HOSTS"]) == {"kie": ["127.0.0.1"], "apikley": ["127.0.0.1"], "crun": ["127.0.0.1"]}
-    assert set(json.loads(env["PROVIDER_ENDPOINTS"])) == {"kie", "apikley", "crun"}
+    assert json.loads(env["RESULT_HOSTS"]) == {p: ["127.0.0.1"] for p in ("kie", "apikley", "runware", "crun")}
+    assert set(json.loads(env["PROVIDER_ENDPOINTS"])) == {"kie", "apikley", "runware", "crun"}
     assert (env["PRESIGNED_URL_TTL_SECONDS"], env["PAIRING_TIMEOUT_SECONDS"], env["JOB_DEADLINE_SECONDS"]) == ("3600", "3600", "86400")
     assert env["MAX_RESULT_BYTES"] == "2147483648"
     assert (env["POWERTOOLS_SERVICE_NAME"], env["POWERTOOLS_METRICS_NAMESPACE"]) == ("aleph-pipeline", "AlephPipeline")
@@ -529,7 +529,7 @@ def test_spawned_stack_with_the_real_simulator_stops_cleanly_on_sigterm(tmp_path
         if has_simulator:
             assert httpx.get(f"{info['simulator_url']}/_sim/tasks", timeout=10).status_code == 200
             endpoints = json.loads(info["handler_env"]["PROVIDER_ENDPOINTS"])
-            assert endpoints == {p: f"{info['simulator_url']}/{p}" for p in ("kie", "apikley", "crun")}
+            assert endpoints == {p: f"{info['simulator_url']}/{p}" for p in ("kie", "apikley", "runware", "crun")}
     finally:
         code = terminate(process)
     log = (tmp_path / "work" / "stack.log").read_text()

@@ -145,3 +145,17 @@ def test_finalize_sample_for_a_job_not_succeeded_changes_nothing(aws: dict[str, 
     assert load_handler("finalize").lambda_handler(event("finalize/job-succeeded.json"), Context()) == {"batchItemFailures": []}
     assert status() == "SUBMITTED"
     assert aws["s3"].list_objects_v2(Bucket=aws["output"]).get("KeyCount", 0) == 0
+
+
+def test_runware_webhook_sample_records_one_of_two_results(aws: dict[str, Any]) -> None:
+    body = json.loads(event("callback/runware-result.json")["body"])
+    submitted_job(aws, "runware", body["data"][0]["taskUUID"])
+    aws["table"].update_item(Key={"jobId": JOB_ID}, UpdateExpression="SET expectedResults = :two", ExpressionAttributeValues={":two": 2})
+    handler = load_handler("callback").lambda_handler
+    for _ in range(2):  # a repeated webhook is recorded once
+        answer = handler(event("callback/runware-result.json"), Context())
+        assert answer["statusCode"] == 200, answer
+    job = JobStore().get(JOB_ID)
+    assert job is not None
+    assert job.state.value == "SUBMITTED"  # one result of two
+    assert list(job.item["resultItems"]) == [body["data"][0]["videoUUID"]]

@@ -12,7 +12,7 @@ from .errors import JobError
 from .jobs import TERMINAL, Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job
-from .providers import PROVIDER_IDS, CallbackInvalid, Outcome, Provider, get_provider
+from .providers import PROVIDER_IDS, CallbackInvalid, Outcome, Provider, ResultItem, get_provider
 from .storage import check_url
 
 MAX_CALLBACK_BYTES = 1024 * 1024
@@ -49,14 +49,15 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
     if result == "rejected":
         return Answer(400, {"message": "a result URL is not on the provider's allowed hosts"})
     job_state = {"failed": JobState.FAILED.value, "succeeded": JobState.SUCCEEDED.value}.get(result, job.state.value)
-    return Answer(200, {"status": "accepted" if result in ("failed", "succeeded") else result, "state": job_state})
+    return Answer(200, {"status": "accepted" if result in ("failed", "succeeded", "recorded") else result, "state": job_state})
 
 
 def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcome) -> str:
     """Move a job by what the provider says: the one path for callbacks and the reconciler's polls.
 
     Returns ``ignored`` (job already past it), ``noted`` (still running), ``failed``,
-    ``succeeded`` or ``rejected`` (a result URL off the provider's hosts: nothing fetched, no change).
+    ``recorded`` (a result of several is in), ``succeeded`` (all are), or ``rejected`` (a result
+    URL off the provider's hosts: nothing fetched, no change).
     """
     if job.state in TERMINAL or job.state == JobState.SUCCEEDED:
         logger.info("late or repeated outcome; no change", extra={"state": job.state})
@@ -67,7 +68,8 @@ def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcom
         fail_job(store, job.id, outcome.error or JobError("generation_failed", "the provider reported a failure", "provider"))
         return "failed"
     settings = get_settings()
-    urls = [*outcome.video_urls, *([outcome.cover_url] if outcome.cover_url else [])]
+    items = outcome.items
+    urls = [url for item in items for url in (item.video_url, item.cover_url) if url]
     try:
         for url in urls:
             check_url(url, provider.allowed_result_hosts, settings.allow_http_result_urls)
@@ -75,5 +77,14 @@ def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcom
         # Nothing is fetched and the job waits: the real result still comes by callback or poll.
         logger.warning("outcome refused: result URL not allowed", extra={"reason": exc.message})
         return "rejected"
-    store.mark_succeeded(job.id, outcome.video_urls, outcome.cover_url, outcome.cost, outcome.task_id)
-    return "succeeded"
+    # One callback may carry one result of several (Runware sends one per result): each is
+    # recorded once, and the job succeeds when the last expected one is in.
+    for item in items:
+        store.record_result(job.id, _result_record(item), task_id=outcome.task_id)
+    after = store.get(job.id)
+    return "succeeded" if after is not None and after.state == JobState.SUCCEEDED else "recorded"
+
+
+def _result_record(item: ResultItem) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": item.id, "url": item.video_url, "cover": item.cover_url, "cost": item.cost, "seed": item.seed}
+    return {name: value for name, value in record.items() if value is not None}

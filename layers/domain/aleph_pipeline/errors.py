@@ -21,6 +21,7 @@ HINTS: dict[str, str] = {
     "video_not_found": "Upload the video next to the sidecar, or fix the sidecar's `video` field.",
     "video_unsupported": "Use one of the video formats named in the message.",
     "video_too_large": "Trim or compress the video below the provider's limit.",
+    "video_duration": "Trim (or lengthen) the video to the duration range named in the message.",
     "pairing_timeout": "Upload the video, then upload the sidecar again to start a new job.",
     "provider_not_configured": "Put the provider's API key into the stack's provider secret, then upload the sidecar again.",
     "provider_rejected": "The provider refused the request; the message says why.",

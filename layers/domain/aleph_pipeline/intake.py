@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -107,13 +108,20 @@ def _advance(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, rec
         if video is None:
             logger.info("sidecar waits for its video")
             return
-        provider.check(sidecar, model, VideoInfo(video.extension, video.info.size if video.info else None))
+        read_range = partial(storage.read_range, video.info) if video.info else None
+        provider.check(sidecar, model, VideoInfo(video.extension, video.info.size if video.info else None, read_range))
         reference_urls = tuple(_image_url(sidecar_info, ref) for ref in sidecar.reference_images or ())
+        frame_urls = tuple(_image_url(sidecar_info, entry if isinstance(entry, str) else entry.image) for entry in sidecar.frame_images or ())
     except JobError as error:
         fail_job(store, job_id, error, unless_claimed=True)
         return
 
-    details: dict[str, Any] = {"provider": provider.id, "model": model, "sidecarJson": raw.decode("utf-8-sig")}
+    details: dict[str, Any] = {
+        "provider": provider.id,
+        "model": model,
+        "sidecarJson": raw.decode("utf-8-sig"),
+        "expectedResults": sidecar.number_results or 1,
+    }
     if video.info is not None:
         details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
     else:
@@ -129,6 +137,7 @@ def _advance(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, rec
         sidecar=sidecar,
         video=video,
         reference_urls=reference_urls,
+        frame_urls=frame_urls,
         receive_count=receive_count,
     )
 
@@ -185,7 +194,8 @@ def _video_url(url: str) -> VideoSource:
 
 
 def _image_url(sidecar_info: storage.ObjectInfo, reference: str) -> str:
-    """An image given as a key becomes a presigned URL; an https URL passes as it is."""
+    """An image (``referenceImages`` or ``frameImages``) given as a key becomes a presigned URL;
+    an https URL passes as it is."""
     if "://" in reference:
         if urlsplit(reference).scheme != "https":
             raise JobError("invalid_sidecar", "image URLs must be https", STAGE_INTAKE)
@@ -206,6 +216,7 @@ def _submit_once(
     sidecar: Sidecar,
     video: VideoSource,
     reference_urls: tuple[str, ...],
+    frame_urls: tuple[str, ...],
     receive_count: int,
 ) -> None:
     settings = get_settings()
@@ -216,7 +227,7 @@ def _submit_once(
         return
     video_url = video.url or storage.presign_get(video.info.bucket, video.info.key, settings.presigned_url_ttl_seconds)  # type: ignore[union-attr]
     callback_url = f"{settings.callback_api_url}/callbacks/{quote(provider_id)}/{job_id}?token={token}"
-    request = SubmitRequest(job_id, sidecar, model, video_url, reference_urls, callback_url)
+    request = SubmitRequest(job_id, sidecar, model, video_url, reference_urls, callback_url, frame_urls)
     provider = get_provider(provider_id)
     try:
         task_id = provider.submit(request)

@@ -84,6 +84,11 @@ class Job:
         return json.loads(raw) if isinstance(raw, str) else None
 
     @property
+    def expected_results(self) -> int:
+        """How many results the job waits for (the sidecar's ``numberResults``, recorded at intake)."""
+        return int(self.item.get("expectedResults", 1))
+
+    @property
     def submission_claimed(self) -> bool:
         return "submission" in self.item
 
@@ -249,6 +254,47 @@ class JobStore:
         if moved and task_id:
             self._set_if_absent(job_id, "providerTaskId", task_id)
         return moved
+
+    def record_result(self, job_id: str, result: dict[str, Any], *, task_id: str | None = None) -> bool:
+        """Add one result (``{"id", "url", ...}``) to a waiting job; True when it completed the set.
+
+        Idempotent per result id: a repeated callback for a result already recorded changes
+        nothing. The job moves to SUCCEEDED when it holds ``expectedResults`` results (1 unless
+        the job asked for several), with the results in arrival order (``result-1`` is the first
+        to arrive) and the summed cost.
+        """
+        # A job recorded before results were kept per item has no map yet; the nested write needs one.
+        self.table.update_item(
+            Key={"jobId": job_id},
+            UpdateExpression="SET resultItems = if_not_exists(resultItems, :empty)",
+            ExpressionAttributeValues={":empty": {}},
+        )
+        values: dict[str, Any] = {":item": _dynamo({**result, "receivedAt": now_iso()}), ":id": [str(result["id"])], ":none": []}
+        allowed = sorted(state.value for state in ENTERED_FROM[JobState.SUCCEEDED])
+        for index, state in enumerate(allowed):
+            values[f":from{index}"] = state
+        try:
+            answer = self.table.update_item(
+                Key={"jobId": job_id},
+                # resultOrder keeps the arrival order, written in the same conditional update.
+                UpdateExpression="SET resultItems.#result = :item, resultOrder = list_append(if_not_exists(resultOrder, :none), :id)",
+                ConditionExpression=f"#status IN ({', '.join(f':from{index}' for index in range(len(allowed)))}) AND attribute_not_exists(resultItems.#result)",
+                ExpressionAttributeNames={"#status": "status", "#result": str(result["id"])},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return False  # a repeated result, or the job has moved on
+            raise
+        job = Job(answer["Attributes"])
+        recorded: dict[str, dict[str, Any]] = _plain(job.item.get("resultItems", {}))
+        if len(recorded) < job.expected_results:
+            return False
+        items = [recorded[result_id] for result_id in job.item.get("resultOrder", []) if result_id in recorded]
+        costs = [item["cost"] for item in items if isinstance(item.get("cost"), int | float)]
+        cost = round(sum(costs), 6) if costs else None
+        return self.mark_succeeded(job_id, tuple(str(item["url"]) for item in items), items[0].get("cover"), cost, task_id)
 
     def mark_completed(self, job_id: str, outputs: list[dict[str, Any]], completed_at: str) -> bool:
         return self._move(job_id, JobState.COMPLETED, {"outputs": outputs}, at=completed_at)

@@ -91,7 +91,7 @@ def _settle_submitted(store: JobStore, job: Job, now: float, report: ReconcileRe
             outcome = None
         if outcome is not None and outcome.state != "running":
             result = apply_outcome(store, job, provider, outcome)
-            report.settled += result in ("failed", "succeeded")
+            report.settled += result in ("failed", "succeeded", "recorded")
             return
     if _past_deadline(job, now):
         _time_out(store, job, report)
@@ -125,7 +125,7 @@ def _settle_received(store: JobStore, job: Job, now: float, report: ReconcileRep
             logger.warning("poll of an unconfirmed submission failed", extra={"reason": exc.message})
             outcome = None
         if outcome is not None and outcome.state != "running":
-            report.settled += apply_outcome(store, job, provider, outcome) in ("failed", "succeeded")
+            report.settled += apply_outcome(store, job, provider, outcome) in ("failed", "succeeded", "recorded")
             return
     if _past_deadline(job, now):
         _time_out(store, job, report)

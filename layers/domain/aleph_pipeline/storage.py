@@ -70,6 +70,19 @@ def read_bytes(info: ObjectInfo, limit: int) -> bytes | None:
     return body
 
 
+def read_range(info: ObjectInfo, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` of the exact object version ``info`` describes (a ranged GET)."""
+    try:
+        answer = s3_client().get_object(Bucket=info.bucket, Key=info.key, IfMatch=f'"{info.etag}"', Range=f"bytes={offset}-{offset + length - 1}")
+    except Exception as exc:
+        if _status(exc) in (404, 412):
+            # Replaced or deleted since it was found: a redelivery finds the new one.
+            raise TransientError(f"the video {info.key} changed while its header was read") from exc
+        raise
+    body: bytes = answer["Body"].read()
+    return body
+
+
 def list_siblings(bucket: str, stem: str) -> list[str]:
     """Keys that start with ``<stem>.`` (a sidecar's possible videos)."""
     paginator = s3_client().get_paginator("list_objects_v2")

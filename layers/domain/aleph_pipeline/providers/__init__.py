@@ -10,17 +10,21 @@ import httpx
 from ..config import Settings, get_settings
 from ..errors import STAGE_INTAKE, JobError
 from ..secrets import provider_api_key
-from .base import CallbackInvalid, Outcome, Provider, ProviderError, SubmitRequest, VideoInfo
+from .base import CallbackInvalid, Outcome, Provider, ProviderError, ResultItem, SubmitRequest, VideoInfo
 from .crun import CrunProtocol
 from .kie import KieProtocol
+from .runware import MODELS as RUNWARE_MODELS
+from .runware import RunwareProtocol
 
-__all__ = ["PROVIDER_IDS", "CallbackInvalid", "Outcome", "Provider", "ProviderError", "SubmitRequest", "VideoInfo", "get_provider"]
+__all__ = ["PROVIDER_IDS", "CallbackInvalid", "Outcome", "Provider", "ProviderError", "ResultItem", "SubmitRequest", "VideoInfo", "get_provider"]
 
 # Provider id -> (production base URL, constructor). Result hosts are the provider's own CDNs;
 # a stack can widen or narrow them with RESULT_HOSTS.
 _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[str, ...]]] = {
     "kie": ("https://api.kie.ai", KieProtocol, ("aleph",), ("kie.ai", "aiquickdraw.com", "redpandaai.co")),
     "apikley": ("https://api.apikley.ru", KieProtocol, ("aleph",), ("apikley.ru", "kie.ai", "aiquickdraw.com", "redpandaai.co")),
+    # Videos come from vm.runware.ai (the docs' examples), images from im.runware.ai.
+    "runware": ("https://api.runware.ai", RunwareProtocol, RUNWARE_MODELS, ("vm.runware.ai", "im.runware.ai")),
     # crun's result CDN is not documented: its own domains (crunai.com serves its static files);
     # ResultHostsOverride / RESULT_HOSTS widens the list when results come from elsewhere.
     "crun": ("https://api.crun.ai", CrunProtocol, ("runway/gen-4-aleph",), ("crun.ai", "crunai.com")),

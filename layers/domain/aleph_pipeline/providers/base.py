@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import httpx
 
+from .. import media
 from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
 from ..sidecar import Sidecar
 
@@ -23,6 +24,20 @@ class VideoInfo:
 
     extension: str  # lower case, no dot
     size: int | None  # bytes; None for an https URL whose size is unknown
+    # Ranged reads of the video (offset, length) -> bytes; None for a video known only by URL.
+    read_range: Callable[[int, int], bytes] | None = None
+
+    def duration_seconds(self) -> float | None:
+        """The duration from the container header (a few ranged reads, never the whole file).
+
+        None when the video is known only by URL. Only a provider with duration limits asks.
+        """
+        if self.read_range is None or self.size is None:
+            return None
+        try:
+            return media.duration_seconds(self.extension, self.size, self.read_range)
+        except media.DurationUnknown as exc:
+            raise JobError("video_unsupported", f"the video's duration could not be read from its header: {exc}", STAGE_INTAKE) from exc
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,20 @@ class SubmitRequest:
     video_url: str
     reference_image_urls: tuple[str, ...]
     callback_url: str
+    # One URL per ``sidecar.frame_images`` entry, in the same order (keys already presigned).
+    frame_image_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResultItem:
+    """One result of a task. ``id`` is the provider's own id for it (Runware's ``videoUUID``):
+    a repeated callback for the same result is recognised by it."""
+
+    id: str
+    video_url: str
+    cover_url: str | None = None
+    cost: float | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +74,18 @@ class Outcome:
     cover_url: str | None = None
     cost: float | None = None
     error: JobError | None = None
+    # Providers that deliver results one by one (Runware) name each; see ``items``.
+    results: tuple[ResultItem, ...] = ()
+
+    @property
+    def items(self) -> tuple[ResultItem, ...]:
+        """The results this outcome carries, as items (a whole-task result is item ``1``, ``2``, ...)."""
+        if self.results:
+            return self.results
+        return tuple(
+            ResultItem(str(index), url, self.cover_url if index == 1 else None, self.cost if index == 1 else None)
+            for index, url in enumerate(self.video_urls, start=1)
+        )
 
 
 class ProviderError(Exception):

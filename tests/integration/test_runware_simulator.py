@@ -1,0 +1,210 @@
+"""The simulator speaks Runware's protocol as Runware's pages describe it (real HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from functools import partial
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from local.media import duration_seconds, make_clip
+from local.simulator.server import SimulatorServer
+
+from .test_simulator import FFMPEG, CallbackSink, _QuietFiles, _serve, _sink_handler
+
+pytestmark = pytest.mark.timeout(90)
+
+KEY = "sim-runware-key"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("runware-media")
+    make_clip(folder / "clip.mp4", seconds=3, size="320x180")
+    make_clip(folder / "short.mp4", seconds=1.5, size="320x180")
+    subprocess.run([FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", "1", str(folder / "red.png")], check=True)
+    yield from _serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(folder))))
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[CallbackSink]:
+    receiver = CallbackSink()
+    for url in _serve(ThreadingHTTPServer(("127.0.0.1", 0), _sink_handler(receiver))):
+        receiver.url = url
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SimulatorServer]:
+    simulator = SimulatorServer("127.0.0.1", 0).start()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+@pytest.fixture
+def client(server: SimulatorServer, sink: CallbackSink) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as http:
+        http.post("/_sim/reset").raise_for_status()
+        sink.clear()
+        yield http
+        http.post("/_sim/reset")
+
+
+def task(media: str, sink: CallbackSink, **fields: Any) -> dict[str, Any]:
+    return {
+        "taskType": "videoInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": "runway:aleph@2.0",
+        "positivePrompt": "make it look like a negative",
+        "deliveryMethod": "async",
+        "includeCost": True,
+        "webhookURL": f"{sink.url}/callbacks/runware/job?token=t",
+        "inputs": {"video": f"{media}/clip.mp4"},
+        **fields,
+    }
+
+
+def post(client: httpx.Client, tasks: list[dict[str, Any]], key: str | None = KEY) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.post("/runware/v1", json=tasks, headers=headers)
+
+
+def get_response(client: httpx.Client, task_uuid: str) -> httpx.Response:
+    return post(client, [{"taskType": "getResponse", "taskUUID": task_uuid}])
+
+
+def test_aleph_2_task_is_acknowledged_edited_and_reported_by_webhook_and_poll(client: httpx.Client, media: str, sink: CallbackSink, tmp_path: Path) -> None:
+    body = task(media, sink, inputs={"video": f"{media}/clip.mp4", "frameImages": [{"image": f"{media}/red.png", "frame": "first"}]})
+    answer = post(client, [body])
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"data": [{"taskType": "videoInference", "taskUUID": body["taskUUID"]}]}
+    [webhook] = sink.wait_for(body["taskUUID"])
+    [item] = webhook["body"]["data"]
+    assert item["taskType"] == "videoInference"
+    assert item["taskUUID"] == body["taskUUID"]
+    assert uuid.UUID(item["videoUUID"])
+    assert item["cost"] == pytest.approx(0.28 * 3, abs=0.05)  # $0.28 per second of a 3 s clip
+    assert isinstance(item["seed"], int)
+    assert webhook["path"] == "/callbacks/runware/job?token=t"
+    result = tmp_path / "result.mp4"
+    result.write_bytes(client.get(item["videoURL"]).content)
+    assert duration_seconds(result) == pytest.approx(3, abs=0.2)  # Aleph 2.0 edits the whole clip
+    polled = get_response(client, body["taskUUID"]).json()
+    assert polled == {"data": [{**item, "status": "success"}]}
+
+
+def test_one_webhook_per_result_and_the_output_format(client: httpx.Client, media: str, sink: CallbackSink, tmp_path: Path) -> None:
+    body = task(media, sink, model="runway:2@1", numberResults=2, outputFormat="WEBM", seed=11, width=640, height=480)
+    body["inputs"] = {"video": f"{media}/clip.mp4", "referenceImages": [f"{media}/red.png"]}
+    assert post(client, [body]).status_code == 200
+    webhooks = sink.wait_for(body["taskUUID"], count=2)
+    items = [hook["body"]["data"][0] for hook in webhooks]
+    assert len({item["videoUUID"] for item in items}) == 2
+    assert sorted(item["seed"] for item in items) == [11, 12]
+    for index, item in enumerate(items):
+        assert item["videoURL"].endswith(".webm")
+        path = tmp_path / f"r{index}.webm"
+        fetched = client.get(item["videoURL"])
+        assert fetched.headers["content-type"] == "video/webm"
+        path.write_bytes(fetched.content)
+        assert duration_seconds(path) > 2
+    statuses = [entry["status"] for entry in get_response(client, body["taskUUID"]).json()["data"]]
+    assert statuses == ["success", "success"]
+
+
+def test_poll_says_processing_while_the_task_runs(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    client.post("/_sim/config", json={"hold": True}).raise_for_status()
+    body = task(media, sink)
+    assert post(client, [body]).status_code == 200
+    assert get_response(client, body["taskUUID"]).json()["data"] == [{"taskType": "videoInference", "taskUUID": body["taskUUID"], "status": "processing"}]
+    client.post("/_sim/config", json={"hold": False}).raise_for_status()
+    sink.wait_for(body["taskUUID"])
+
+
+def test_the_authentication_task_form_is_accepted(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    body = task(media, sink)
+    answer = post(client, [{"taskType": "authentication", "apiKey": KEY}, body], key=None)
+    assert answer.status_code == 200, answer.text
+    assert [item["taskType"] for item in answer.json()["data"]] == ["authentication", "videoInference"]
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_a_missing_or_wrong_key_is_refused_with_the_errors_envelope(client: httpx.Client, media: str, sink: CallbackSink, key: str | None) -> None:
+    answer = post(client, [task(media, sink)], key=key)
+    assert answer.status_code == 401
+    assert answer.json()["errors"][0]["code"] == "invalidApiKey"
+    assert client.get("/_sim/tasks").json() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"taskUUID": "not-a-uuid"}, "invalidTaskUUID"),
+        ({"taskUUID": "6ba7b810-9dad-11d1-80b4-00c04fd430c8"}, "invalidTaskUUID"),  # a v1 UUID
+        ({"model": "runway:gen3"}, "invalidModel"),
+        ({"positivePrompt": "x" * 1001}, "invalidPositivePrompt"),
+        ({"inputs": {}}, "missingVideo"),
+        ({"numberResults": 5}, "invalidNumberResults"),
+        ({"outputFormat": "GIF"}, "invalidOutputFormat"),
+        ({"outputQuality": 10}, "invalidOutputQuality"),
+        ({"ttl": 30}, "invalidTtl"),
+        ({"width": 1280, "height": 720}, "unsupportedParameter"),  # not an Aleph 2.0 option
+        ({"model": "runway:2@1", "width": 1000, "height": 700}, "invalidDimensions"),
+        ({"safety": {"mode": "paranoid"}}, "invalidSafety"),
+        ({"providerSettings": {"runway": {"contentModeration": {"publicFigureThreshold": "high"}}}}, "invalidProviderSettings"),
+    ],
+)
+def test_invalid_tasks_are_refused_with_a_named_code(client: httpx.Client, media: str, sink: CallbackSink, fields: dict[str, Any], code: str) -> None:
+    answer = post(client, [task(media, sink, **fields)])
+    assert answer.status_code == 400
+    assert code in [error["code"] for error in answer.json()["errors"]]
+
+
+def test_insufficient_balance_on_demand(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    client.post("/_sim/faults", json=[{"fault": "insufficient_credits", "provider": "runware", "count": 1}]).raise_for_status()
+    body = task(media, sink)
+    answer = post(client, [body])
+    assert answer.status_code == 402
+    [error] = answer.json()["errors"]
+    assert error["code"] == "insufficientCredits"
+    assert error["taskUUID"] == body["taskUUID"]
+    assert client.get("/_sim/tasks").json() == []
+    logged = client.get("/_sim/requests").json()
+    assert [(entry["provider"], entry["http_status"], entry["code"]) for entry in logged] == [("runware", 402, "insufficientCredits")]
+
+
+def test_a_too_short_video_for_aleph_2_fails_by_webhook_and_poll(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    body = task(media, sink, inputs={"video": f"{media}/short.mp4"})
+    assert post(client, [body]).status_code == 200
+    [webhook] = sink.wait_for(body["taskUUID"])
+    assert webhook["body"]["errors"][0]["code"] == "invalidVideoDuration"
+    [item] = get_response(client, body["taskUUID"]).json()["data"]
+    assert item["status"] == "error"
+    assert item["error"]["code"] == "invalidVideoDuration"
+
+
+def test_an_unfetchable_frame_image_fails_the_task(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    body = task(media, sink, inputs={"video": f"{media}/clip.mp4", "frameImages": [f"{media}/missing.png"]})
+    assert post(client, [body]).status_code == 200
+    [webhook] = sink.wait_for(body["taskUUID"])
+    assert webhook["body"]["errors"][0]["code"] == "invalidImage"
+
+
+def test_an_unknown_task_polls_as_not_found(client: httpx.Client) -> None:
+    answer = get_response(client, str(uuid.uuid4()))
+    assert answer.status_code == 404
+    assert answer.json()["errors"][0]["code"] == "taskFailedOrNotFound"
+
+
+def test_the_body_must_be_an_array(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    answer = client.post("/runware/v1", json=task(media, sink), headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 400
+    assert answer.json()["errors"][0]["code"] == "invalidRequestBody"
