@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
     submit_max_attempts: int = Field(default=4, ge=1)
     secret_max_age_seconds: int = Field(default=300, ge=0)
+    # Where job notifications go (EventBridge), and the stack they name.
+    event_bus_name: str = "default"
+    stack_name: str = "aleph"
 
     @field_validator("input_prefix")
     @classmethod
