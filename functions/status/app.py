@@ -13,22 +13,11 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
 
-from aleph_pipeline.status import JOB_ID_PATTERN, JobStatus, job_status
+from aleph_pipeline.status import JOB_ID_PATTERN, JobStatus, Message, ValidationFailure, job_status
 
 logger = Logger()
 app = APIGatewayHttpResolver(enable_validation=True)
-
-
-class Message(BaseModel):
-    statusCode: int
-    message: str
-
-
-class ValidationFailure(BaseModel):
-    statusCode: int
-    detail: list[dict[str, Any]]
 
 
 @app.get(

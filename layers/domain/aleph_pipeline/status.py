@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +59,20 @@ class JobStatus(BaseModel):
     history: list[HistoryEntry]
     error: StatusError | None = None
     outputs: list[OutputLink] = Field(description="results and cover, then job.json or error.json; empty while the job runs")
+
+
+class Message(BaseModel):
+    """The API's answer when there is nothing to show (404)."""
+
+    statusCode: int
+    message: str
+
+
+class ValidationFailure(BaseModel):
+    """The API's answer to a malformed request (422)."""
+
+    statusCode: int
+    detail: list[dict[str, Any]]
 
 
 def job_status(job_id: str, store: JobStore | None = None) -> JobStatus | None:

@@ -10,7 +10,7 @@ import httpx
 from ..config import Settings, get_settings
 from ..errors import STAGE_INTAKE, JobError
 from ..secrets import provider_api_key
-from .base import CallbackInvalid, Outcome, Provider, ProviderError, SubmitRequest, VideoInfo
+from .base import CallbackInvalid, Outcome, Provider, ProviderDocs, ProviderError, SubmitRequest, VideoInfo
 from .kie import KieProtocol
 
 __all__ = ["PROVIDER_IDS", "CallbackInvalid", "Outcome", "Provider", "ProviderError", "SubmitRequest", "VideoInfo", "get_provider"]
@@ -22,6 +22,11 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[
     "apikley": ("https://api.apikley.ru", KieProtocol, ("aleph",), ("apikley.ru", "kie.ai", "aiquickdraw.com", "redpandaai.co")),
 }
 PROVIDER_IDS = tuple(_REGISTRY)
+
+
+def provider_docs() -> list[tuple[str, tuple[str, ...], ProviderDocs | None]]:
+    """Each provider's id, models (the default first) and what its adapter declares (for the docs)."""
+    return [(provider_id, entry[2], getattr(entry[1], "docs", None)) for provider_id, entry in _REGISTRY.items()]
 
 
 def _http_client() -> httpx.Client:
