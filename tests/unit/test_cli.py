@@ -36,7 +36,9 @@ def test_options_become_sidecar_fields() -> None:
 
 
 def test_a_malformed_set_is_one_readable_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    (tmp_path / "stack.json").write_text(json.dumps({"input_bucket": "i", "input_prefix": "incoming/", "output_bucket": "o", "jobs_table": "t", "s3_endpoint": "http://127.0.0.1:9"}))
+    (tmp_path / "stack.json").write_text(
+        json.dumps({"input_bucket": "i", "input_prefix": "incoming/", "output_bucket": "o", "jobs_table": "t", "s3_endpoint": "http://127.0.0.1:9"})
+    )
     assert main(["--local", str(tmp_path), "submit", str(tmp_path / "clip.mp4"), "--prompt", "p", "--set", "novalue"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
@@ -44,7 +46,9 @@ def test_a_malformed_set_is_one_readable_error(capsys: pytest.CaptureFixture[str
 
 
 def test_a_missing_video_is_named_before_anything_is_uploaded(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    (tmp_path / "stack.json").write_text(json.dumps({"input_bucket": "i", "input_prefix": "incoming/", "output_bucket": "o", "jobs_table": "t", "s3_endpoint": "http://127.0.0.1:9"}))
+    (tmp_path / "stack.json").write_text(
+        json.dumps({"input_bucket": "i", "input_prefix": "incoming/", "output_bucket": "o", "jobs_table": "t", "s3_endpoint": "http://127.0.0.1:9"})
+    )
     assert main(["--local", str(tmp_path), "submit", str(tmp_path / "nope.mp4"), "--prompt", "p"]) == 1
     assert capsys.readouterr().err == f"aleph: {tmp_path / 'nope.mp4'}: no such file\n"
 
@@ -57,11 +61,12 @@ def test_no_stack_is_one_readable_error(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_local_stack_json_is_read(tmp_path: Path) -> None:
-    (tmp_path / "stack.json").write_text(
-        json.dumps({"input_bucket": "in", "input_prefix": "incoming/", "output_bucket": "out", "jobs_table": "jobs", "s3_endpoint": "http://127.0.0.1:5", "region": "eu-west-1"})
-    )
+    info = {"input_bucket": "in", "input_prefix": "incoming/", "output_bucket": "out", "jobs_table": "jobs"}
+    info.update(s3_endpoint="http://127.0.0.1:5", region="eu-west-1")
+    (tmp_path / "stack.json").write_text(json.dumps(info))
     stack = discover(local_dir=tmp_path)
-    assert (stack.input_bucket, stack.output_bucket, stack.jobs_table, stack.endpoint_url, stack.region) == ("in", "out", "jobs", "http://127.0.0.1:5", "eu-west-1")
+    assert (stack.input_bucket, stack.output_bucket, stack.jobs_table) == ("in", "out", "jobs")
+    assert (stack.endpoint_url, stack.region) == ("http://127.0.0.1:5", "eu-west-1")
 
 
 def test_pyproject_installs_the_aleph_command() -> None:

@@ -59,7 +59,8 @@ class Sidecar(BaseModel):
     model: NonEmptyStr | None = None
     """the provider's model id (default: the provider's default model)"""
     video: NonEmptyStr | None = None
-    """the input video: a key relative to the sidecar's folder, a full key starting with the input prefix, or an `https://` URL (default: the video with the sidecar's name)"""
+    """the input video: a key relative to the sidecar's folder, a full key starting with the input prefix, or an `https://` URL
+    (default: the video with the sidecar's name)"""
     reference_images: list[NonEmptyStr] | None = Field(default=None, alias="referenceImages", min_length=1)
     """images (keys or https URLs) that guide the style or content"""
     frame_images: list[NonEmptyStr | FrameImage] | None = Field(default=None, alias="frameImages", min_length=1)
