@@ -340,3 +340,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) goes through routing too: no route matches it, so it
+        # gets API Gateway's 404, not http.server's 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
