@@ -22,11 +22,12 @@ help:
 	@echo "make local  - run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make build  - sam build (needs python3.12 on PATH)"
 
-$(VENV)/.installed: requirements-dev.txt layers/domain/requirements.txt
+$(VENV)/.installed: requirements-dev.txt layers/domain/requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or later is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_QUIET) --upgrade pip > .venv-install.log 2>&1 || (cat .venv-install.log; exit 1)
 	$(PY) -m pip install $(PIP_QUIET) -r requirements-dev.txt >> .venv-install.log 2>&1 || (cat .venv-install.log; exit 1)
+	$(PY) -m pip install $(PIP_QUIET) --no-deps -e . >> .venv-install.log 2>&1 || (cat .venv-install.log; exit 1)
 	@rm -f .venv-install.log
 	@touch $@
 
@@ -53,7 +54,7 @@ local: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy layers/domain/aleph_pipeline functions local
+	$(PY) -m mypy layers/domain/aleph_pipeline functions local aleph_cli tools
 
 template-lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml

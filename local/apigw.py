@@ -36,6 +36,7 @@ class Route:
 
     method: str
     path: str
+    function: str | None = None  # the function that serves it (None: the emulator's default one)
 
     @property
     def route_key(self) -> str:
@@ -198,6 +199,7 @@ class HttpApiEmulator:
     ) -> None:
         self.routes = list(routes)
         self.function = function
+        self.functions: Mapping[str, LambdaFunction] = {}  # by name, for routes that name theirs
         self.api_id = api_id
         self.max_body_bytes = max_body_bytes
         self.host = host
@@ -248,10 +250,11 @@ class HttpApiEmulator:
             api_id=self.api_id,
             request_id=request_id,
         )
-        if self.function is None:
+        function = self.functions.get(route.function) if route.function else self.function
+        if function is None:
             log.error("%s: no function to invoke (handler missing)", route.route_key)
             return _SERVER_ERROR
-        invocation = self.function.invoke(event)
+        invocation = function.invoke(event)
         if not invocation.ok:
             status, out_headers, data = _SERVER_ERROR
         else:
@@ -260,7 +263,7 @@ class HttpApiEmulator:
             except (TypeError, ValueError) as exc:
                 log.error("%s: the function's answer is not a valid HTTP API response: %s", route.route_key, exc)
                 status, out_headers, data = _SERVER_ERROR
-        log.info("%s %s -> %s (%s, %.0f ms)", method, raw_path, status, self.function.name, invocation.duration * 1000)
+        log.info("%s %s -> %s (%s, %.0f ms)", method, raw_path, status, function.name, invocation.duration * 1000)
         return status, [*out_headers, ("apigw-requestid", request_id)], data
 
 
@@ -337,3 +340,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) goes through routing too: no route matches it, so it
+        # gets API Gateway's 404, not http.server's 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-
+from aleph_cli import jobs
+from aleph_cli.errors import CliError
+from aleph_cli.main import progress_display
+from aleph_cli.stack import from_local_info
 from local.media import duration_seconds, make_clip, side_by_side
 from local.stack import spawn
 
@@ -42,46 +42,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_job(info: dict[str, Any], clip: Path, prompt: str, out: Path, timeout: float) -> int:
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=info["region"])
-    s3 = session.client("s3", endpoint_url=info["s3_endpoint"])
-    table = session.resource("dynamodb", endpoint_url=info["s3_endpoint"]).Table(info["jobs_table"])
-    stem = f"{info['input_prefix']}demo/{clip.stem}"
-    video_key = f"{stem}{clip.suffix.lower()}"
-    sidecar_key = f"{stem}.json"
-    s3.upload_file(str(clip), info["input_bucket"], video_key)
-    s3.put_object(Bucket=info["input_bucket"], Key=sidecar_key, Body=json.dumps({"prompt": prompt, "provider": "kie"}).encode())
-    print(f"uploaded s3://{info['input_bucket']}/{video_key} and {sidecar_key}")
-
-    started = time.monotonic()
-    last_state = None
-    job: dict[str, Any] | None = None
-    while time.monotonic() - started < timeout:
-        items = table.scan(FilterExpression="sidecarKey = :key", ExpressionAttributeValues={":key": sidecar_key}, ConsistentRead=True)["Items"]
-        job = items[0] if items else None
-        state = job["status"] if job else "waiting for the submit function"
-        if state != last_state:
-            print(f"  {time.monotonic() - started:6.1f}s  {state}", flush=True)
-            last_state = state
-        if job and job["status"] in ("COMPLETED", "FAILED"):
-            break
-        time.sleep(0.25)
-    if job is None or job["status"] not in ("COMPLETED", "FAILED"):
-        print(f"the job did not finish within {timeout:.0f} s", file=sys.stderr)
+    """Upload, follow and fetch the job with the ``aleph`` CLI's own functions."""
+    stack = from_local_info(info)
+    submitted = jobs.upload_pair(stack, clip, {"prompt": prompt, "provider": "kie"}, folder="demo")
+    print(f"uploaded s3://{stack.input_bucket}/{submitted.video_key} and {submitted.sidecar_key}")
+    print(f"job {submitted.job_id}")
+    try:
+        with progress_display(submitted.job_id) as on_change:
+            job = jobs.watch(stack, submitted.job_id, timeout=timeout, on_change=on_change)
+    except CliError as exc:
+        print(exc, file=sys.stderr)
         return 1
 
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    listed = s3.list_objects_v2(Bucket=info["output_bucket"], Prefix=job["outputPrefix"]).get("Contents", [])
-    for entry in listed:
-        target = out / Path(entry["Key"]).name
-        s3.download_file(info["output_bucket"], entry["Key"], str(target))
-    print(f"output files (s3://{info['output_bucket']}/{job['outputPrefix']}) saved under {out}/:")
-    for path in sorted(out.iterdir()):
+    saved = jobs.download(stack, job, out)
+    print(f"output files ({jobs.result_location(stack, job)}) saved under {out}/:")
+    for path in sorted(saved):
         print(f"  {path.name:12s} {path.stat().st_size:>10d} bytes")
 
     if job["status"] == "FAILED":
-        print(f"the job FAILED: {json.dumps(job.get('error'), default=str)}", file=sys.stderr)
+        print(f"the job FAILED: {jobs.describe_error(jobs.error_of(stack, job))}", file=sys.stderr)
         return 1
     result = out / "result.mp4"
     picture = side_by_side(clip, result, out / "preview.png")

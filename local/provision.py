@@ -45,6 +45,7 @@ class ResourceNames:
     submit_queue: str = "aleph-submit"
     submit_dlq: str = "aleph-submit-dlq"
     finalize_dlq: str = "aleph-finalize-dlq"
+    notify_dlq: str = "aleph-notify-dlq"
     jobs_table: str = "aleph-jobs"
     secret_id: str = "aleph/provider-keys"
 
@@ -64,6 +65,9 @@ class Resources:
     jobs_table_arn: str
     jobs_stream_arn: str
     secret_arn: str
+    notify_dlq_url: str = ""
+    notify_dlq_arn: str = ""
+    event_bus_name: str = "default"
 
     def role_values(self) -> dict[str, str]:
         """What ``!Ref`` gives for each role (see ``TemplateConfig.logical_id``)."""
@@ -75,6 +79,7 @@ class Resources:
             "submit_queue": self.submit_queue_url,
             "submit_dlq": self.submit_dlq_url,
             "finalize_dlq": self.finalize_dlq_url,
+            "notify_dlq": self.notify_dlq_url,
         }
 
 
@@ -93,6 +98,7 @@ def provision(
 
     submit_dlq_url, submit_dlq_arn = _queue(sqs, names.submit_dlq, {"MessageRetentionPeriod": "1209600"})
     finalize_dlq_url, finalize_dlq_arn = _queue(sqs, names.finalize_dlq, {"MessageRetentionPeriod": "1209600"})
+    notify_dlq_url, notify_dlq_arn = _queue(sqs, names.notify_dlq, {"MessageRetentionPeriod": "1209600"})
     queue: QueueConfig = config.submit_queue
     submit_url, submit_arn = _queue(
         sqs,
@@ -158,6 +164,11 @@ def provision(
     description = dynamodb.describe_table(TableName=names.jobs_table)["Table"]
     stream_arn = description.get("LatestStreamArn") or described["TableDescription"].get("LatestStreamArn")
 
+    # Job events go to the template's bus: the account's default one exists already; a named one
+    # is created here (on AWS it must exist before the stack, see the EventBusName parameter).
+    if config.event_bus_name != "default":
+        client("events").create_event_bus(Name=config.event_bus_name)
+
     secret = secrets.create_secret(
         Name=names.secret_id,
         Description="Local provider keys (the simulator's)",
@@ -176,6 +187,9 @@ def provision(
         jobs_table_arn=description["TableArn"],
         jobs_stream_arn=stream_arn,
         secret_arn=secret["ARN"],
+        notify_dlq_url=notify_dlq_url,
+        notify_dlq_arn=notify_dlq_arn,
+        event_bus_name=config.event_bus_name,
     )
 
 

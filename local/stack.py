@@ -226,14 +226,15 @@ class LocalStack:
 
         self.resources = provision(client, self.config, region=REGION, names=ResourceNames())
 
-        callback = self.config.functions["callback"]
-        routes = [Route(r.method, r.path) for f in self.config.functions.values() for r in f.routes if f.name == callback.name]
+        # Every function's HttpApi routes, each to its own function (callback, status, ...).
+        routes = [Route(r.method, r.path, f.name) for f in self.config.functions.values() for r in f.routes]
         self.api = HttpApiEmulator(routes, None, port=self.api_port or 0)
 
         self._env = self._handler_environment()
         self._apply_environ(self._env)
         self._build_functions()
         self.api.function = self.functions.get("callback")
+        self.api.functions = self.functions
         self._start_sources(client)
         self.api.start()
 
@@ -391,7 +392,8 @@ class LocalStack:
         self._added_sys_path.clear()
 
     def _build_functions(self) -> None:
-        concurrency = {"submit": self.sqs_concurrency, "finalize": self.stream_lanes, "callback": self.api_concurrency}
+        lanes, api = self.stream_lanes, self.api_concurrency
+        concurrency = {"submit": self.sqs_concurrency, "finalize": lanes, "notify": lanes, "callback": api, "status": api}
         for name, spec in _need(self.config).functions.items():
             path = self.handler_overrides.get(name, REPO_ROOT / spec.handler_file)
             function = LambdaFunction(
@@ -427,12 +429,16 @@ class LocalStack:
                     retry_backoff_seconds=self.sqs_retry_backoff,
                 )
             )
-        finalize_spec = config.functions["finalize"]
-        if "finalize" in self.functions and finalize_spec.stream is not None:
-            stream = finalize_spec.stream
+        # Each function with a stream event (finalize, notify) reads the stream on its own, like
+        # one event source mapping each; on-failure records go to that function's queue.
+        on_failure = {"finalize": resources.finalize_dlq_url, "notify": resources.notify_dlq_url}
+        for name, spec in config.functions.items():
+            if name not in self.functions or spec.stream is None:
+                continue
+            stream = spec.stream
             self._start_source(
                 StreamEventSource(
-                    self.functions["finalize"],
+                    self.functions[name],
                     table_name=resources.names.jobs_table,
                     region=REGION,
                     client_factory=client,
@@ -442,7 +448,7 @@ class LocalStack:
                     bisect_on_error=stream.bisect_on_error,
                     maximum_retry_attempts=(stream.maximum_retry_attempts if self.stream_max_retries is None else self.stream_max_retries),
                     # The contract's on-failure queue; a template without a destination drops them.
-                    on_failure_queue_url=(resources.finalize_dlq_url if stream.on_failure_ref or config.source is None else None),
+                    on_failure_queue_url=(on_failure.get(name) if stream.on_failure_ref or config.source is None else None),
                     lanes=self.stream_lanes,
                     retry_backoff_seconds=self.stream_retry_backoff,
                 )
@@ -480,6 +486,8 @@ class LocalStack:
             "submit_queue_url": r.submit_queue_url,
             "submit_dlq_url": r.submit_dlq_url,
             "finalize_dlq_url": r.finalize_dlq_url,
+            "notify_dlq_url": r.notify_dlq_url,
+            "event_bus_name": r.event_bus_name,
             "secret_id": r.names.secret_id,
             "functions": {name: str(f.handler_file) for name, f in self.functions.items()},
             "handler_env": dict(self._env),

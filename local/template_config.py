@@ -102,6 +102,11 @@ class TemplateConfig:
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def event_bus_name(self) -> str:
+        """The bus job events go to (the ``EventBusName`` parameter's default)."""
+        return self.parameters.get("EventBusName") or "default"
+
     def logical_id(self, kind: str) -> str | None:
         """Logical id of a contract resource found by its role (see ``_find_roles``)."""
         return _find_roles(self).get(kind)
@@ -274,6 +279,9 @@ def _find_roles(config: TemplateConfig) -> dict[str, str]:
     finalize = config.functions.get("finalize")
     if finalize and finalize.stream and finalize.stream.on_failure_ref:
         roles["finalize_dlq"] = finalize.stream.on_failure_ref
+    notify = config.functions.get("notify")
+    if notify and notify.stream and notify.stream.on_failure_ref:
+        roles["notify_dlq"] = notify.stream.on_failure_ref
     return roles
 
 

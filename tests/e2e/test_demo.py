@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from local.client import REPO_ROOT
 from local.media import duration_seconds, frame_rgb, mean_abs_difference
 
 pytestmark = pytest.mark.e2e
@@ -22,6 +24,8 @@ def test_demo_writes_result_and_preview(tmp_path: Path) -> None:
         text=True,
         timeout=300,
         check=False,
+        # Like `make demo`: the repository and the layer on the path (the CLI uses the domain's job ids).
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "layers" / "domain")])},
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "COMPLETED" in completed.stdout

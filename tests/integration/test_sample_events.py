@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import boto3
 import pytest
 
 from aleph_pipeline.jobs import JobStore, hash_token
@@ -159,3 +160,39 @@ def test_runware_webhook_sample_records_one_of_two_results(aws: dict[str, Any]) 
     assert job is not None
     assert job.state.value == "SUBMITTED"  # one result of two
     assert list(job.item["resultItems"]) == [body["data"][0]["videoUUID"]]
+
+
+def test_notify_sample_puts_a_job_failed_event(aws: dict[str, Any], moto_server: str) -> None:
+    from aleph_pipeline import notifications
+
+    notifications._events_client.cache_clear()
+    sqs = boto3.client("sqs", endpoint_url=moto_server)
+    events = boto3.client("events", endpoint_url=moto_server)
+    name = f"sample-events-{uuid.uuid4().hex[:8]}"
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=name, EventPattern=json.dumps({"source": ["aleph.pipeline"], "detail": {"jobId": [JOB_ID]}}))
+    events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": arn}])
+    try:
+        assert load_handler("notify").lambda_handler(event("notify/job-failed.json"), Context()) == {"batchItemFailures": []}
+        messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5).get("Messages", [])
+        assert len(messages) == 1
+        sent = json.loads(messages[0]["Body"])
+        assert sent["detail-type"] == "Job Failed"
+        assert sent["detail"]["error"]["code"] == "generation_failed"
+        assert sent["detail"]["outputKeys"] == [f"team-a/shot1/{JOB_ID}/error.json"]
+    finally:
+        events.remove_targets(Rule=name, Ids=["q"])
+        events.delete_rule(Name=name)
+        notifications._events_client.cache_clear()
+
+
+def test_status_sample_answers_404_then_the_job(aws: dict[str, Any]) -> None:
+    handler = load_handler("status").lambda_handler
+    missing = handler(event("status/get-job.json"), Context())
+    assert missing["statusCode"] == 404
+    submitted_job(aws)
+    found = handler(event("status/get-job.json"), Context())
+    assert found["statusCode"] == 200
+    body = json.loads(found["body"])
+    assert (body["jobId"], body["state"], body["outputs"]) == (JOB_ID, "SUBMITTED", [])

@@ -421,3 +421,46 @@ def test_dead_letter_queues_and_function_errors_alarm_to_the_topic(resources: di
     subscription = resources["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
     assert template["Parameters"]["AlarmEmail"]["Default"] == ""
+
+
+# ------------------------------------------------------------------ notifications and the status API
+
+
+def test_notify_reads_exactly_the_terminal_transitions(template: dict[str, Any]) -> None:
+    from local.event_filter import matches_any
+
+    source = _event_source(template, "NotifyFunction", "DynamoDB")
+    patterns = [json.loads(f["Pattern"]) for f in source["FilterCriteria"]["Filters"]]
+
+    def record(old: str | None, new: str) -> dict[str, Any]:
+        images: dict[str, Any] = {"NewImage": {"status": {"S": new}}}
+        if old:
+            images["OldImage"] = {"status": {"S": old}}
+        return {"eventName": "MODIFY" if old else "INSERT", "dynamodb": images}
+
+    assert matches_any(patterns, record("SUCCEEDED", "COMPLETED"))
+    assert matches_any(patterns, record("RECEIVED", "FAILED"))
+    assert not matches_any(patterns, record("FAILED", "FAILED"))
+    assert not matches_any(patterns, record("RECEIVED", "SUBMITTED"))
+    assert source["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["NotifyDeadLetterQueue", "Arn"]}
+    props = _function_props(template, "NotifyFunction")
+    assert {"EventBridgePutEventsPolicy": {"EventBusName": {"Ref": "EventBusName"}}} in props["Policies"]
+    assert props["Environment"]["Variables"]["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
+
+
+def test_status_route_is_iam_authorised_and_the_callback_route_is_not(template: dict[str, Any]) -> None:
+    status = _event_source(template, "StatusFunction", "HttpApi")
+    assert (status["Method"], status["Path"], status["Auth"]) == ("GET", "/jobs/{jobId}", {"Authorizer": "AWS_IAM"})
+    assert "Auth" not in _event_source(template, "CallbackFunction", "HttpApi")
+    assert _props(template["Resources"], "CallbackApi")["Auth"] == {"EnableIamAuthorizer": True}
+    assert {"DynamoDBReadPolicy": {"TableName": {"Ref": "JobsTable"}}} in _function_props(template, "StatusFunction")["Policies"]
+
+
+def test_email_notifications_exist_only_with_an_address(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["NotificationEmail"]["Default"] == ""
+    assert template["Conditions"]["HasNotificationEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationEmail"}, ""]}]}
+    for name in ("NotificationTopic", "NotificationTopicPolicy", "NotificationRule"):
+        assert template["Resources"][name]["Condition"] == "HasNotificationEmail"
+    rule = _props(template["Resources"], "NotificationRule")
+    assert rule["EventPattern"]["source"] == ["aleph.pipeline"]
+    assert rule["Targets"][0]["Arn"] == {"Ref": "NotificationTopic"}

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     finalize_grace_seconds: int = Field(default=1800, ge=0)
     finalize_max_nudges: int = Field(default=3, ge=0)
     reconcile_batch_size: int = Field(default=50, ge=1, le=1000)
+    # Where job notifications go (EventBridge), and the stack they name.
+    event_bus_name: str = "default"
+    stack_name: str = "aleph"
 
     @field_validator("input_prefix")
     @classmethod

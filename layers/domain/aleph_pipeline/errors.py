@@ -30,6 +30,31 @@ HINTS: dict[str, str] = {
     "result_unavailable": "The provider's result could not be fetched; it may have expired.",
     "result_rejected": "The provider's result URL was not on its allowed hosts.",
     "deadline_exceeded": "The provider did not finish in time; upload the sidecar again to retry.",
+    "sidecar_replaced": "Nothing to do: the newer upload of the sidecar runs as a job of its own.",
+}
+
+# What each code means and where it happens: with HINTS, the source of the README's error-code
+# table (``python -m tools.gen_docs``). Every code in HINTS has an entry here (a test checks).
+MEANINGS: dict[str, tuple[str, str]] = {
+    "invalid_json": (STAGE_INTAKE, "the sidecar is empty, not UTF-8, or not JSON"),
+    "invalid_sidecar": (STAGE_INTAKE, "a field is wrong or unknown, or the prompt is too long for the provider (the message names it)"),
+    "sidecar_too_large": (STAGE_INTAKE, "the sidecar is over 256 KiB"),
+    "unsupported_option": (STAGE_INTAKE, "the provider/model cannot honour a field"),
+    "unknown_provider": (STAGE_INTAKE, "the provider is not one this stack offers"),
+    "unknown_model": (STAGE_INTAKE, "the model is not one the provider offers"),
+    "video_not_found": (STAGE_INTAKE, "the video the sidecar names does not exist"),
+    "video_unsupported": (STAGE_INTAKE, "the video's format is one the provider refuses"),
+    "video_too_large": (STAGE_INTAKE, "the video is over the provider's size limit"),
+    "video_duration": (STAGE_INTAKE, "the video is shorter or longer than the model takes (Runware Aleph 2.0: 2-30 s)"),
+    "pairing_timeout": (STAGE_INTAKE, "the sidecar's video did not arrive within `PairingTimeoutSeconds`"),
+    "sidecar_replaced": (STAGE_INTAKE, "the sidecar changed before its video arrived (the new upload is a new job)"),
+    "provider_not_configured": (STAGE_SUBMIT, "no API key for the provider in the stack's secret"),
+    "provider_rejected": (STAGE_SUBMIT, "the provider refused the request (bad key, no credits, validation)"),
+    "provider_unavailable": (STAGE_SUBMIT, "the provider kept answering 429/5xx or could not be reached"),
+    "generation_failed": (STAGE_PROVIDER, "the provider could not make the edit (moderation, bad input, ...)"),
+    "deadline_exceeded": (STAGE_PROVIDER, "the provider did not finish within `JobDeadlineSeconds`"),
+    "result_unavailable": (STAGE_FINALIZE, "the result expired, vanished or exceeded `MaxResultBytes`"),
+    "result_rejected": (STAGE_FINALIZE, "the result URL was not https on the provider's own hosts"),
 }
 
 

@@ -49,26 +49,46 @@ class Safety(BaseModel):
 class Sidecar(BaseModel):
     """Every field a sidecar may carry; which ones a provider honours is the provider's call."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=False)
+    # Each field's docstring is its description (the README's sidecar table is generated from it).
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=False, use_attribute_docstrings=True)
 
     prompt: NonEmptyStr
+    """the edit to make, in words"""
     provider: Literal["kie", "apikley", "runware", "crun"] | None = None
+    """who runs the edit (default: the stack's `DefaultProvider`)"""
     model: NonEmptyStr | None = None
+    """the provider's model id (default: the provider's default model)"""
     video: NonEmptyStr | None = None
+    """the input video: a key relative to the sidecar's folder, a full key starting with the input prefix, or an `https://` URL
+    (default: the video with the sidecar's name)"""
     reference_images: list[NonEmptyStr] | None = Field(default=None, alias="referenceImages", min_length=1)
+    """images (keys or https URLs) that guide the style or content"""
     frame_images: list[NonEmptyStr | FrameImage] | None = Field(default=None, alias="frameImages", min_length=1)
+    """images pinned to frames: keys/URLs, or `{image, frame | timestamp}` with `frame` `first`/`last`/`0`/`-1`"""
     aspect_ratio: Literal["16:9", "9:16", "4:3", "3:4", "1:1", "21:9"] | None = Field(default=None, alias="aspectRatio")
+    """the output's shape"""
     width: int | None = Field(default=None, ge=1, le=8192)
+    """output width in pixels"""
     height: int | None = Field(default=None, ge=1, le=8192)
+    """output height in pixels"""
     seed: int | None = Field(default=None, ge=0, le=4294967295)
+    """a seed, for reproducible results"""
     number_results: int | None = Field(default=None, alias="numberResults", ge=1, le=4)
+    """how many variations to make"""
     output_format: Literal["MP4", "WEBM", "MOV"] | None = Field(default=None, alias="outputFormat")
+    """the result's container (any letter case)"""
     output_quality: int | None = Field(default=None, alias="outputQuality", ge=20, le=99)
+    """compression quality"""
     watermark: str | None = Field(default=None, max_length=100)
+    """watermark text"""
     public_figure_threshold: Literal["auto", "low"] | None = Field(default=None, alias="publicFigureThreshold")
+    """how strictly content moderation treats public figures"""
     safety: Safety | None = None
+    """content checks: `{checkContent, mode: none | fast | full}`"""
     provider_options: dict[str, Any] | None = Field(default=None, alias="providerOptions")
+    """merged into the provider's request as-is (the escape hatch for fields not modelled here); may not replace the prompt, video or callback fields"""
     metadata: dict[str, Any] | None = None
+    """free-form, copied into `job.json` (never sent to the provider)"""
 
     @field_validator("output_format", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ import httpx
 from ..config import Settings, get_settings
 from ..errors import STAGE_INTAKE, JobError
 from ..secrets import provider_api_key
-from .base import CallbackInvalid, Outcome, Provider, ProviderError, ResultItem, SubmitRequest, VideoInfo
+from .base import CallbackInvalid, Outcome, Provider, ProviderDocs, ProviderError, ResultItem, SubmitRequest, VideoInfo
 from .crun import CrunProtocol
 from .kie import KieProtocol
 from .runware import MODELS as RUNWARE_MODELS
@@ -30,6 +30,11 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[
     "crun": ("https://api.crun.ai", CrunProtocol, ("runway/gen-4-aleph",), ("crun.ai", "crunai.com")),
 }
 PROVIDER_IDS = tuple(_REGISTRY)
+
+
+def provider_docs() -> list[tuple[str, tuple[str, ...], ProviderDocs | None]]:
+    """Each provider's id, models (the default first) and what its adapter declares (for the docs)."""
+    return [(provider_id, entry[2], getattr(entry[1], "docs", None)) for provider_id, entry in _REGISTRY.items()]
 
 
 def _http_client() -> httpx.Client:

@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 
@@ -108,6 +108,18 @@ class ProviderError(Exception):
         return JobError(code, self.message, "submit", retryable=self.kind != "refused", details={"providerCode": self.code})
 
 
+@dataclass(frozen=True)
+class ProviderDocs:
+    """What an adapter declares about itself for the README's provider matrix (``python -m tools.gen_docs``)."""
+
+    fields: frozenset[str]  # sidecar fields honoured besides COMMON_FIELDS
+    video_formats: tuple[str, ...]
+    max_video_bytes: int | None
+    max_prompt_chars: int | None
+    limits: str  # anything else worth knowing, one line
+    price: str
+
+
 class CallbackInvalid(ValueError):
     """A callback body that is not one of the provider's shapes (answered 400)."""
 
@@ -123,6 +135,7 @@ class Provider(ABC):
     models: tuple[str, ...]
     default_result_hosts: tuple[str, ...]
     result_hosts: tuple[str, ...] = field(default=())
+    docs: ClassVar[ProviderDocs | None] = None  # set by each adapter; read without an instance
 
     @property
     def default_model(self) -> str:

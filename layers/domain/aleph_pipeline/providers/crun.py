@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
 from ..sidecar import Sidecar
@@ -22,6 +22,7 @@ from .base import (
     CallbackInvalid,
     Outcome,
     Provider,
+    ProviderDocs,
     ProviderError,
     SubmitRequest,
     VideoInfo,
@@ -77,6 +78,15 @@ def crun_input(request: SubmitRequest) -> dict[str, Any]:
 
 @dataclass
 class CrunProtocol(Provider):
+    docs: ClassVar[ProviderDocs | None] = ProviderDocs(
+        fields=frozenset(SUPPORTED_FIELDS) - COMMON_FIELDS,
+        video_formats=VIDEO_EXTENSIONS,
+        max_video_bytes=None,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        limits="one reference image; `input` field names are inferred (providerOptions can set crun's own names)",
+        price="per task, in crun credits (see its pricing page); no cost in dollars is reported back",
+    )
+
     def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
         extra = sidecar.given_fields - SUPPORTED_FIELDS
         if extra:

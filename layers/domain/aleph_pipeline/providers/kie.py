@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import STAGE_INTAKE, JobError
 from ..sidecar import Sidecar
@@ -19,6 +19,7 @@ from .base import (
     CallbackInvalid,
     Outcome,
     Provider,
+    ProviderDocs,
     ProviderError,
     SubmitRequest,
     VideoInfo,
@@ -38,6 +39,15 @@ RETRYABLE_CODES = frozenset({429, 455, 500, 502, 503, 504})
 
 @dataclass
 class KieProtocol(Provider):
+    docs: ClassVar[ProviderDocs | None] = ProviderDocs(
+        fields=SUPPORTED_FIELDS - COMMON_FIELDS,
+        video_formats=VIDEO_EXTENSIONS,
+        max_video_bytes=MAX_VIDEO_BYTES,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        limits="one reference image; only the first 5 s of the input are edited (output at most 5 s); results kept 14 days",
+        price="per generation, in the provider's credits (see its pricing page); no cost is reported back",
+    )
+
     def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
         extra = sidecar.given_fields - SUPPORTED_FIELDS
         if extra:

@@ -15,7 +15,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import STAGE_INTAKE, JobError
 from ..sidecar import FrameImage, Sidecar
@@ -24,6 +24,7 @@ from .base import (
     CallbackInvalid,
     Outcome,
     Provider,
+    ProviderDocs,
     ProviderError,
     ResultItem,
     SubmitRequest,
@@ -101,6 +102,18 @@ def classify_code(code: str | None, status: int | None) -> bool:
 
 @dataclass
 class RunwareProtocol(Provider):
+    docs: ClassVar[ProviderDocs | None] = ProviderDocs(
+        fields=frozenset(SUPPORTED_FIELDS[ALEPH_1] | SUPPORTED_FIELDS[ALEPH_2]) - COMMON_FIELDS,
+        video_formats=VIDEO_EXTENSIONS,
+        max_video_bytes=None,
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        limits=(
+            "models `runway:aleph@2.0` (default: `frameImages`, input 2-30 s, whole clip edited) and `runway:2@1` "
+            "(one reference image, `width`/`height` as a documented pair or from `aspectRatio`); `numberResults` 1-4"
+        ),
+        price="Aleph 2.0: $0.28 per second of video; the cost of each job is recorded in job.json",
+    )
+
     # ---- before any money is spent -------------------------------------------------------------
 
     def own_reference(self, job_id: str) -> str | None:
