@@ -12,7 +12,7 @@ from .errors import JobError
 from .jobs import TERMINAL, Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job
-from .providers import PROVIDER_IDS, CallbackInvalid, Outcome, Provider, ResultItem, get_provider
+from .providers import PROVIDER_IDS, CallbackInvalid, CallbackUnauthorized, Outcome, Provider, ResultItem, get_provider
 from .storage import check_url
 
 MAX_CALLBACK_BYTES = 1024 * 1024
@@ -41,6 +41,9 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
     provider = get_provider(provider_id)
     try:
         outcome = provider.parse_callback(body, headers)
+    except CallbackUnauthorized as exc:
+        logger.warning("callback refused: bad signature", extra={"reason": str(exc)})
+        return Answer(401, {"message": str(exc)})
     except CallbackInvalid as exc:
         return Answer(400, {"message": str(exc)})
     if outcome.task_id and job.provider_task_id and outcome.task_id != job.provider_task_id:

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     result_hosts: dict[str, list[str]] = Field(default_factory=dict)
     allow_http_result_urls: bool = False
     max_result_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # A result download that takes longer than this is abandoned and retried.
+    max_result_seconds: int = Field(default=600, ge=1)
+    # Before finalize copies anything, ask the provider (with our key) whether the task really
+    # succeeded and where its results are: a callback is a notification, not the truth.
+    confirm_results_by_polling: bool = True
     # Submit attempts (SQS receives) before a retryable provider refusal fails the job; kept
     # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
     submit_max_attempts: int = Field(default=4, ge=1)

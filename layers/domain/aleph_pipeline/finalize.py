@@ -8,11 +8,11 @@ import httpx
 
 from . import storage
 from .config import get_settings
-from .errors import JobError
-from .jobs import JobState, JobStore, now_iso
+from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
+from .jobs import Job, JobState, JobStore, now_iso
 from .log import logger
 from .outputs import cover_name, fail_job, manifest, result_names
-from .providers import get_provider
+from .providers import Provider, ProviderError, get_provider
 
 
 @lru_cache(maxsize=1)
@@ -34,11 +34,18 @@ def finalize_job(job_id: str) -> None:
     result = job.to_manifest().get("result", {})
     videos: list[str] = result.get("videos", [])
     cover: str | None = result.get("cover")
+    try:
+        if settings.confirm_results_by_polling:
+            videos, cover = _confirmed(provider, job, videos, cover)
+    except JobError as error:
+        fail_job(store, job_id, error)
+        return
     bucket = settings.output_bucket_name
     copy = {
         "allowed_hosts": provider.allowed_result_hosts,
         "allow_http": settings.allow_http_result_urls,
         "max_bytes": settings.max_result_bytes,
+        "max_seconds": settings.max_result_seconds,
     }
     outputs = []
     try:
@@ -59,6 +66,31 @@ def finalize_job(job_id: str) -> None:
     storage.put_json(bucket, manifest_key, document)
     if store.mark_completed(job_id, outputs, completed_at):
         logger.info("completed", extra={"outputs": [output["key"] for output in outputs]})
+
+
+def _confirmed(provider: Provider, job: Job, videos: list[str], cover: str | None) -> tuple[list[str], str | None]:
+    """The results as the provider's status API reports them to us, not as the callback said.
+
+    A forged or mistaken success callback thus copies nothing: the job fails with the provider's
+    own answer, or waits (TransientError) while the provider still reports the task running.
+    """
+    task_id = job.provider_task_id or provider.own_reference(job.id)
+    if not task_id:
+        logger.warning("no task id to confirm the result with; using the callback's URLs")
+        return videos, cover
+    try:
+        outcome = provider.poll(task_id)
+    except ProviderError as exc:
+        if exc.kind == "refused":
+            raise JobError("result_unavailable", f"the provider could not confirm the result: {exc.message}", STAGE_FINALIZE) from exc
+        raise TransientError(f"confirming the result failed: {exc.message}") from exc
+    if outcome.state == "failed":
+        raise outcome.error or JobError("generation_failed", "the provider reports the task failed", STAGE_PROVIDER)
+    items = outcome.items
+    if outcome.state == "running" or len(items) < len(videos):
+        raise TransientError("the provider does not report every result yet")
+    confirmed_cover = next((item.cover_url for item in items if item.cover_url), None)
+    return [item.video_url for item in items], confirmed_cover or (cover if not items else None)
 
 
 def _video_type(name: str) -> str:

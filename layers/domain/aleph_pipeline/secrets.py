@@ -30,3 +30,10 @@ def provider_api_key(provider_id: str) -> str:
     if not isinstance(key, str) or not key:
         raise JobError("provider_not_configured", f"no API key for provider `{provider_id}` in the provider secret", STAGE_SUBMIT, retryable=True)
     return key
+
+
+def provider_webhook_key(provider_id: str) -> str | None:
+    """The key a provider signs its callbacks with, when the account has one (kie.ai's webhookHmacKey)."""
+    entry = _provider_entry(provider_id)
+    key = entry.get("webhookHmacKey") if isinstance(entry, dict) else None
+    return key if isinstance(key, str) and key else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,6 +130,7 @@ def copy_url_to_s3(
     allowed_hosts: tuple[str, ...],
     allow_http: bool,
     max_bytes: int,
+    max_seconds: float | None = None,
     content_type: str | None = None,
 ) -> int:
     """Stream a URL into S3 with a managed multipart upload; memory does not grow with size.
@@ -152,7 +154,7 @@ def copy_url_to_s3(
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise JobError("result_unavailable", f"the result is {declared} bytes, over the {max_bytes}-byte limit", STAGE_FINALIZE)
-                capped = _CappedStream(response.iter_bytes(chunk_size=MIB), max_bytes)
+                capped = _CappedStream(response.iter_bytes(chunk_size=MIB), max_bytes, max_seconds)
                 # Buffered, so each read returns a full part (S3 refuses parts under 5 MiB).
                 reader = BufferedReader(capped, buffer_size=MIB)
                 extra = {"ContentType": content_type or response.headers.get("content-type", "application/octet-stream")}
@@ -174,10 +176,11 @@ def copy_url_to_s3(
 class _CappedStream(RawIOBase):
     """A file-like view of an iterator of byte chunks that refuses to exceed ``limit`` bytes."""
 
-    def __init__(self, chunks: Iterator[bytes], limit: int) -> None:
+    def __init__(self, chunks: Iterator[bytes], limit: int, max_seconds: float | None = None) -> None:
         self._chunks = chunks
         self._pending = b""
         self._limit = limit
+        self._deadline = time.monotonic() + max_seconds if max_seconds else None
         self.total = 0
 
     def readable(self) -> bool:
@@ -190,6 +193,9 @@ class _CappedStream(RawIOBase):
             except StopIteration:
                 return 0
             self.total += len(self._pending)
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                # A trickling download must not hold the function until it times out.
+                raise TransientError("the result download took too long")
             if self.total > self._limit:
                 raise JobError("result_unavailable", f"the result is over the {self._limit}-byte limit", STAGE_FINALIZE)
         size = min(len(buffer), len(self._pending))

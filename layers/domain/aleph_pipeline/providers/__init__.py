@@ -9,14 +9,25 @@ import httpx
 
 from ..config import Settings, get_settings
 from ..errors import STAGE_INTAKE, JobError
-from ..secrets import provider_api_key
-from .base import CallbackInvalid, Outcome, Provider, ProviderDocs, ProviderError, ResultItem, SubmitRequest, VideoInfo
+from ..secrets import provider_api_key, provider_webhook_key
+from .base import CallbackInvalid, CallbackUnauthorized, Outcome, Provider, ProviderDocs, ProviderError, ResultItem, SubmitRequest, VideoInfo
 from .crun import CrunProtocol
 from .kie import KieProtocol
 from .runware import MODELS as RUNWARE_MODELS
 from .runware import RunwareProtocol
 
-__all__ = ["PROVIDER_IDS", "CallbackInvalid", "Outcome", "Provider", "ProviderError", "ResultItem", "SubmitRequest", "VideoInfo", "get_provider"]
+__all__ = [
+    "PROVIDER_IDS",
+    "CallbackInvalid",
+    "CallbackUnauthorized",
+    "Outcome",
+    "Provider",
+    "ProviderError",
+    "ResultItem",
+    "SubmitRequest",
+    "VideoInfo",
+    "get_provider",
+]
 
 # Provider id -> (production base URL, constructor). Result hosts are the provider's own CDNs;
 # a stack can widen or narrow them with RESULT_HOSTS.
@@ -57,6 +68,7 @@ def get_provider(provider_id: str) -> Provider:
         id=provider_id,
         base_url=settings.provider_endpoints.get(provider_id, base_url).rstrip("/"),
         api_key=lambda: provider_api_key(provider_id),
+        webhook_key=lambda: provider_webhook_key(provider_id),
         http=_http_client(),
         models=models,
         default_result_hosts=hosts,

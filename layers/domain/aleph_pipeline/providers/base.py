@@ -124,6 +124,10 @@ class CallbackInvalid(ValueError):
     """A callback body that is not one of the provider's shapes (answered 400)."""
 
 
+class CallbackUnauthorized(CallbackInvalid):
+    """A callback whose signature is missing, stale or wrong (answered 401)."""
+
+
 @dataclass
 class Provider(ABC):
     """A provider of the Aleph model behind one interface: submit, parse a callback, poll, classify."""
@@ -135,6 +139,8 @@ class Provider(ABC):
     models: tuple[str, ...]
     default_result_hosts: tuple[str, ...]
     result_hosts: tuple[str, ...] = field(default=())
+    # The key the provider signs callbacks with, if the account has one configured.
+    webhook_key: Callable[[], str | None] = field(default=lambda: None)
     docs: ClassVar[ProviderDocs | None] = None  # set by each adapter; read without an instance
 
     @property

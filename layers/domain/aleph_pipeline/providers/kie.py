@@ -7,7 +7,11 @@ in two shapes (see ``parse_callback``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,6 +21,7 @@ from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
     CallbackInvalid,
+    CallbackUnauthorized,
     Outcome,
     Provider,
     ProviderDocs,
@@ -34,6 +39,8 @@ SUPPORTED_FIELDS = COMMON_FIELDS | {"aspectRatio", "seed", "referenceImages", "w
 MANAGED_FIELDS = frozenset({"prompt", "videoUrl", "callBackUrl"})
 
 # Body codes that mean "try again later"; everything else that is not 200 is a refusal.
+# A signed callback older (or newer) than this is refused: a captured one cannot be replayed later.
+SIGNATURE_MAX_AGE_SECONDS = 300
 RETRYABLE_CODES = frozenset({429, 455, 500, 502, 503, 504})
 
 
@@ -127,6 +134,7 @@ class KieProtocol(Provider):
         task_id = document.get("taskId") or data.get("task_id")
         if task_id is not None and not isinstance(task_id, str):
             raise CallbackInvalid("the callback's task id is not a string")
+        self._verify_signature(task_id, headers)
         message = document.get("msg")
         message = message if isinstance(message, str) and message else f"provider error code {code}"
         if code != 200:
@@ -136,6 +144,24 @@ class KieProtocol(Provider):
         if not isinstance(video, str) or not video:
             raise CallbackInvalid("a success callback without a video URL")
         return Outcome("succeeded", task_id, (video,), cover if isinstance(cover, str) and cover else None)
+
+    def _verify_signature(self, task_id: str | None, headers: Mapping[str, str]) -> None:
+        """kie.ai signs callbacks when the account has a webhookHmacKey: base64(HMAC-SHA256(key,
+        taskId + "." + timestamp)) in X-Webhook-Signature. The signature does not cover the body,
+        so it proves the sender and the task, not the result: finalize still confirms by polling."""
+        key = self.webhook_key()
+        if not key:
+            return
+        lowered = {name.lower(): value for name, value in headers.items()}
+        timestamp = lowered.get("x-webhook-timestamp", "")
+        signature = lowered.get("x-webhook-signature", "")
+        if not task_id or not timestamp.isdigit() or not signature:
+            raise CallbackUnauthorized("the callback is not signed")
+        if abs(time.time() - int(timestamp)) > SIGNATURE_MAX_AGE_SECONDS:
+            raise CallbackUnauthorized("the callback's signature is too old or from the future")
+        digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(base64.b64encode(digest).decode(), signature.strip()):
+            raise CallbackUnauthorized("the callback's signature does not match")
 
     def classify_error(self, status: int | None, body: Any) -> ProviderError:
         code = body.get("code") if isinstance(body, dict) else None
