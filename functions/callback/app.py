@@ -10,14 +10,14 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from aleph_pipeline.callbacks import receive_callback
-
 logger = Logger()
 app = APIGatewayHttpResolver()
 
 
 @app.post("/callbacks/<provider>/<job_id>")
 def callback(provider: str, job_id: str) -> Response[str]:
+    from aleph_pipeline.callbacks import receive_callback  # on first use, not at init: see bench/coldstart.py
+
     event = app.current_event
     raw = event.body or ""
     body = base64.b64decode(raw) if event.is_base64_encoded else raw.encode("utf-8")
