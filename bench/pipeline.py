@@ -161,15 +161,8 @@ def run(workdir: Path) -> dict[str, Any]:
         terminate(process)
     counts = json.loads(calls_file.read_text())
     log_bytes = sum(len(line) + 1 for line in (workdir / "stack" / "stack.log").read_text(errors="replace").splitlines() if line.startswith("{"))
-    summary = _summarize(
-        info,
-        items,
-        sidecar_put_at,
-        started,
-        {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()},
-        _subtract(counts, calls_before),
-        log_bytes * JOBS / total,
-    )
+    cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_after.items()}
+    summary = _summarize(info, items, sidecar_put_at, started, cpu=cpu, counts=_subtract(counts, calls_before), log_bytes=log_bytes * JOBS / total)
     alone.sort()
     summary["solo_jobs"] = len(alone)
     summary["solo_latency_p50_seconds"] = _percentile(alone, 50)
