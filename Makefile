@@ -21,6 +21,7 @@ help:
 	@echo "make test   - ruff, mypy, cfn-lint, sam validate --lint, and every pytest ring"
 	@echo "make local  - run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make build  - sam build (needs python3.12 on PATH)"
+	@echo "make bench  - benchmarks: finalize copy, cold start, 200 jobs, package size (a few minutes)"
 
 $(VENV)/.installed: requirements-dev.txt layers/domain/requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or later is needed (set PYTHON=...)")'
@@ -77,5 +78,9 @@ test: lint template-lint
 build: $(SAM_VENV)/.installed
 	PYENV_VERSION=$${PYENV_VERSION:-3.11.7:3.12.1:3.13.0} $(SAM) build --template template.yaml
 
+# Not part of `make test`: it takes minutes and its figures depend on the machine.
+bench: $(VENV)/.installed $(SAM_VENV)/.installed
+	SAM=$(abspath $(SAM)) $(PY) -m bench
+
 clean:
-	rm -rf .aws-sam .local out .mypy_cache .ruff_cache
+	rm -rf .aws-sam .local out .mypy_cache .ruff_cache bench/.runtime

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aleph_pipeline.log import logger
 from aleph_pipeline.status import JOB_ID_PATTERN, JobStatus, Message, ValidationFailure, job_status
 
-logger = Logger()
 app = APIGatewayHttpResolver(enable_validation=True)
 
 

@@ -11,7 +11,6 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from aleph_pipeline.intake import handle_object_created
 from aleph_pipeline.log import logger
 
 # A batch whose records all failed is reported like any other, not raised: SQS retries just those.
@@ -20,6 +19,8 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 
 def record_handler(record: SQSRecord) -> None:
     logger.thread_safe_clear_keys()  # each record is its own job
+    from aleph_pipeline.intake import handle_object_created  # on first use, not at init: see bench/coldstart.py
+
     try:
         notification = json.loads(record.body)
     except json.JSONDecodeError:
