@@ -196,3 +196,40 @@ def test_check_accepts_what_kie_takes() -> None:
         b'{"prompt": "x", "aspectRatio": "1:1", "seed": 1, "watermark": "w", "referenceImages": ["a.png"], "providerOptions": {"uploadCn": true}}'
     )
     make(lambda req: httpx.Response(500)).check(sidecar, "aleph", VideoInfo("MOV".lower(), 1000))
+
+
+def signed_provider(key: str | None) -> KieProtocol:
+    provider = make(lambda req: httpx.Response(500))
+    provider.webhook_key = lambda: key
+    return provider
+
+
+def signature(key: str, task_id: str, timestamp: int) -> str:
+    import base64
+    import hashlib
+    import hmac
+
+    return base64.b64encode(hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()).decode()
+
+
+def test_signed_callbacks_are_verified_when_a_key_is_configured() -> None:
+    import time
+
+    from aleph_pipeline.providers.base import CallbackUnauthorized
+
+    body = json.dumps({"code": 200, "msg": "success", "data": {"result_video_url": "https://kie.test/v.mp4"}, "taskId": "t1"}).encode()
+    now = int(time.time())
+    good = {"X-Webhook-Timestamp": str(now), "X-Webhook-Signature": signature("hmac-key", "t1", now)}
+    assert signed_provider("hmac-key").parse_callback(body, good).state == "succeeded"
+    assert signed_provider(None).parse_callback(body, {}).state == "succeeded"  # no key: nothing to check
+    refused = [
+        {},
+        {"X-Webhook-Timestamp": str(now)},
+        {"X-Webhook-Timestamp": str(now), "X-Webhook-Signature": signature("other-key", "t1", now)},
+        {"X-Webhook-Timestamp": str(now), "X-Webhook-Signature": signature("hmac-key", "t2", now)},
+        {"X-Webhook-Timestamp": str(now - 3600), "X-Webhook-Signature": signature("hmac-key", "t1", now - 3600)},
+        {"X-Webhook-Timestamp": "yesterday", "X-Webhook-Signature": signature("hmac-key", "t1", now)},
+    ]
+    for headers in refused:
+        with pytest.raises(CallbackUnauthorized):
+            signed_provider("hmac-key").parse_callback(body, headers)
