@@ -149,6 +149,16 @@ class JobStore:
         item = self.table.get_item(Key={"jobId": job_id}, ConsistentRead=True).get("Item")
         return Job(item) if item and "status" in item else None
 
+    def _update_if(self, **update: Any) -> bool:
+        """One conditional update; False (not an error) when its condition does not hold."""
+        try:
+            self.table.update_item(**update)
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
     # Creation
 
     def create(self, job_id: str, attributes: dict[str, Any]) -> tuple[Job, bool]:
@@ -179,19 +189,13 @@ class JobStore:
         """Record facts about an unclaimed RECEIVED job (provider, model, video); False if it moved on."""
         names, values, sets = _set_clause(attributes)
         values[":received"] = JobState.RECEIVED.value
-        try:
-            self.table.update_item(
-                Key={"jobId": job_id},
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="#status = :received AND attribute_not_exists(submission)",
-                ExpressionAttributeNames={**names, "#status": "status"},
-                ExpressionAttributeValues=values,
-            )
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        return self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression="#status = :received AND attribute_not_exists(submission)",
+            ExpressionAttributeNames={**names, "#status": "status"},
+            ExpressionAttributeValues=values,
+        )
 
     # The submission claim
 
@@ -201,38 +205,29 @@ class JobStore:
         ``deadline_at`` (epoch seconds) is when the reconciler gives up waiting for the provider.
         """
         claim_id = uuid.uuid4().hex
-        try:
-            self.table.update_item(
-                Key={"jobId": job_id},
-                UpdateExpression="SET submission = :claim, tokenHash = :token, deadlineAt = :deadline",
-                ConditionExpression="#status = :received AND attribute_not_exists(submission)",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":claim": {"claimId": claim_id, "claimedAt": now_iso()},
-                    ":token": hash_token(token),
-                    ":deadline": deadline_at,
-                    ":received": JobState.RECEIVED.value,
-                },
-            )
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return None
-            raise
-        return claim_id
+        claimed = self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET submission = :claim, tokenHash = :token, deadlineAt = :deadline",
+            ConditionExpression="#status = :received AND attribute_not_exists(submission)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":claim": {"claimId": claim_id, "claimedAt": now_iso()},
+                ":token": hash_token(token),
+                ":deadline": deadline_at,
+                ":received": JobState.RECEIVED.value,
+            },
+        )
+        return claim_id if claimed else None
 
     def release_claim(self, job_id: str, claim_id: str) -> None:
         """Give the claim back after the provider provably did not take the request."""
-        try:
-            self.table.update_item(
-                Key={"jobId": job_id},
-                UpdateExpression="REMOVE submission, tokenHash",
-                ConditionExpression="#status = :received AND submission.claimId = :claim",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value},
-            )
-        except Exception as exc:
-            if not _conditional_failed(exc):
-                raise
+        self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="REMOVE submission, tokenHash",
+            ConditionExpression="#status = :received AND submission.claimId = :claim",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value},
+        )
 
     # Transitions
 
@@ -316,19 +311,13 @@ class JobStore:
         condition = f"#status IN ({', '.join(f':from{index}' for index in range(len(allowed)))})"
         if unclaimed_only:
             condition += " AND attribute_not_exists(submission)"
-        try:
-            self.table.update_item(
-                Key={"jobId": job_id},
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        return self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
 
     def _set_if_absent(self, job_id: str, name: str, value: Any) -> None:
         self.table.update_item(
@@ -360,33 +349,23 @@ class JobStore:
 
     def note_polled(self, job_id: str, state: JobState) -> None:
         """Record a poll that found the job still running, so other stale jobs get their turn."""
-        try:
-            self.table.update_item(
-                Key={"jobId": job_id},
-                UpdateExpression="SET updatedAt = :at, lastPolledAt = :at",
-                ConditionExpression="#status = :state",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":at": now_iso(), ":state": state.value},
-            )
-        except Exception as exc:
-            if not _conditional_failed(exc):
-                raise
+        self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET updatedAt = :at, lastPolledAt = :at",
+            ConditionExpression="#status = :state",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":at": now_iso(), ":state": state.value},
+        )
 
     def nudge_finalize(self, job_id: str, max_nudges: int) -> bool:
         """Touch a SUCCEEDED job so its stream record fires finalize again; False once ``max_nudges`` are used."""
-        try:
-            self.table.update_item(
-                Key={"jobId": job_id},
-                UpdateExpression="SET updatedAt = :at, finalizeNudges = if_not_exists(finalizeNudges, :zero) + :one",
-                ConditionExpression="#status = :succeeded AND (attribute_not_exists(finalizeNudges) OR finalizeNudges < :max)",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":at": now_iso(), ":zero": 0, ":one": 1, ":max": max_nudges, ":succeeded": JobState.SUCCEEDED.value},
-            )
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        return self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET updatedAt = :at, finalizeNudges = if_not_exists(finalizeNudges, :zero) + :one",
+            ConditionExpression="#status = :succeeded AND (attribute_not_exists(finalizeNudges) OR finalizeNudges < :max)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":at": now_iso(), ":zero": 0, ":one": 1, ":max": max_nudges, ":succeeded": JobState.SUCCEEDED.value},
+        )
 
     # Pairing: a sidecar waiting for its video leaves a note under the video's key.
 
