@@ -180,6 +180,7 @@ def test_poll_reads_record_info(data: dict[str, object], state: str) -> None:
         ({"prompt": "x", "outputFormat": "WEBM"}, None, "unsupported_option"),
         ({"prompt": "x", "referenceImages": ["a.png", "b.png"]}, None, "unsupported_option"),
         ({"prompt": "x" * 2049}, None, "invalid_sidecar"),
+        ({"prompt": "x", "providerOptions": {"callBackUrl": "https://evil.test"}}, None, "invalid_sidecar"),
         ({"prompt": "x"}, VideoInfo("webm", 100), "video_unsupported"),
         ({"prompt": "x"}, VideoInfo("mp4", 10 * 1024 * 1024 + 1), "video_too_large"),
     ],

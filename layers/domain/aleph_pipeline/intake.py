@@ -16,7 +16,7 @@ from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relativ
 from .log import logger
 from .outputs import fail_job, write_error_json
 from .providers import ProviderError, SubmitRequest, VideoInfo, get_provider
-from .sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
+from .sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar, sidecar_too_large
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,10 @@ def _on_video(store: JobStore, bucket: str, video_key: InputKey, receive_count: 
 def _advance(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, receive_count: int) -> None:
     """Validate everything that can be checked for free, then submit once."""
     settings = get_settings()
+    if sidecar_info.size > MAX_SIDECAR_BYTES:
+        # Only the first MAX_SIDECAR_BYTES + 1 bytes would be read: name the real size.
+        fail_job(store, job_id, sidecar_too_large(sidecar_info.size), unless_claimed=True)
+        return
     raw = storage.read_bytes(sidecar_info, MAX_SIDECAR_BYTES)
     if raw is None:
         fail_job(

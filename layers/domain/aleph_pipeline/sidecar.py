@@ -123,11 +123,7 @@ def parse_sidecar(raw: bytes) -> tuple[Sidecar, dict[str, Any]]:
     Raises ``JobError`` whose message names every problem found.
     """
     if len(raw) > MAX_SIDECAR_BYTES:
-        raise JobError(
-            "sidecar_too_large",
-            f"the sidecar is {len(raw)} bytes; at most {MAX_SIDECAR_BYTES} bytes are accepted",
-            STAGE_INTAKE,
-        )
+        raise sidecar_too_large(len(raw))
     try:
         text = raw.decode("utf-8-sig")  # a byte-order mark from a Windows editor is harmless
     except UnicodeDecodeError as exc:
@@ -146,6 +142,11 @@ def parse_sidecar(raw: bytes) -> tuple[Sidecar, dict[str, Any]]:
         return Sidecar.model_validate(document), document
     except ValidationError as exc:
         raise JobError("invalid_sidecar", describe_validation_error(exc), STAGE_INTAKE) from exc
+
+
+def sidecar_too_large(size: int) -> JobError:
+    """The error for a sidecar of ``size`` bytes (its size from S3, so a 2 MB file is named as such)."""
+    return JobError("sidecar_too_large", f"the sidecar is {size} bytes; at most {MAX_SIDECAR_BYTES} bytes are accepted", STAGE_INTAKE)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

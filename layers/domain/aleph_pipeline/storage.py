@@ -66,6 +66,8 @@ def head(bucket: str, key: str) -> ObjectInfo | None:
 
 def read_bytes(info: ObjectInfo, limit: int) -> bytes | None:
     """Read the exact object version ``info`` describes (None if it changed or vanished since)."""
+    if info.size == 0:
+        return b""  # S3 answers a ranged GET of an empty object with 416, not with no bytes
     try:
         answer = s3_client().get_object(Bucket=info.bucket, Key=info.key, IfMatch=f'"{info.etag}"', Range=f"bytes=0-{limit}")
     except Exception as exc:

@@ -65,6 +65,8 @@ class KieProtocol(Provider):
             raise JobError(
                 "invalid_sidecar", f"the prompt is {len(sidecar.prompt)} characters; provider `{self.id}` takes at most {MAX_PROMPT_CHARS}", STAGE_INTAKE
             )
+        # An option that tries to replace a field the pipeline sets fails here, before the video is awaited or a submission claimed.
+        merge_provider_options({}, sidecar.provider_options, MANAGED_FIELDS)
         if video is None:
             return
         if video.extension not in VIDEO_EXTENSIONS:
