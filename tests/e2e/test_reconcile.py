@@ -50,6 +50,7 @@ def test_video_that_never_arrives_fails_with_pairing_timeout(fast_stack: Stack, 
     error = stack.output_json(f"lonely-{unique}/{job['jobId']}/error.json")
     assert error["code"] == "pairing_timeout"
     assert "did not arrive within 3 s" in error["message"]
+    assert f"`incoming/lonely-{unique}.<mp4|mov|webm|avi|m4v>`" in error["message"]  # says what it waited for
     assert stack.sim_tasks(unique) == []
 
 

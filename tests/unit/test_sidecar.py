@@ -70,6 +70,9 @@ def test_unknown_field_is_named_with_the_allowed_ones() -> None:
         (b'{"prompt": "x", "safety": {"mode": "all"}}', "invalid_sidecar", "`safety.mode`"),
         (b'{"prompt": "x", "frameImages": [{"image": "a", "frame": "first", "timestamp": 1}]}', "invalid_sidecar", "not both"),
         (b'{"prompt": "x", "referenceImages": []}', "invalid_sidecar", "`referenceImages`"),
+        (b'{"prompt": "x", "aspect_ratio": "16:9"}', "invalid_sidecar", "unknown field `aspect_ratio`"),
+        (b'{"prompt": "x", "seed": "42"}', "invalid_sidecar", "`seed`"),
+        (b'{"prompt": "x", "numberResults": "2"}', "invalid_sidecar", "`numberResults`"),
     ],
 )
 def test_bad_sidecars_name_the_problem(raw: bytes, code: str, words: str) -> None:

@@ -184,7 +184,10 @@ def _find_video(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, 
     # Leave a note for the video's event, then look once more: whichever of the two events is
     # handled second sees the other's work, so the pair is never missed.
     store.add_waiter(bucket, wait_ref, job_id, epoch_after(settings.pairing_timeout_seconds + 86400))
-    return lookup()
+    found = lookup()
+    if found is None:
+        store.update_details(job_id, {"awaitingVideo": wait_ref if sidecar.video else f"{wait_ref}.<mp4|mov|webm|avi|m4v>"})
+    return found
 
 
 def _video_url(url: str) -> VideoSource:

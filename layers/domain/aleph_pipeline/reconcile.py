@@ -104,9 +104,11 @@ def _settle_received(store: JobStore, job: Job, now: float, report: ReconcileRep
     if not job.submission_claimed:
         deadline = job.item.get("pairingDeadline")
         if deadline is not None and now > float(deadline):
+            awaiting = job.item.get("awaitingVideo")
+            video = f" (`{awaiting}` in the input bucket)" if awaiting else ""
             error = JobError(
                 "pairing_timeout",
-                f"the sidecar's video did not arrive within {settings.pairing_timeout_seconds} s",
+                f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s",
                 STAGE_INTAKE,
             )
             fail_job(store, job.id, error, unless_claimed=True)

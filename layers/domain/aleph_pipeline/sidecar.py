@@ -40,7 +40,7 @@ class FrameImage(BaseModel):
 
 
 class Safety(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False, strict=True)
 
     check_content: bool | None = Field(default=None, alias="checkContent")
     mode: Literal["none", "fast", "full"] | None = None
@@ -50,7 +50,8 @@ class Sidecar(BaseModel):
     """Every field a sidecar may carry; which ones a provider honours is the provider's call."""
 
     # Each field's docstring is its description (the README's sidecar table is generated from it).
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=False, use_attribute_docstrings=True)
+    # Sidecar names only (camelCase), and JSON types as they are: "42" is not a seed.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False, strict=True, use_attribute_docstrings=True)
 
     prompt: NonEmptyStr
     """the edit to make, in words"""
