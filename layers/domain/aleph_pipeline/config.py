@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     result_hosts: dict[str, list[str]] = Field(default_factory=dict)
     allow_http_result_urls: bool = False
     max_result_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # How long a provider call waits for the answer once the request is sent. A submit that times
+    # out here is ambiguous (the task may exist) and is never sent again.
+    provider_read_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     # Submit attempts (SQS receives) before a retryable provider refusal fails the job; kept
     # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
     submit_max_attempts: int = Field(default=4, ge=1)
