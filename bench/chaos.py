@@ -161,7 +161,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
     fmt = "  ".join(f"{{:{'>' if numeric[i] else '<'}{width}}}" for i, width in enumerate(widths))
-    return [fmt.format(*row) for row in [cells[0], ["-" * w for w in widths], *cells[1:]]]
+    return [fmt.format(*row).rstrip() for row in [cells[0], ["-" * w for w in widths], *cells[1:]]]
 
 
 def stack_arguments(config: ChaosConfig) -> list[str]:
