@@ -15,6 +15,8 @@ CALLBACK_SHAPES = ("A", "B", "alternate")
 DEFAULT_KEYS: dict[str, Any] = {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "runware": "sim-runware-key", "crun": "sim-crun-key"}
 DEFAULT_DELAY_SECONDS = 3.0
 DEFAULT_CALLBACK_TIMEOUT_SECONDS = 15.0  # kie's documented callback timeout
+# The read_timeout fault's hold: past a typical client's 30 s read timeout.
+DEFAULT_SUBMIT_HOLD_SECONDS = 35.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Settings:
         self.seed: int | None = None
         self.delay_seconds = DEFAULT_DELAY_SECONDS
         self.callback_timeout_seconds = DEFAULT_CALLBACK_TIMEOUT_SECONDS
+        self.submit_hold_seconds = DEFAULT_SUBMIT_HOLD_SECONDS
         self.hold = False
         self.mirror_http_status = False
         self.crun_callback_wrapped = False
@@ -109,6 +112,7 @@ class Settings:
             self.seed = self._initial["seed"]
             self.delay_seconds = DEFAULT_DELAY_SECONDS
             self.callback_timeout_seconds = DEFAULT_CALLBACK_TIMEOUT_SECONDS
+            self.submit_hold_seconds = DEFAULT_SUBMIT_HOLD_SECONDS
             self.hold = False
             self.mirror_http_status = False
             self.crun_callback_wrapped = False
@@ -127,7 +131,7 @@ class Settings:
                 parsed[name] = value
             elif name == "delay_seconds":
                 parsed[name] = _number(value, name, positive=False)
-            elif name == "callback_timeout_seconds":
+            elif name in ("callback_timeout_seconds", "submit_hold_seconds"):
                 parsed[name] = _number(value, name, positive=True)
             elif name == "seed":
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -154,6 +158,7 @@ class Settings:
                 "callback_shape": self.callback_shape,
                 "delay_seconds": self.delay_seconds,
                 "callback_timeout_seconds": self.callback_timeout_seconds,
+                "submit_hold_seconds": self.submit_hold_seconds,
                 "seed": self.seed,
                 "hold": self.hold,
                 "mirror_http_status": self.mirror_http_status,

@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
 from local.simulator.config import Settings
-from local.simulator.faults import FaultBook
-from local.simulator.store import TaskStore
+from local.simulator.faults import FaultBook, FaultRule
+from local.simulator.store import Task, TaskStore, utc_now
 
 log = logging.getLogger("local.simulator")
+
+# How long an early_callback answer waits for the task's callbacks at most.
+EARLY_CALLBACK_MAX_WAIT_SECONDS = 120.0
 
 
 class SimContext:
@@ -71,6 +75,49 @@ class SimContext:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
+
+    def start_task(self, task: Task, rules: dict[str, FaultRule], run: Callable[[], None]) -> None:
+        """Run an accepted task: on the edit pool, or at once on its own thread when its callback
+        must outrun the submit answer (``early_callback``: a queue wait would hold the answer)."""
+        if "early_callback" in rules:
+            self.spawn(run, name=f"sim-early-{task.task_id[:8]}")
+        else:
+            self.submit(run)
+
+    def begin(self, task: Task) -> bool:
+        """A worker's start on a task: mark it running and wait while ``hold`` is on (so a test can
+        observe it running). False when the task was discarded or the server stops: skip it."""
+        with self.store.lock:
+            go = not (task.discarded or self.stop.is_set())
+            if go:
+                task.state = "running"
+        if go:
+            self.settings.wait_released(self.stop)
+            go = not (task.discarded or self.stop.is_set())
+        if not go:
+            task.called_back.set()
+        return go
+
+    def before_answer(self, task: Task, rules: dict[str, FaultRule]) -> None:
+        """The faults that hold back an accepted task's submit answer, applied by every protocol:
+        ``early_callback`` waits until the task has called back, ``read_timeout`` withholds the
+        answer past the client's read timeout (the task exists and runs all the same)."""
+        if "early_callback" in rules:
+            deadline = time.monotonic() + EARLY_CALLBACK_MAX_WAIT_SECONDS
+            while not task.called_back.wait(0.1) and not self.stop.is_set() and time.monotonic() < deadline:
+                pass
+        if "read_timeout" in rules:
+            hold = rules["read_timeout"].delay_seconds
+            self.sleep(self.settings.submit_hold_seconds if hold is None else hold)
+        with self.store.lock:
+            task.answered_at = utc_now()
+
+    def finish_callbacks(self, task: Task, status: str) -> None:
+        """The task sends no more callbacks: record why (``sent``, ``dropped``, ...) and release
+        an answer waiting for them. Caller may hold the store lock (it is re-entrant)."""
+        with self.store.lock:
+            task.callback_status = status
+        task.called_back.set()
 
     def sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` unless the server stops first; True when the full wait elapsed."""

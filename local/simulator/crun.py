@@ -187,7 +187,8 @@ class CrunProtocol:
         if not body.get("callback_url"):
             task.callback_status = "none"
         self.ctx.store.add(task)
-        self.ctx.submit(lambda: self._run(task, rules))
+        self.ctx.start_task(task, rules, lambda: self._run(task, rules))
+        self.ctx.before_answer(task, rules)
         return self._answer(200, "success", {"task_id": task.task_id})
 
     def _task_info(self, request: Request) -> Response:
@@ -232,12 +233,7 @@ class CrunProtocol:
     def _run(self, task: Task, rules: dict[str, FaultRule]) -> None:
         """Worker body: fetch, edit, record the outcome, then call back."""
         store = self.ctx.store
-        with store.lock:
-            if task.discarded or self.ctx.stop.is_set():
-                return
-            task.state = "running"
-        self.ctx.settings.wait_released(self.ctx.stop)  # ``hold`` keeps the task observable as running
-        if self.ctx.stop.is_set() or task.discarded:
+        if not self.ctx.begin(task):
             return
         error: dict[str, Any] | None = None
         try:
@@ -276,13 +272,13 @@ class CrunProtocol:
         url = task.request.get("callback_url")
         with self.ctx.store.lock:
             if not url:
-                task.callback_status = "none"
+                self.ctx.finish_callbacks(task, "none")
                 return
             if task.discarded:
-                task.callback_status = "abandoned"
+                self.ctx.finish_callbacks(task, "abandoned")
                 return
             if "drop_callback" in rules:
-                task.callback_status = "dropped"
+                self.ctx.finish_callbacks(task, "dropped")
                 return
         self.ctx.spawn(lambda: self._deliver(task, rules, url), name=f"sim-callback-{task.task_id[:13]}")
 
@@ -291,16 +287,18 @@ class CrunProtocol:
             rule_delay = rules["delay_callback"].delay_seconds
             delay = self.ctx.settings.delay_seconds if rule_delay is None else rule_delay
             if not self.ctx.sleep(delay):
-                with self.ctx.store.lock:
-                    task.callback_status = "abandoned"
+                self.ctx.finish_callbacks(task, "abandoned")
                 return
-        data = self._task_data(task, foreign="foreign_result_host" in rules)
-        payload = {"code": 200, "message": "success", "data": data} if task.callback_shape == "wrapped" else data
-        for _ in range(2 if "duplicate_callback" in rules else 1):
+        objects = [self._task_data(task, foreign="foreign_result_host" in rules)] * (2 if "duplicate_callback" in rules else 1)
+        if "stale_callback" in rules:
+            # A progress report that lost the race with the final one: the task object as it was while running.
+            objects.append({**self._task_data(task), "status": STATUS["running"], "result": None, "duration_s": None, "complete_at": None})
+        for data in objects:
             if self.ctx.stop.is_set():
                 break
+            payload = {"code": 200, "message": "success", "data": data} if task.callback_shape == "wrapped" else data
             attempt = post_json(url, payload, timeout=self.ctx.settings.callback_timeout_seconds)
             with self.ctx.store.lock:
                 task.callbacks.append(attempt)
         with self.ctx.store.lock:
-            task.callback_status = "sent" if task.callbacks else "abandoned"
+            self.ctx.finish_callbacks(task, "sent" if task.callbacks else "abandoned")

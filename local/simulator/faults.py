@@ -30,6 +30,11 @@ TASK_FAULTS: dict[str, str] = {
     "delay_callback": "waits delay_seconds (rule or config) before calling back",
     "expired_result": "result files answer 404 and record-info shows expireFlag 1",
     "foreign_result_host": "callback result URLs point at https://169.254.169.254/latest/meta-data",
+    # Out of order: the callback outruns the submit answer, or a stale one follows the final one.
+    "early_callback": "the task runs at once and its callback is sent before the submit answer, which waits for it",
+    "stale_callback": "after the final callback a stale one follows: kie/apikley a failure (code 500), crun a running task, Runware a processing item",
+    # The task is created, but the client never sees the answer in time.
+    "read_timeout": "accepts the task, then withholds the submit answer for delay_seconds (rule) or submit_hold_seconds (config)",
 }
 
 KNOWN_FAULTS = tuple(SUBMIT_FAULTS) + tuple(TASK_FAULTS)
@@ -44,7 +49,7 @@ class FaultRule:
     match_prompt: str | None = None
     count: int | None = None  # remaining applications; None = unlimited
     rate: float | None = None
-    delay_seconds: float | None = None  # delay_callback only
+    delay_seconds: float | None = None  # delay_callback: the callback's delay; read_timeout: how long the answer is held
     msg: str | None = None  # generation_failure only: the failure message
     applied: int = 0
 

@@ -165,7 +165,8 @@ class KieProtocol:
         if not body.get("callBackUrl"):
             task.callback_status = "none"
         self.ctx.store.add(task)
-        self.ctx.submit(lambda: self._run(task, rules))
+        self.ctx.start_task(task, rules, lambda: self._run(task, rules))
+        self.ctx.before_answer(task, rules)
         return self._answer(200, "success", {"taskId": task.task_id})
 
     def _record_info(self, request: Request) -> Response:
@@ -205,12 +206,7 @@ class KieProtocol:
     def _run(self, task: Task, rules: dict[str, FaultRule]) -> None:
         """Worker body: fetch, edit, record the outcome, then call back."""
         store = self.ctx.store
-        with store.lock:
-            if task.discarded or self.ctx.stop.is_set():
-                return
-            task.state = "running"
-        self.ctx.settings.wait_released(self.ctx.stop)  # ``hold`` keeps the task observable as running
-        if self.ctx.stop.is_set() or task.discarded:
+        if not self.ctx.begin(task):
             return
         error: dict[str, Any] | None = None
         try:
@@ -251,13 +247,13 @@ class KieProtocol:
         url = task.request.get("callBackUrl")
         with self.ctx.store.lock:
             if not url:
-                task.callback_status = "none"
+                self.ctx.finish_callbacks(task, "none")
                 return
             if task.discarded:
-                task.callback_status = "abandoned"
+                self.ctx.finish_callbacks(task, "abandoned")
                 return
             if "drop_callback" in rules:
-                task.callback_status = "dropped"
+                self.ctx.finish_callbacks(task, "dropped")
                 return
         self.ctx.spawn(lambda: self._deliver(task, rules, url), name=f"sim-callback-{task.task_id[:8]}")
 
@@ -266,11 +262,12 @@ class KieProtocol:
             rule_delay = rules["delay_callback"].delay_seconds
             delay = self.ctx.settings.delay_seconds if rule_delay is None else rule_delay
             if not self.ctx.sleep(delay):
-                with self.ctx.store.lock:
-                    task.callback_status = "abandoned"
+                self.ctx.finish_callbacks(task, "abandoned")
                 return
-        payload = self._callback_payload(task, foreign="foreign_result_host" in rules)
-        for _ in range(2 if "duplicate_callback" in rules else 1):
+        payloads = [self._callback_payload(task, foreign="foreign_result_host" in rules)] * (2 if "duplicate_callback" in rules else 1)
+        if "stale_callback" in rules:
+            payloads.append(self._stale_payload(task))
+        for payload in payloads:
             if self.ctx.stop.is_set():
                 break
             attempt = post_json(
@@ -282,7 +279,7 @@ class KieProtocol:
             with self.ctx.store.lock:
                 task.callbacks.append(attempt)
         with self.ctx.store.lock:
-            task.callback_status = "sent" if task.callbacks else "abandoned"
+            self.ctx.finish_callbacks(task, "sent" if task.callbacks else "abandoned")
 
     def _callback_payload(self, task: Task, *, foreign: bool) -> dict[str, Any]:
         with self.ctx.store.lock:
@@ -313,6 +310,13 @@ class KieProtocol:
                 "image_url": result_urls["image"],
             },
         }
+
+    def _stale_payload(self, task: Task) -> dict[str, Any]:
+        """What a stale callback looks like here: kie calls back only when a task ends, so a
+        failure of an earlier attempt (a server error), in the task's shape, after the real one."""
+        if task.callback_shape == "A":
+            return {"code": 500, "msg": MSG_SERVER_ERROR, "data": None, "taskId": task.task_id}
+        return {"code": 500, "msg": MSG_SERVER_ERROR, "data": {"task_id": task.task_id}}
 
     def _signature_headers(self, task_id: str) -> dict[str, str]:
         """kie's optional signing: base64(HMAC-SHA256(key, taskId + "." + timestamp))."""

@@ -286,7 +286,8 @@ class RunwareProtocol:
         if not body.get("webhookURL"):
             task.callback_status = "none"
         self.ctx.store.add(task)
-        self.ctx.submit(lambda: self._run(task, rules))
+        self.ctx.start_task(task, rules, lambda: self._run(task, rules))
+        self.ctx.before_answer(task, rules)
         return {"taskType": "videoInference", "taskUUID": task.task_id}
 
     def _get_response(self, body: dict[str, Any]) -> list[dict[str, Any]] | Response:
@@ -308,12 +309,7 @@ class RunwareProtocol:
 
     def _run(self, task: Task, rules: dict[str, FaultRule]) -> None:
         store = self.ctx.store
-        with store.lock:
-            if task.discarded or self.ctx.stop.is_set():
-                return
-            task.state = "running"
-        self.ctx.settings.wait_released(self.ctx.stop)
-        if self.ctx.stop.is_set() or task.discarded:
+        if not self.ctx.begin(task):
             return
         body = task.request
         model = body["model"]
@@ -359,7 +355,7 @@ class RunwareProtocol:
                         task.state = "success"
                         task.completed_at = utc_now()
                         task.expired = "expired_result" in rules
-                self._notify(task, rules, {"data": [{"taskType": "videoInference", "taskUUID": task.task_id, **result}]})
+                self._notify(task, rules, {"data": [{"taskType": "videoInference", "taskUUID": task.task_id, **result}]}, final=index == count - 1)
         except (_Failure, EditFailure) as failure:
             code, message = (failure.code, failure.message) if isinstance(failure, _Failure) else ("processingFailed", failure.msg)
             self._fail(task, rules, code, message)
@@ -396,41 +392,47 @@ class RunwareProtocol:
             task.state = "failed"
             task.error = {"code": code, "message": message}
             task.completed_at = utc_now()
-        self._notify(task, rules, {"errors": [{"code": code, "message": message, "taskType": "videoInference", "taskUUID": task.task_id}]})
+        self._notify(task, rules, {"errors": [{"code": code, "message": message, "taskType": "videoInference", "taskUUID": task.task_id}]}, final=True)
 
-    def _notify(self, task: Task, rules: dict[str, FaultRule], payload: dict[str, Any]) -> None:
+    def _notify(self, task: Task, rules: dict[str, FaultRule], payload: dict[str, Any], *, final: bool) -> None:
+        """Send one webhook (one per result); ``final`` marks the task's last one."""
         url = task.request.get("webhookURL")
         with self.ctx.store.lock:
-            if not url:
-                task.callback_status = "none"
+            status = "none" if not url else "abandoned" if task.discarded else "dropped" if "drop_callback" in rules else None
+            if status is not None:
+                self._settle(task, status, final=final)
                 return
-            if task.discarded:
-                task.callback_status = "abandoned"
-                return
-            if "drop_callback" in rules:
-                task.callback_status = "dropped"
-                return
-        self.ctx.spawn(lambda: self._deliver(task, rules, url, payload), name=f"sim-webhook-{task.task_id[:8]}")
+        self.ctx.spawn(lambda: self._deliver(task, rules, str(url), payload, final=final), name=f"sim-webhook-{task.task_id[:8]}")
 
-    def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str, payload: dict[str, Any]) -> None:
+    def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str, payload: dict[str, Any], *, final: bool) -> None:
         if "delay_callback" in rules:
             rule_delay = rules["delay_callback"].delay_seconds
             if not self.ctx.sleep(self.ctx.settings.delay_seconds if rule_delay is None else rule_delay):
-                with self.ctx.store.lock:
-                    task.callback_status = "abandoned"
+                self._settle(task, "abandoned", final=final)
                 return
-        for _ in range(2 if "duplicate_callback" in rules else 1):
+        payloads = [payload] * (2 if "duplicate_callback" in rules else 1)
+        if final and "stale_callback" in rules:
+            # A progress item that lost the race with the results.
+            payloads.append({"data": [{"taskType": "videoInference", "taskUUID": task.task_id, "status": "processing"}]})
+        for body in payloads:
             for _attempt in range(WEBHOOK_ATTEMPTS):  # non-2xx replies are retried
                 if self.ctx.stop.is_set():
                     break
-                attempt = post_json(url, payload, timeout=self.ctx.settings.callback_timeout_seconds)
+                attempt = post_json(url, body, timeout=self.ctx.settings.callback_timeout_seconds)
                 with self.ctx.store.lock:
                     task.callbacks.append(attempt)
                 if attempt.status is not None and 200 <= attempt.status < 300:
                     break
                 self.ctx.sleep(WEBHOOK_RETRY_SECONDS)
         with self.ctx.store.lock:
-            task.callback_status = "sent" if task.callbacks else "abandoned"
+            self._settle(task, "sent" if task.callbacks else "abandoned", final=final)
+
+    def _settle(self, task: Task, status: str, *, final: bool) -> None:
+        if final:
+            self.ctx.finish_callbacks(task, status)
+        else:
+            with self.ctx.store.lock:
+                task.callback_status = status
 
 
 class _Failure(Exception):

@@ -73,6 +73,9 @@ class Task:
     completed_at: datetime | None = None
     expired: bool = False
     discarded: bool = False  # removed by DELETE /_sim/tasks while in flight
+    answered_at: datetime | None = None  # when the submit answer went out (late with early_callback / read_timeout)
+    # Set once the task will send no more callbacks (what an early_callback answer waits for).
+    called_back: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ class Task:
             "expired": self.expired,
             "created_at": iso_ms(self.created_at),
             "completed_at": iso_ms(self.completed_at),
+            "answered_at": iso_ms(self.answered_at),
         }
 
 

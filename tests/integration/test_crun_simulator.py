@@ -271,3 +271,31 @@ def test_expired_result_and_foreign_host_faults(crun: Crun) -> None:
     assert body["result"]["media_urls"] == ["https://169.254.169.254/latest/meta-data"]
     [own_url] = crun.info(task_id)["data"]["result"]["media_urls"]
     assert crun.client.get(own_url).status_code == 404
+
+
+def test_out_of_order_and_read_timeout_faults(crun: Crun) -> None:
+    crun.control(
+        "POST",
+        "faults",
+        [
+            {"fault": "early_callback", "match_prompt": "early"},
+            {"fault": "stale_callback", "match_prompt": "stale"},
+            {"fault": "read_timeout", "match_prompt": "timeout", "delay_seconds": 1.0},
+        ],
+    )
+    early = crun.create_ok(prompt="early")
+    [body] = crun.sink.bodies(early)  # already delivered when the answer came
+    assert (body["task_id"], body["status"]) == (early, "success")
+
+    stale = crun.create_ok(prompt="stale")
+    wait_until(lambda: len(crun.sink.bodies(stale)) == 2, "the final and the stale callback")
+    final, late = crun.sink.bodies(stale)
+    assert final["status"] == "success" and final["result"]["media_urls"]
+    assert (late["task_id"], late["status"], late["result"]) == (stale, "running", None)
+    assert crun.info(stale)["data"]["status"] == "success"
+
+    with httpx.Client(timeout=httpx.Timeout(0.3), trust_env=False) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post(f"{crun.url}{CREATE}", json=crun.body(prompt="timeout"), headers={"x-api-key": KEY})
+    [held] = [task for task in crun.control("GET", "tasks") if task["request"]["input"]["prompt"] == "timeout"]
+    assert crun.wait_done(held["taskId"])["state"] == "success"
+    assert [body["status"] for body in crun.sink.bodies(held["taskId"])] == ["success"]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from aleph_pipeline.jobs import JobStore
+from aleph_pipeline.providers import PROVIDER_IDS
 from aleph_pipeline.reconcile import reconcile
 
 from .conftest import clear_caches
@@ -95,3 +100,72 @@ def test_a_failing_provider_poll_does_not_stop_the_sweep(indexed: dict[str, Any]
     assert (report.examined, report.polled, report.errors) == (4, 4, 0)
     assert {state(letter * 32) for letter in "0123"} == {"SUBMITTED"}
     assert all("lastPolledAt" in JobStore().get(letter * 32).item for letter in "0123")  # type: ignore[union-attr]
+
+
+class _ForeignResult(BaseHTTPRequestHandler):
+    """Runware answering every getResponse with a finished task whose result is on a foreign host."""
+
+    def do_POST(self) -> None:
+        tasks = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        item = {
+            "taskType": "videoInference",
+            "taskUUID": tasks[-1]["taskUUID"],
+            "status": "success",
+            "videoUUID": str(uuid.uuid4()),
+            "videoURL": "https://169.254.169.254/latest/meta-data",
+            "cost": 0.7,
+        }
+        body = json.dumps({"data": [item]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def foreign_runware(indexed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ForeignResult)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    endpoints = {**dict.fromkeys(PROVIDER_IDS, "http://127.0.0.1:9"), "runware": f"http://127.0.0.1:{server.server_address[1]}"}
+    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps(endpoints))
+    clear_caches()
+    try:
+        yield indexed
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_refused_result_url_does_not_keep_a_job_open_past_its_deadline(foreign_runware: dict[str, Any]) -> None:
+    """Found by the chaos run: a poll whose result URL was refused returned before the deadline
+    check, so such a job stayed SUBMITTED (or RECEIVED) for ever."""
+    now = time.time()
+    claim = {"claimId": "x", "claimedAt": LONG_AGO}
+    put(foreign_runware, "1" * 32, "SUBMITTED", provider="runware", providerTaskId=str(uuid.uuid4()), deadlineAt=int(now) - 1)
+    put(foreign_runware, "2" * 32, "SUBMITTED", provider="runware", providerTaskId=str(uuid.uuid4()), deadlineAt=int(now) + 3600)
+    put(foreign_runware, "3" * 32, "RECEIVED", provider="runware", submission=claim, deadlineAt=int(now) - 1)
+    report = reconcile(now)
+    assert (report.polled, report.settled, report.timed_out) == (3, 0, 2)
+    assert [state(digit * 32) for digit in "123"] == ["FAILED", "SUBMITTED", "FAILED"]
+    for digit in "13":
+        error = json.loads(foreign_runware["s3"].get_object(Bucket=foreign_runware["output"], Key=f"x/{digit * 32}/error.json")["Body"].read())
+        assert error["code"] == "deadline_exceeded"
+    waiting = JobStore().get("2" * 32)
+    assert waiting is not None and "lastPolledAt" in waiting.item and "result" not in waiting.item  # polled, nothing taken from the answer
+
+
+def test_claims_are_left_alone_for_the_claim_settle_time(indexed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAIM_SETTLE_SECONDS", "5")
+    clear_caches()
+    now = time.time()
+    fresh = {"claimId": "x", "claimedAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 2))}
+    settled = {"claimId": "y", "claimedAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 10))}
+    put(indexed, "7" * 32, "RECEIVED", submission=fresh, deadlineAt=int(now) - 1)
+    put(indexed, "8" * 32, "RECEIVED", submission=settled, deadlineAt=int(now) - 1)
+    assert reconcile(now).timed_out == 1
+    assert [state("7" * 32), state("8" * 32)] == ["RECEIVED", "FAILED"]

@@ -208,3 +208,29 @@ def test_the_body_must_be_an_array(client: httpx.Client, media: str, sink: Callb
     answer = client.post("/runware/v1", json=task(media, sink), headers={"Authorization": f"Bearer {KEY}"})
     assert answer.status_code == 400
     assert answer.json()["errors"][0]["code"] == "invalidRequestBody"
+
+
+def test_out_of_order_and_read_timeout_faults(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    rules = [
+        {"fault": "early_callback", "match_prompt": "early"},
+        {"fault": "stale_callback", "match_prompt": "stale"},
+        {"fault": "read_timeout", "match_prompt": "timeout", "delay_seconds": 1.0},
+    ]
+    client.post("/_sim/faults", json=rules).raise_for_status()
+    early = task(media, sink, positivePrompt="early")
+    assert post(client, [early]).status_code == 200
+    [webhook] = sink.for_task(early["taskUUID"])  # delivered before the acknowledgement
+    assert webhook["body"]["data"][0]["videoURL"]
+
+    stale = task(media, sink, positivePrompt="stale", numberResults=2, model="runway:2@1")
+    assert post(client, [stale]).status_code == 200
+    bodies = [entry["body"] for entry in sink.wait_for(stale["taskUUID"], count=3)]
+    assert [item.get("status") for body in bodies for item in body["data"]] == [None, None, "processing"]  # after both results
+
+    held = task(media, sink, positivePrompt="timeout")
+    with httpx.Client(base_url=str(client.base_url), timeout=httpx.Timeout(0.3), trust_env=False) as impatient, pytest.raises(httpx.ReadTimeout):
+        post(impatient, [held])
+    sink.wait_for(held["taskUUID"])  # the task was taken and ran
+    assert [entry["status"] for entry in get_response(client, held["taskUUID"]).json()["data"]] == ["success"]
+    duplicate = post(client, [held])  # sending it again finds the taskUUID taken
+    assert duplicate.status_code == 400 and duplicate.json()["errors"][0]["code"] == "duplicateTaskUUID"

@@ -31,6 +31,7 @@ import httpx
 import imageio_ffmpeg
 import pytest
 
+from local.simulator.editor import MSG_SERVER_ERROR
 from local.simulator.server import SimulatorServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -188,6 +189,9 @@ class Sim:
 
     def wait_state(self, task_id: str, *states: str) -> dict[str, Any]:
         return wait_until(lambda: (t := self.task(task_id))["state"] in states and t, f"task {task_id} in {states}")
+
+    def wait_until_answered(self, task_id: str) -> dict[str, Any]:
+        return wait_until(lambda: (t := self.task(task_id))["answered_at"] is not None and t, f"the submit answer of {task_id}")
 
     def wait_callbacks_done(self, task_id: str) -> dict[str, Any]:
         return wait_until(lambda: (t := self.task(task_id))["callback_status"] != "pending" and t, f"callbacks of {task_id}")
@@ -550,3 +554,50 @@ def test_module_entry_point_prints_its_url_and_stops_on_sigterm(tmp_path: Path) 
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_early_callback_reaches_the_client_before_the_submit_answer(sim: Sim) -> None:
+    sim.control("POST", "faults", [{"fault": "early_callback", "match_prompt": "early"}])
+    task_id = sim.submit_ok(prompt="early bird", callBackUrl=f"{sim.sink.url}/cb")
+    # The answer waited for the callback: it is already here when the taskId comes back.
+    [received] = sim.sink.for_task(task_id)
+    assert received["body"]["code"] == 200 and received["body"]["taskId"] == task_id
+    task = sim.task(task_id)
+    assert task["faults"] == ["early_callback"]
+    assert datetime.fromisoformat(task["callbacks"][0]["sent_at"]) <= datetime.fromisoformat(task["answered_at"])
+    on_time = sim.submit_ok(prompt="on time", callBackUrl=f"{sim.sink.url}/cb")
+    assert sim.task(on_time)["answered_at"] is not None
+    assert sim.sink.wait_for(on_time)  # the usual order: answer first, callback later
+
+
+def test_stale_callback_follows_the_final_one_in_the_task_shape(sim: Sim) -> None:
+    sim.control("POST", "faults", [{"fault": "stale_callback"}])
+    task_id = sim.submit_ok(callBackUrl=f"{sim.sink.url}/cb")
+    final, stale = sim.sink.wait_for(task_id, count=2)
+    assert final["body"]["code"] == 200 and final["body"]["data"]["result_video_url"]
+    assert stale["body"] == {"code": 500, "msg": MSG_SERVER_ERROR, "data": None, "taskId": task_id}
+    assert sim.record_info(task_id)["data"]["successFlag"] == 1  # the truth did not change
+
+    sim.control("POST", "config", {"callback_shape": "B"})
+    shape_b = sim.submit_ok(callBackUrl=f"{sim.sink.url}/cb")
+    assert sim.sink.wait_for(shape_b, count=2)[1]["body"] == {"code": 500, "msg": MSG_SERVER_ERROR, "data": {"task_id": shape_b}}
+
+
+def test_read_timeout_fault_creates_the_task_and_withholds_the_answer(sim: Sim) -> None:
+    sim.control("POST", "faults", [{"fault": "read_timeout", "match_prompt": "timeout", "delay_seconds": 1.5}])
+    body = {"prompt": "read timeout", "videoUrl": f"{sim.media}/input.mp4", "callBackUrl": f"{sim.sink.url}/cb"}
+    with httpx.Client(timeout=httpx.Timeout(0.5), trust_env=False) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post(f"{sim.url}/kie{GENERATE}", json=body, headers={"Authorization": f"Bearer {KIE_KEY}"})
+    [task] = sim.control("GET", "tasks")  # created once, and it runs and calls back as usual
+    assert task["faults"] == ["read_timeout"]
+    assert sim.sink.wait_for(task["taskId"])[0]["body"]["code"] == 200
+    held = sim.wait_until_answered(task["taskId"])
+    assert (datetime.fromisoformat(held["answered_at"]) - datetime.fromisoformat(held["created_at"])).total_seconds() >= 1.4
+
+    # Without delay_seconds the hold is the submit_hold_seconds setting (default: past a 30 s read timeout).
+    assert sim.control("GET", "config")["submit_hold_seconds"] == 35.0
+    sim.control("POST", "config", {"submit_hold_seconds": 1.0})
+    sim.control("POST", "faults", [{"fault": "read_timeout"}])
+    with httpx.Client(timeout=httpx.Timeout(0.3), trust_env=False) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post(f"{sim.url}/apikley{GENERATE}", json=body, headers={"Authorization": f"Bearer {APIKLEY_KEY}"})
+    assert [t["provider"] for t in sim.control("GET", "tasks")] == ["kie", "apikley"]

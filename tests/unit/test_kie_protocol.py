@@ -234,3 +234,25 @@ def test_signed_callbacks_are_verified_when_a_key_is_configured() -> None:
     for headers in refused:
         with pytest.raises(CallbackUnauthorized):
             signed_provider("hmac-key").parse_callback(body, headers)
+
+
+def test_the_read_timeout_of_provider_calls_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aleph_pipeline.config import get_settings
+    from aleph_pipeline.providers import get_provider
+
+    def configured(value: str | None) -> httpx.Timeout:
+        if value is None:
+            monkeypatch.delenv("PROVIDER_READ_TIMEOUT_SECONDS", raising=False)
+        else:
+            monkeypatch.setenv("PROVIDER_READ_TIMEOUT_SECONDS", value)
+        get_settings.cache_clear()
+        get_provider.cache_clear()
+        timeout: httpx.Timeout = get_provider("kie").http.timeout
+        return timeout
+
+    try:
+        assert (configured(None).read, configured(None).connect) == (30.0, 5.0)
+        assert configured("2.5").read == 2.5
+    finally:
+        get_settings.cache_clear()
+        get_provider.cache_clear()

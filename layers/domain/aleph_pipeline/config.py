@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Before finalize copies anything, ask the provider (with our key) whether the task really
     # succeeded and where its results are: a callback is a notification, not the truth.
     confirm_results_by_polling: bool = True
+    # How long a provider call waits for the answer once the request is sent. A submit that times
+    # out here is ambiguous (the task may exist) and is never sent again.
+    provider_read_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     # Submit attempts (SQS receives) before a retryable provider refusal fails the job; kept
     # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
     submit_max_attempts: int = Field(default=4, ge=1)
@@ -40,6 +43,9 @@ class Settings(BaseSettings):
     callback_grace_seconds: int = Field(default=600, ge=0)
     finalize_grace_seconds: int = Field(default=1800, ge=0)
     finalize_max_nudges: int = Field(default=3, ge=0)
+    # A submission claim younger than this may belong to a submit still running (the function
+    # times out at 60 s): the reconciler leaves it alone until then.
+    claim_settle_seconds: int = Field(default=300, ge=0)
     reconcile_batch_size: int = Field(default=50, ge=1, le=1000)
     # Where job notifications go (EventBridge), and the stack they name.
     event_bus_name: str = "default"

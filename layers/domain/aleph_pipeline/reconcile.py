@@ -28,10 +28,10 @@ from .errors import STAGE_FINALIZE, STAGE_INTAKE, STAGE_PROVIDER, JobError
 from .jobs import Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job
-from .providers import ProviderError, get_provider
+from .providers import Outcome, Provider, ProviderError, get_provider
 
-# A claim younger than this may belong to a submit still running (its function times out at 60 s).
-CLAIM_SETTLE_SECONDS = 300
+# What apply_outcome answers when the job moved on; anything else (a refused result URL) settles nothing.
+SETTLED = ("failed", "succeeded", "recorded")
 
 
 @dataclass
@@ -57,7 +57,7 @@ def reconcile(now: float | None = None) -> ReconcileReport:
     for job in store.stale(JobState.SUBMITTED, _iso(now - settings.callback_grace_seconds), limit):
         _guarded(report, job, partial(_settle_submitted, store, job, now, report))
     # RECEIVED jobs are due when the pairing deadline or a claim's settling time may have passed.
-    received_age = min(settings.pairing_timeout_seconds, CLAIM_SETTLE_SECONDS)
+    received_age = min(settings.pairing_timeout_seconds, settings.claim_settle_seconds)
     for job in store.stale(JobState.RECEIVED, _iso(now - received_age), limit):
         _guarded(report, job, partial(_settle_received, store, job, now, report))
     for job in store.stale(JobState.SUCCEEDED, _iso(now - settings.finalize_grace_seconds), limit):
@@ -89,9 +89,7 @@ def _settle_submitted(store: JobStore, job: Job, now: float, report: ReconcileRe
         except ProviderError as exc:
             logger.warning("poll failed", extra={"reason": exc.message, "kind": exc.kind})
             outcome = None
-        if outcome is not None and outcome.state != "running":
-            result = apply_outcome(store, job, provider, outcome)
-            report.settled += result in ("failed", "succeeded", "recorded")
+        if outcome is not None and outcome.state != "running" and _applied(store, job, provider, outcome, report):
             return
     if _past_deadline(job, now):
         _time_out(store, job, report)
@@ -115,7 +113,7 @@ def _settle_received(store: JobStore, job: Job, now: float, report: ReconcileRep
             report.timed_out += 1
         return
     claimed_at = _epoch(job.item["submission"].get("claimedAt"))
-    if claimed_at is not None and now - claimed_at < CLAIM_SETTLE_SECONDS:
+    if claimed_at is not None and now - claimed_at < settings.claim_settle_seconds:
         return  # a submit may still be running
     provider = get_provider(str(job.provider))
     reference = provider.own_reference(job.id)
@@ -126,11 +124,19 @@ def _settle_received(store: JobStore, job: Job, now: float, report: ReconcileRep
         except ProviderError as exc:
             logger.warning("poll of an unconfirmed submission failed", extra={"reason": exc.message})
             outcome = None
-        if outcome is not None and outcome.state != "running":
-            report.settled += apply_outcome(store, job, provider, outcome) in ("failed", "succeeded", "recorded")
+        if outcome is not None and outcome.state != "running" and _applied(store, job, provider, outcome, report):
             return
     if _past_deadline(job, now):
         _time_out(store, job, report)
+
+
+def _applied(store: JobStore, job: Job, provider: Provider, outcome: Outcome, report: ReconcileReport) -> bool:
+    """Apply a polled outcome; False when it settled nothing (its result URL was refused), so the
+    job's deadline still applies: a provider that keeps answering with a foreign URL must not keep
+    the job open for ever."""
+    result = apply_outcome(store, job, provider, outcome)
+    report.settled += result in SETTLED
+    return result != "rejected"
 
 
 def _settle_succeeded(store: JobStore, job: Job, report: ReconcileReport) -> None:

@@ -48,10 +48,10 @@ def provider_docs() -> list[tuple[str, tuple[str, ...], ProviderDocs | None]]:
     return [(provider_id, entry[2], getattr(entry[1], "docs", None)) for provider_id, entry in _REGISTRY.items()]
 
 
-def _http_client() -> httpx.Client:
-    # Generous read timeout for slow provider front ends, short connect timeout: a connect
-    # failure is the only one we can safely retry.
-    return httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0), follow_redirects=False)
+def _http_client(read_timeout: float) -> httpx.Client:
+    # Generous read timeout for slow provider front ends (PROVIDER_READ_TIMEOUT_SECONDS), short
+    # connect timeout: a connect failure is the only one we can safely retry.
+    return httpx.Client(timeout=httpx.Timeout(read_timeout, connect=5.0), follow_redirects=False)
 
 
 @cache
@@ -69,7 +69,7 @@ def get_provider(provider_id: str) -> Provider:
         base_url=settings.provider_endpoints.get(provider_id, base_url).rstrip("/"),
         api_key=lambda: provider_api_key(provider_id),
         webhook_key=lambda: provider_webhook_key(provider_id),
-        http=_http_client(),
+        http=_http_client(settings.provider_read_timeout_seconds),
         models=models,
         default_result_hosts=hosts,
         result_hosts=tuple(settings.result_hosts.get(provider_id, ())),

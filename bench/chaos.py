@@ -1,0 +1,476 @@
+"""Chaos run: many small jobs through the local stack with every simulator fault switched on at random.
+
+    python -m bench.chaos [--jobs 200] [--seed 7] [--workdir DIR]
+
+Starts the local stack (moto server, the provider simulator, the real handlers, the reconciler
+every second with short grace periods and deadline), turns on every fault the simulator knows at
+a seeded rate for every provider, uploads tiny clips with sidecars spread over kie, apikley,
+Runware (Aleph 2.0 and Aleph 1, some with two results) and crun, delivers some S3 notifications
+twice, waits for every job to settle, and checks what must hold:
+
+- every job ends COMPLETED (results + job.json) or FAILED with a reason (error.json);
+- nothing is lost: every uploaded sidecar has exactly one job, in a terminal state;
+- no job has two output sets: one jobId folder per sidecar, holding exactly one of
+  {results + job.json} or {error.json};
+- exactly one provider submission per job (the simulator's task list, matched by the job id in
+  each task's callback URL): none for a job the provider kept refusing, never two;
+- no COMPLETED job whose provider task did not succeed.
+
+It prints the counts as tables and exits 1 when a check fails. ``run()`` is what the ``chaos``
+pytest calls with a smaller N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus, urlsplit
+
+import httpx
+
+if __package__ in (None, ""):  # run as ``python bench/chaos.py``: the repository root holds ``local``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from local.client import aws_client
+from local.media import make_clip
+from local.stack import spawn, terminate
+
+# Every fault the simulator offers, with the chance that it hits a request (submit faults) or a
+# task (the others). Several task faults can hit the same task.
+FAULT_RATES: dict[str, float] = {
+    "submit_429": 0.10,
+    "submit_500": 0.08,
+    "read_timeout": 0.07,
+    "early_callback": 0.07,
+    "stale_callback": 0.10,
+    "delay_callback": 0.12,
+    "duplicate_callback": 0.12,
+    "drop_callback": 0.12,
+    "generation_failure": 0.06,
+    "expired_result": 0.05,
+    "foreign_result_host": 0.06,
+}
+# provider, model, extra sidecar fields; picked round-robin so every provider gets its share.
+JOB_KINDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
+    ("kie", None, {}),
+    ("apikley", None, {"aspectRatio": "16:9"}),
+    ("runware", "runway:aleph@2.0", {}),
+    ("crun", None, {}),
+    ("kie", None, {"seed": 3}),
+    ("runware", "runway:2@1", {"numberResults": 2}),
+    ("crun", None, {"aspectRatio": "1:1"}),
+    ("apikley", None, {}),
+)
+TERMINAL = ("COMPLETED", "FAILED")
+CALLBACK_FIELDS = ("callBackUrl", "webhookURL", "callback_url")
+
+
+@dataclass
+class ChaosConfig:
+    jobs: int = 200
+    seed: int = 7
+    rates: Mapping[str, float] = field(default_factory=lambda: dict(FAULT_RATES))
+    duplicate_event_rate: float = 0.15  # share of sidecars (and videos) whose S3 notification is sent again
+    # The pipeline's clocks, short so the reconciler settles dropped callbacks and deadlines quickly.
+    callback_grace_seconds: int = 2
+    job_deadline_seconds: int = 45
+    finalize_grace_seconds: int = 10
+    claim_settle_seconds: int = 6
+    read_timeout_seconds: float = 3.0  # the pipeline's provider read timeout
+    submit_hold_seconds: float = 5.0  # the simulator's read_timeout hold: past the read timeout
+    callback_delay_seconds: float = 3.0
+    timeout_seconds: float = 270.0  # for all jobs to settle
+    clip_seconds: float = 2.5  # Runware Aleph 2.0 takes 2-30 s
+    clip_size: str = "160x90"
+    sqs_concurrency: int = 6
+
+
+@dataclass
+class ChaosReport:
+    config: ChaosConfig
+    seconds: float
+    jobs_by_provider: dict[str, collections.Counter[str]]
+    failure_codes: collections.Counter[str]
+    faults_applied: dict[str, int]
+    tasks_per_job: collections.Counter[int]
+    outcomes_by_fault: dict[str, collections.Counter[str]]  # task fault -> "COMPLETED" / failure code -> jobs
+    duplicate_events: int
+    callback_before_submit: int  # jobs whose callback outran the submit answer (RECEIVED -> SUCCEEDED)
+    submit_faults: tuple[str, ...]
+    checks: dict[str, int]
+    problems: list[str]
+    # One line per job: sidecar, provider, state, failure code, history, and the faults its task met.
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def table(self) -> str:
+        lines = [f"chaos run: {self.config.jobs} jobs, seed {self.config.seed}, {self.seconds:.0f} s", ""]
+        lines += _table(
+            ["provider", "jobs", "COMPLETED", "FAILED", "not terminal"],
+            [
+                [provider, sum(states.values()), states["COMPLETED"], states["FAILED"], sum(n for s, n in states.items() if s not in TERMINAL)]
+                for provider, states in sorted(self.jobs_by_provider.items())
+            ],
+        )
+        tasks = [[count, jobs] for count, jobs in sorted(self.tasks_per_job.items())]
+        sections = [
+            (["failure reason", "jobs"], [[code, count] for code, count in self.failure_codes.most_common()]),
+            (
+                ["fault (simulator)", "applied", "jobs hit", "COMPLETED", "FAILED (reason: jobs)"],
+                [
+                    [
+                        name,
+                        count,
+                        "refused requests, retried" if name in self.submit_faults else sum(self.outcomes_by_fault.get(name, {}).values()),
+                        self.outcomes_by_fault.get(name, collections.Counter())["COMPLETED"],
+                        ", ".join(f"{code} {n}" for code, n in sorted(self.outcomes_by_fault.get(name, {}).items()) if code != "COMPLETED") or "-",
+                    ]
+                    for name, count in self.faults_applied.items()
+                ],
+            ),
+            (
+                ["provider tasks per job", "jobs"],
+                [*tasks, ["S3 events sent twice", self.duplicate_events], ["callbacks before the submit answer", self.callback_before_submit]],
+            ),
+            (["check (must be 0)", "count"], [[name, count] for name, count in self.checks.items()]),
+        ]
+        for header, rows in sections:
+            lines += ["", *_table(header, rows)]
+        if self.problems:
+            lines += ["", "problems:", *(f"  {problem}" for problem in self.problems[:40])]
+        return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """Plain text columns: numbers right-aligned, words left-aligned."""
+    cells = [header, *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
+    fmt = "  ".join(f"{{:{'>' if numeric[i] else '<'}{width}}}" for i, width in enumerate(widths))
+    return [fmt.format(*row).rstrip() for row in [cells[0], ["-" * w for w in widths], *cells[1:]]]
+
+
+def stack_arguments(config: ChaosConfig) -> list[str]:
+    settings = {
+        "CALLBACK_GRACE_SECONDS": config.callback_grace_seconds,
+        "JOB_DEADLINE_SECONDS": config.job_deadline_seconds,
+        "FINALIZE_GRACE_SECONDS": config.finalize_grace_seconds,
+        "CLAIM_SETTLE_SECONDS": config.claim_settle_seconds,
+        "PAIRING_TIMEOUT_SECONDS": max(60, config.job_deadline_seconds),
+        "PROVIDER_READ_TIMEOUT_SECONDS": config.read_timeout_seconds,
+    }
+    args = ["--schedule-interval", "1", "--sqs-concurrency", str(config.sqs_concurrency), "--quiet"]
+    for name, value in settings.items():
+        args += ["--env", f"{name}={value}"]
+    return args
+
+
+def run(config: ChaosConfig, workdir: Path, log: Callable[[str], None] = print) -> ChaosReport:
+    """Start a stack in ``workdir``, run the chaos, stop the stack; return what was found (each
+    job's details also go to ``workdir/chaos-report.json``)."""
+    process, info = spawn(workdir, *stack_arguments(config), timeout=90)
+    try:
+        report = _run(config, workdir, info, log)
+    finally:
+        terminate(process)
+    (workdir / "chaos-report.json").write_text(json.dumps(report.details, indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+def _run(config: ChaosConfig, workdir: Path, info: dict[str, Any], log: Callable[[str], None]) -> ChaosReport:
+    started = time.monotonic()
+    rng = random.Random(config.seed)
+    s3, sqs, dynamodb = (aws_client(name, info) for name in ("s3", "sqs", "dynamodb"))
+    bucket, prefix = str(info["input_bucket"]), str(info["input_prefix"])
+    folder = f"chaos-{config.seed}-{int(time.time())}"
+    clip = make_clip(workdir / "clip.mp4", seconds=config.clip_seconds, size=config.clip_size).read_bytes()
+
+    with httpx.Client(base_url=str(info["simulator_url"]), timeout=30, trust_env=False) as sim:
+        sim.post("/_sim/config", json={"submit_hold_seconds": config.submit_hold_seconds, "delay_seconds": config.callback_delay_seconds}).raise_for_status()
+        rules = [{"fault": name, "rate": rate} for name, rate in config.rates.items() if rate > 0]
+        sim.post("/_sim/faults", json={"seed": config.seed, "rules": rules}).raise_for_status()
+
+        uploads, sidecars = _plan(config, rng, f"{prefix}{folder}", clip)
+        resend = [key for key, _ in uploads if rng.random() < config.duplicate_event_rate]
+        early, late = resend[: len(resend) // 2], resend[len(resend) // 2 :]
+
+        def put(item: tuple[str, bytes]) -> None:
+            s3.put_object(Bucket=bucket, Key=item[0], Body=item[1])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(put, uploads))
+        log(f"uploaded {config.jobs} sidecars and videos under s3://{bucket}/{prefix}{folder}/")
+        _resend_events(s3, sqs, queue_url=str(info["submit_queue_url"]), bucket=bucket, keys=early, region=str(info["region"]))
+
+        deadline = time.monotonic() + config.timeout_seconds
+        jobs: dict[str, list[dict[str, Any]]] = {}
+        late_sent = False
+        next_report = time.monotonic()
+        while time.monotonic() < deadline:
+            jobs = _jobs_by_sidecar(dynamodb, str(info["jobs_table"]), f"{prefix}{folder}/")
+            done = sum(1 for key in sidecars if any(job["status"] in TERMINAL for job in jobs.get(key, [])))
+            if not late_sent and done >= config.jobs // 2:
+                _resend_events(s3, sqs, queue_url=str(info["submit_queue_url"]), bucket=bucket, keys=late, region=str(info["region"]))
+                late_sent = True
+            if done == config.jobs and late_sent:
+                break
+            if time.monotonic() >= next_report:
+                log(f"  {time.monotonic() - started:5.0f} s: {done}/{config.jobs} jobs settled")
+                next_report = time.monotonic() + 10
+            time.sleep(1)
+        # error.json follows the FAILED state, and late callbacks or re-sent events may still be in
+        # flight: give them a moment before the outputs are judged.
+        _settle(lambda: _outputs(s3, str(info["output_bucket"]), f"{folder}/"), quiet_seconds=4, limit=30)
+        jobs = _jobs_by_sidecar(dynamodb, str(info["jobs_table"]), f"{prefix}{folder}/")
+        outputs = _outputs(s3, str(info["output_bucket"]), f"{folder}/")
+        tasks = sim.get("/_sim/tasks").json()
+        fault_book = sim.get("/_sim/faults").json()
+        faults = {rule["fault"]: int(rule["applied"]) for rule in fault_book["rules"]}
+        sim.delete("/_sim/faults")
+    return _judge(
+        config,
+        seconds=time.monotonic() - started,
+        sidecars=sidecars,
+        jobs=jobs,
+        outputs=outputs,
+        tasks=tasks,
+        faults=faults,
+        submit_faults=tuple(fault_book["known"]["submit"]),
+        duplicate_events=len(resend),
+        input_prefix=prefix,
+    )
+
+
+def _plan(config: ChaosConfig, rng: random.Random, base: str, clip: bytes) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """The objects to upload (key, body) in upload order, and each sidecar's provider."""
+    sidecars: dict[str, str] = {}
+    uploads: list[tuple[str, bytes]] = []
+    for index in range(config.jobs):
+        provider, model, extra = JOB_KINDS[index % len(JOB_KINDS)]
+        stem = f"{base}/job-{index:04d}"
+        document: dict[str, Any] = {"prompt": f"chaos {index}: turn the scene into a winter evening", "provider": provider, **extra}
+        if model:
+            document["model"] = model
+        pair = [(f"{stem}.mp4", clip), (f"{stem}.json", json.dumps(document).encode())]
+        uploads.extend(pair if rng.random() < 0.7 else pair[::-1])  # either file may come first
+        sidecars[f"{stem}.json"] = provider
+    return uploads, sidecars
+
+
+def _resend_events(s3: Any, sqs: Any, *, queue_url: str, bucket: str, keys: Iterable[str], region: str) -> None:
+    """Deliver the S3 ObjectCreated notification of each key once more (S3 delivers at least once)."""
+    for key in keys:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        record = {
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": region,
+            "eventTime": head["LastModified"].strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "eventName": "ObjectCreated:Put",
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                "object": {"key": quote_plus(key), "size": head["ContentLength"], "eTag": head["ETag"].strip('"')},
+            },
+        }
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"Records": [record]}))
+
+
+def _jobs_by_sidecar(dynamodb: Any, table: str, key_prefix: str) -> dict[str, list[dict[str, Any]]]:
+    """Every job item of this run (a scan: fine for a test harness, never done by the pipeline)."""
+    found: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    paginator = dynamodb.get_paginator("scan")
+    pages = paginator.paginate(
+        TableName=table,
+        ConsistentRead=True,
+        FilterExpression="begins_with(sidecarKey, :prefix)",
+        ExpressionAttributeValues={":prefix": {"S": key_prefix}},
+    )
+    for page in pages:
+        for item in page["Items"]:
+            job = {
+                "jobId": item["jobId"]["S"],
+                "status": item["status"]["S"],
+                "sidecarKey": item["sidecarKey"]["S"],
+                "provider": item.get("provider", {}).get("S"),
+                "errorCode": item.get("error", {}).get("M", {}).get("code", {}).get("S"),
+                "errorStage": item.get("error", {}).get("M", {}).get("stage", {}).get("S"),
+                "history": [entry["M"]["state"]["S"] for entry in item.get("history", {}).get("L", [])],
+            }
+            found[job["sidecarKey"]].append(job)
+    return found
+
+
+def _outputs(s3: Any, bucket: str, prefix: str) -> dict[str, list[str]]:
+    """Output keys of this run grouped by folder (``<folder>/job-NNNN/<jobId>``) -> file names."""
+    grouped: dict[str, list[str]] = collections.defaultdict(list)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for entry in page.get("Contents", []):
+            folder, _, name = entry["Key"].rpartition("/")
+            grouped[folder].append(name)
+    return {folder: sorted(names) for folder, names in grouped.items()}
+
+
+def _settle(read: Callable[[], Any], *, quiet_seconds: float, limit: float) -> None:
+    """Wait until ``read()`` gives the same answer for ``quiet_seconds`` (at most ``limit``)."""
+    end = time.monotonic() + limit
+    last, since = read(), time.monotonic()
+    while time.monotonic() < end and time.monotonic() - since < quiet_seconds:
+        time.sleep(1)
+        current = read()
+        if current != last:
+            last, since = current, time.monotonic()
+
+
+def _task_job_id(task: Mapping[str, Any]) -> str | None:
+    request = task.get("request")
+    if not isinstance(request, Mapping):
+        return None
+    for name in CALLBACK_FIELDS:
+        url = request.get(name)
+        if isinstance(url, str):
+            parts = urlsplit(url).path.rstrip("/").split("/")
+            return parts[-1] if len(parts) >= 2 and parts[-3] == "callbacks" else None
+    return None
+
+
+def _judge(
+    config: ChaosConfig,
+    *,
+    seconds: float,
+    sidecars: Mapping[str, str],
+    jobs: Mapping[str, list[dict[str, Any]]],
+    outputs: Mapping[str, list[str]],
+    tasks: list[dict[str, Any]],
+    faults: dict[str, int],
+    submit_faults: tuple[str, ...],
+    duplicate_events: int,
+    input_prefix: str,
+) -> ChaosReport:
+    problems: list[str] = []
+    details: list[dict[str, Any]] = []
+    checks = dict.fromkeys(
+        (
+            "not terminal (lost or stuck)",
+            "sidecars with more than one job",
+            "FAILED without error.json or with results",
+            "COMPLETED without results + job.json, or with error.json",
+            "jobs with two output sets",
+            "jobs submitted more than once",
+            "jobs accepted by the provider without a task",
+            "COMPLETED although the provider task did not succeed",
+            "provider tasks of no job",
+        ),
+        0,
+    )
+
+    def fail(check: str, detail: str) -> None:
+        checks[check] += 1
+        problems.append(f"{check}: {detail}")
+
+    tasks_by_job: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for task in tasks:
+        job_id = _task_job_id(task)
+        if job_id is None:
+            fail("provider tasks of no job", str(task.get("taskId")))
+        else:
+            tasks_by_job[job_id].append(task)
+    run_folders = set(outputs)
+
+    by_provider: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    failure_codes: collections.Counter[str] = collections.Counter()
+    tasks_per_job: collections.Counter[int] = collections.Counter()
+    outcomes_by_fault: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for key, provider in sidecars.items():
+        found = jobs.get(key, [])
+        if len(found) > 1:
+            fail("sidecars with more than one job", f"{key}: {[job['jobId'] for job in found]}")
+        if not found or found[0]["status"] not in TERMINAL:
+            fail("not terminal (lost or stuck)", f"{key}: {found[0]['status'] if found else 'no job'}")
+            by_provider[provider][found[0]["status"] if found else "NO JOB"] += 1
+            continue
+        job = found[0]
+        by_provider[provider][job["status"]] += 1
+        stem = key[len(input_prefix) : -len(".json")]
+        folders = sorted(folder for folder in run_folders if folder.startswith(stem + "/"))
+        job_folder = f"{stem}/{job['jobId']}"
+        if folders != [job_folder]:
+            fail("jobs with two output sets", f"{key}: output folders {folders}")
+        names = set(outputs.get(job_folder, []))
+        results = {name for name in names if name.startswith("result")}
+        if job["status"] == "FAILED":
+            failure_codes[str(job["errorCode"])] += 1
+            if names != {"error.json"}:
+                fail("FAILED without error.json or with results", f"{key}: {sorted(names)}")
+        elif not results or "job.json" not in names or "error.json" in names:
+            fail("COMPLETED without results + job.json, or with error.json", f"{key}: {sorted(names)}")
+        submitted = tasks_by_job.get(job["jobId"], [])
+        tasks_per_job[len(submitted)] += 1
+        outcome = "COMPLETED" if job["status"] == "COMPLETED" else str(job["errorCode"])
+        details.append(
+            {
+                "sidecar": key,
+                "provider": provider,
+                "state": job["status"],
+                "error": job.get("errorCode"),
+                "history": job["history"],
+                "tasks": [{"id": task["taskId"], "state": task["state"], "faults": task.get("faults", [])} for task in submitted],
+            }
+        )
+        for name in {fault for task in submitted for fault in task.get("faults", [])}:
+            outcomes_by_fault[name][outcome] += 1
+        if len(submitted) > 1:
+            fail("jobs submitted more than once", f"{key}: tasks {[task['taskId'] for task in submitted]}")
+        elif not submitted and job.get("errorStage") != "submit":
+            fail("jobs accepted by the provider without a task", f"{key}: {job['status']} {job.get('errorCode')}")
+        if job["status"] == "COMPLETED" and any(task["state"] != "success" or task["expired"] for task in submitted):
+            fail("COMPLETED although the provider task did not succeed", f"{key}: {[(task['state'], task['expired']) for task in submitted]}")
+    return ChaosReport(
+        config=config,
+        seconds=seconds,
+        jobs_by_provider=dict(by_provider),
+        failure_codes=failure_codes,
+        faults_applied=faults,
+        tasks_per_job=tasks_per_job,
+        outcomes_by_fault=dict(outcomes_by_fault),
+        duplicate_events=duplicate_events,
+        callback_before_submit=sum(
+            1 for found in jobs.values() for job in found if any(pair == ("RECEIVED", "SUCCEEDED") for pair in itertools.pairwise(job["history"]))
+        ),
+        submit_faults=submit_faults,
+        checks=checks,
+        problems=problems,
+        details=details,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the stack's logs go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    config = ChaosConfig(jobs=args.jobs, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="aleph-chaos-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        report = run(config, workdir)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
