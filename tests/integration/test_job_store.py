@@ -179,3 +179,14 @@ def test_results_after_a_failure_change_nothing(store: JobStore) -> None:
     assert job is not None
     assert job.state == JobState.FAILED
     assert "result" not in job.item
+
+
+def test_a_deadline_failure_only_applies_to_the_state_that_was_examined(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.mark_submitted(job_id, "task")
+    store.mark_succeeded(job_id, ("u",), None, None, "task")  # a callback, just after the reconciler looked
+    assert not store.mark_failed(job_id, JobError("deadline_exceeded", "too slow", "provider"), only_from=JobState.SUBMITTED)
+    job = store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.SUCCEEDED
+    assert store.mark_failed(job_id, JobError("result_unavailable", "gone", "finalize"), only_from=JobState.SUCCEEDED)

@@ -294,18 +294,30 @@ class JobStore:
     def mark_completed(self, job_id: str, outputs: list[dict[str, Any]], completed_at: str) -> bool:
         return self._move(job_id, JobState.COMPLETED, {"outputs": outputs}, at=completed_at)
 
-    def mark_failed(self, job_id: str, error: JobError, *, unless_claimed: bool = False) -> bool:
-        """``unless_claimed``: an intake check must not fail a job another attempt already sent."""
-        return self._move(job_id, JobState.FAILED, {"error": error.to_record()}, unclaimed_only=unless_claimed)
+    def mark_failed(self, job_id: str, error: JobError, *, unless_claimed: bool = False, only_from: JobState | None = None) -> bool:
+        """``unless_claimed``: an intake check must not fail a job another attempt already sent.
+        ``only_from``: fail only if the job is still in the state the caller examined (the
+        reconciler's deadline must not fail a job a callback has just moved on)."""
+        return self._move(job_id, JobState.FAILED, {"error": error.to_record()}, unclaimed_only=unless_claimed, only_from=only_from)
 
-    def _move(self, job_id: str, target: JobState, attributes: dict[str, Any], at: str | None = None, *, unclaimed_only: bool = False) -> bool:
+    def _move(
+        self,
+        job_id: str,
+        target: JobState,
+        attributes: dict[str, Any],
+        at: str | None = None,
+        *,
+        unclaimed_only: bool = False,
+        only_from: JobState | None = None,
+    ) -> bool:
         at = at or now_iso()
         names, values, sets = _set_clause({**attributes, "status": target.value, "updatedAt": at})
         names["#history"] = "history"
         names["#status"] = "status"
         values[":entry"] = [{"state": target.value, "at": at}]
         sets.append("#history = list_append(#history, :entry)")
-        allowed = sorted(state.value for state in ENTERED_FROM[target])
+        sources = ENTERED_FROM[target] & {only_from} if only_from is not None else ENTERED_FROM[target]
+        allowed = sorted(state.value for state in sources) or ["(none)"]
         for index, state in enumerate(allowed):
             values[f":from{index}"] = state
         condition = f"#status IN ({', '.join(f':from{index}' for index in range(len(allowed)))})"

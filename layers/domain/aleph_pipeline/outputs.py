@@ -31,9 +31,9 @@ def cover_name(url: str) -> str:
     return f"cover.{extension if extension in IMAGE_EXTENSIONS else 'jpg'}"
 
 
-def fail_job(store: JobStore, job_id: str, error: JobError, *, unless_claimed: bool = False) -> None:
+def fail_job(store: JobStore, job_id: str, error: JobError, *, unless_claimed: bool = False, only_from: JobState | None = None) -> None:
     """Move a job to FAILED and leave ``error.json``; repeating it rewrites the same file."""
-    moved = store.mark_failed(job_id, error, unless_claimed=unless_claimed)
+    moved = store.mark_failed(job_id, error, unless_claimed=unless_claimed, only_from=only_from)
     job = store.get(job_id)
     if job is None or job.state != JobState.FAILED:
         # The job finished another way first (a completed job keeps its outputs).

@@ -157,7 +157,7 @@ def _time_out(store: JobStore, job: Job, report: ReconcileReport) -> None:
         STAGE_PROVIDER,
         retryable=True,
     )
-    fail_job(store, job.id, error)
+    fail_job(store, job.id, error, only_from=job.state)
     report.timed_out += 1
 
 
