@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+from local.simulator.callbacks import post_json
 from local.simulator.config import Settings
 from local.simulator.faults import FaultBook, FaultRule
 from local.simulator.store import Task, TaskStore, utc_now
@@ -118,6 +120,65 @@ class SimContext:
         with self.store.lock:
             task.callback_status = status
         task.called_back.set()
+
+    def record_outcome(self, task: Task, rules: dict[str, FaultRule], error: dict[str, Any] | None, files: dict[str, Path], urls: dict[str, str]) -> None:
+        """Record how a task ended: its result files and their URLs (``urls`` maps a result's
+        name in the protocol to a file name), or its error."""
+        with self.store.lock:
+            task.completed_at = utc_now()
+            if error is None:
+                task.files = dict(files)
+                task.result_urls = {name: self.file_url(task.task_id, file_name) for name, file_name in urls.items()}
+                task.expired = "expired_result" in rules
+                task.state = "success"
+            else:
+                task.error = error
+                task.state = "failed"
+            discarded = task.discarded
+        if discarded:  # DELETE /_sim/tasks raced with this task: leave nothing behind
+            self.remove_task_files(task.task_id)
+
+    # ---- callbacks, the same for every protocol ---------------------------------------------
+
+    @staticmethod
+    def undeliverable(task: Task, rules: dict[str, FaultRule], url: object) -> str | None:
+        """Why no callback will go out (``none``, ``abandoned``, ``dropped``), or None to send it."""
+        if not url:
+            return "none"
+        if task.discarded:
+            return "abandoned"
+        return "dropped" if "drop_callback" in rules else None
+
+    def wait_callback_delay(self, rules: dict[str, FaultRule]) -> bool:
+        """The ``delay_callback`` fault; False when the simulator stopped during the wait."""
+        if "delay_callback" not in rules:
+            return True
+        rule_delay = rules["delay_callback"].delay_seconds
+        return self.sleep(self.settings.delay_seconds if rule_delay is None else rule_delay)
+
+    def post_callbacks(
+        self,
+        task: Task,
+        url: str,
+        payloads: list[dict[str, Any]],
+        *,
+        headers: dict[str, str] | None = None,
+        attempts: int = 1,
+        retry_seconds: float = 0.0,
+    ) -> None:
+        """POST each payload, recording every attempt on the task; a non-2xx answer is retried
+        up to ``attempts`` times (for providers that document retries)."""
+        for body in payloads:
+            for _attempt in range(attempts):
+                if self.stop.is_set():
+                    return
+                attempt = post_json(url, body, timeout=self.settings.callback_timeout_seconds, headers=headers)
+                with self.store.lock:
+                    task.callbacks.append(attempt)
+                if attempt.status is not None and 200 <= attempt.status < 300:
+                    break
+                if attempts > 1:
+                    self.sleep(retry_seconds)
 
     def sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` unless the server stops first; True when the full wait elapsed."""

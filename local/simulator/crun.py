@@ -31,11 +31,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from local.simulator.callbacks import post_json
 from local.simulator.context import SimContext
 from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input
 from local.simulator.faults import DEFAULT_GENERATION_FAILURE_MSG, FOREIGN_RESULT_URL, FaultRule
-from local.simulator.store import Task, utc_now
+from local.simulator.store import Task
 from local.simulator.web import Request, Response, json_response
 
 log = logging.getLogger("local.simulator")
@@ -232,7 +231,6 @@ class CrunProtocol:
 
     def _run(self, task: Task, rules: dict[str, FaultRule]) -> None:
         """Worker body: fetch, edit, record the outcome, then call back."""
-        store = self.ctx.store
         if not self.ctx.begin(task):
             return
         error: dict[str, Any] | None = None
@@ -253,52 +251,28 @@ class CrunProtocol:
         except Exception:  # any surprise is a provider-side 500 for the client
             log.exception("task %s failed unexpectedly", task.task_id)
             error = {"code": 500, "msg": MSG_SERVER_ERROR}
-        with store.lock:
-            task.completed_at = utc_now()
-            if error is None:
-                task.files = {VIDEO_FILE: video}
-                task.result_urls = {"video": self.ctx.file_url(task.task_id, VIDEO_FILE)}
-                task.expired = "expired_result" in rules
-                task.state = "success"
-            else:
-                task.error = error
-                task.state = "failed"
-            discarded = task.discarded
-        if discarded:  # DELETE /_sim/tasks raced with this task: leave nothing behind
-            self.ctx.remove_task_files(task.task_id)
+        self.ctx.record_outcome(task, rules, error, {VIDEO_FILE: video} if error is None else {}, {"video": VIDEO_FILE})
         self._notify(task, rules)
 
     def _notify(self, task: Task, rules: dict[str, FaultRule]) -> None:
         url = task.request.get("callback_url")
         with self.ctx.store.lock:
-            if not url:
-                self.ctx.finish_callbacks(task, "none")
+            status = self.ctx.undeliverable(task, rules, url)
+            if status is not None:
+                self.ctx.finish_callbacks(task, status)
                 return
-            if task.discarded:
-                self.ctx.finish_callbacks(task, "abandoned")
-                return
-            if "drop_callback" in rules:
-                self.ctx.finish_callbacks(task, "dropped")
-                return
-        self.ctx.spawn(lambda: self._deliver(task, rules, url), name=f"sim-callback-{task.task_id[:13]}")
+        self.ctx.spawn(lambda: self._deliver(task, rules, str(url)), name=f"sim-callback-{task.task_id[:13]}")
 
     def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str) -> None:
-        if "delay_callback" in rules:
-            rule_delay = rules["delay_callback"].delay_seconds
-            delay = self.ctx.settings.delay_seconds if rule_delay is None else rule_delay
-            if not self.ctx.sleep(delay):
-                self.ctx.finish_callbacks(task, "abandoned")
-                return
+        if not self.ctx.wait_callback_delay(rules):
+            self.ctx.finish_callbacks(task, "abandoned")
+            return
         objects = [self._task_data(task, foreign="foreign_result_host" in rules)] * (2 if "duplicate_callback" in rules else 1)
         if "stale_callback" in rules:
             # A progress report that lost the race with the final one: the task object as it was while running.
             objects.append({**self._task_data(task), "status": STATUS["running"], "result": None, "duration_s": None, "complete_at": None})
-        for data in objects:
-            if self.ctx.stop.is_set():
-                break
-            payload = {"code": 200, "message": "success", "data": data} if task.callback_shape == "wrapped" else data
-            attempt = post_json(url, payload, timeout=self.ctx.settings.callback_timeout_seconds)
-            with self.ctx.store.lock:
-                task.callbacks.append(attempt)
+        wrapped = task.callback_shape == "wrapped"
+        payloads = [{"code": 200, "message": "success", "data": data} if wrapped else data for data in objects]
+        self.ctx.post_callbacks(task, url, payloads)
         with self.ctx.store.lock:
             self.ctx.finish_callbacks(task, "sent" if task.callbacks else "abandoned")

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from local.simulator.callbacks import post_json
 from local.simulator.context import SimContext
 from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input, probe_seconds
 from local.simulator.faults import FOREIGN_RESULT_URL, FaultRule
@@ -398,32 +397,22 @@ class RunwareProtocol:
         """Send one webhook (one per result); ``final`` marks the task's last one."""
         url = task.request.get("webhookURL")
         with self.ctx.store.lock:
-            status = "none" if not url else "abandoned" if task.discarded else "dropped" if "drop_callback" in rules else None
+            status = self.ctx.undeliverable(task, rules, url)
             if status is not None:
                 self._settle(task, status, final=final)
                 return
         self.ctx.spawn(lambda: self._deliver(task, rules, str(url), payload, final=final), name=f"sim-webhook-{task.task_id[:8]}")
 
     def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str, payload: dict[str, Any], *, final: bool) -> None:
-        if "delay_callback" in rules:
-            rule_delay = rules["delay_callback"].delay_seconds
-            if not self.ctx.sleep(self.ctx.settings.delay_seconds if rule_delay is None else rule_delay):
-                self._settle(task, "abandoned", final=final)
-                return
+        if not self.ctx.wait_callback_delay(rules):
+            self._settle(task, "abandoned", final=final)
+            return
         payloads = [payload] * (2 if "duplicate_callback" in rules else 1)
         if final and "stale_callback" in rules:
             # A progress item that lost the race with the results.
             payloads.append({"data": [{"taskType": "videoInference", "taskUUID": task.task_id, "status": "processing"}]})
-        for body in payloads:
-            for _attempt in range(WEBHOOK_ATTEMPTS):  # non-2xx replies are retried
-                if self.ctx.stop.is_set():
-                    break
-                attempt = post_json(url, body, timeout=self.ctx.settings.callback_timeout_seconds)
-                with self.ctx.store.lock:
-                    task.callbacks.append(attempt)
-                if attempt.status is not None and 200 <= attempt.status < 300:
-                    break
-                self.ctx.sleep(WEBHOOK_RETRY_SECONDS)
+        # Runware retries a webhook that gets a non-2xx answer.
+        self.ctx.post_callbacks(task, url, payloads, attempts=WEBHOOK_ATTEMPTS, retry_seconds=WEBHOOK_RETRY_SECONDS)
         with self.ctx.store.lock:
             self._settle(task, "sent" if task.callbacks else "abandoned", final=final)
 
