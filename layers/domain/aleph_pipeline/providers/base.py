@@ -165,6 +165,35 @@ class Provider(ABC):
         Called without ``video`` as soon as the sidecar is read, and again once the video is known.
         """
 
+    def check_declared(self, sidecar: Sidecar, model: str, video: VideoInfo | None, *, managed: frozenset[str]) -> None:
+        """The checks an adapter's ``docs`` declare, so the README's matrix and intake never disagree:
+        fields honoured, one reference image, prompt length, ``providerOptions`` that would replace
+        what the pipeline sets (``managed``), video format and size."""
+        docs = self.docs
+        if docs is None:
+            raise TypeError(f"{type(self).__name__} declares no ProviderDocs")
+        extra = sidecar.given_fields - COMMON_FIELDS - docs.fields
+        if extra:
+            raise unsupported(self.id, model, extra)
+        if sidecar.reference_images and len(sidecar.reference_images) > 1:
+            raise JobError("unsupported_option", f"provider `{self.id}` takes one reference image, not {len(sidecar.reference_images)}", STAGE_INTAKE)
+        if docs.max_prompt_chars is not None and len(sidecar.prompt) > docs.max_prompt_chars:
+            raise JobError(
+                "invalid_sidecar", f"the prompt is {len(sidecar.prompt)} characters; provider `{self.id}` takes at most {docs.max_prompt_chars}", STAGE_INTAKE
+            )
+        # Refused here, before the video is awaited or a submission claimed.
+        merge_provider_options({}, sidecar.provider_options, managed)
+        if video is None:
+            return
+        if video.extension not in docs.video_formats:
+            raise JobError("video_unsupported", f"provider `{self.id}` takes {', '.join(docs.video_formats)} videos, not .{video.extension}", STAGE_INTAKE)
+        if docs.max_video_bytes is not None and video.size is not None and video.size > docs.max_video_bytes:
+            raise JobError(
+                "video_too_large",
+                f"the video is {video.size} bytes; provider `{self.id}` takes at most {docs.max_video_bytes} bytes ({docs.max_video_bytes // 2**20} MiB)",
+                STAGE_INTAKE,
+            )
+
     @abstractmethod
     def submit(self, request: SubmitRequest) -> str:
         """Send the edit; return the provider's task id or raise ``ProviderError``."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
+from ..errors import STAGE_PROVIDER, JobError
 from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
@@ -27,7 +27,6 @@ from .base import (
     SubmitRequest,
     VideoInfo,
     merge_provider_options,
-    unsupported,
 )
 
 CREATE_PATH = "/api/v1/client/job/CreateTask"
@@ -53,7 +52,6 @@ MANAGED_FIELDS = frozenset({"prompt", "video_url", "callback_url", "model"})
 # one reference image, and MP4/MOV/WebM containers. Checked here so such a job fails before any
 # money is spent.
 MAX_PROMPT_CHARS = 1000
-MAX_REFERENCE_IMAGES = 1
 VIDEO_EXTENSIONS = ("mp4", "mov", "webm", "m4v")
 
 # crun's codes: 401 bad key, 402 no credits, 404 no such task/endpoint, 422 validation, 455
@@ -88,23 +86,7 @@ class CrunProtocol(Provider):
     )
 
     def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
-        extra = sidecar.given_fields - SUPPORTED_FIELDS
-        if extra:
-            raise unsupported(self.id, model, extra)
-        if sidecar.reference_images and len(sidecar.reference_images) > MAX_REFERENCE_IMAGES:
-            raise JobError(
-                "unsupported_option",
-                f"provider `{self.id}` with model `{model}` takes {MAX_REFERENCE_IMAGES} reference image, not {len(sidecar.reference_images)}",
-                STAGE_INTAKE,
-            )
-        if len(sidecar.prompt) > MAX_PROMPT_CHARS:
-            raise JobError(
-                "invalid_sidecar", f"the prompt is {len(sidecar.prompt)} characters; provider `{self.id}` takes at most {MAX_PROMPT_CHARS}", STAGE_INTAKE
-            )
-        # An option that tries to replace a field the pipeline sets fails here, before any money is spent.
-        merge_provider_options({}, sidecar.provider_options, MANAGED_FIELDS)
-        if video is not None and video.extension not in VIDEO_EXTENSIONS:
-            raise JobError("video_unsupported", f"provider `{self.id}` takes {', '.join(VIDEO_EXTENSIONS)} videos, not .{video.extension}", STAGE_INTAKE)
+        self.check_declared(sidecar, model, video, managed=MANAGED_FIELDS)
 
     def request_body(self, request: SubmitRequest) -> dict[str, Any]:
         return {"model": request.model, "callback_url": request.callback_url, "input": crun_input(request)}

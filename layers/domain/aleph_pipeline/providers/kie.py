@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import STAGE_INTAKE, JobError
 from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
@@ -29,7 +28,6 @@ from .base import (
     SubmitRequest,
     VideoInfo,
     merge_provider_options,
-    unsupported,
 )
 
 MAX_VIDEO_BYTES = 10 * 1024 * 1024
@@ -56,25 +54,7 @@ class KieProtocol(Provider):
     )
 
     def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
-        extra = sidecar.given_fields - SUPPORTED_FIELDS
-        if extra:
-            raise unsupported(self.id, model, extra)
-        if sidecar.reference_images and len(sidecar.reference_images) > 1:
-            raise JobError("unsupported_option", f"provider `{self.id}` takes one reference image, not {len(sidecar.reference_images)}", STAGE_INTAKE)
-        if len(sidecar.prompt) > MAX_PROMPT_CHARS:
-            raise JobError(
-                "invalid_sidecar", f"the prompt is {len(sidecar.prompt)} characters; provider `{self.id}` takes at most {MAX_PROMPT_CHARS}", STAGE_INTAKE
-            )
-        # An option that tries to replace a field the pipeline sets fails here, before the video is awaited or a submission claimed.
-        merge_provider_options({}, sidecar.provider_options, MANAGED_FIELDS)
-        if video is None:
-            return
-        if video.extension not in VIDEO_EXTENSIONS:
-            raise JobError("video_unsupported", f"provider `{self.id}` takes {', '.join(VIDEO_EXTENSIONS)} videos, not .{video.extension}", STAGE_INTAKE)
-        if video.size is not None and video.size > MAX_VIDEO_BYTES:
-            raise JobError(
-                "video_too_large", f"the video is {video.size} bytes; provider `{self.id}` takes at most {MAX_VIDEO_BYTES} bytes (10 MB)", STAGE_INTAKE
-            )
+        self.check_declared(sidecar, model, video, managed=MANAGED_FIELDS)
 
     def request_body(self, request: SubmitRequest) -> dict[str, Any]:
         sidecar = request.sidecar
