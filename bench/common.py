@@ -1,20 +1,15 @@
-"""Shared pieces of the benchmarks: a moto server subprocess, medians, a table, saved results."""
+"""Shared pieces of the benchmarks: medians, a table, saved results (moto server and free ports come from local.client)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from local.client import REPO_ROOT, wait_for
+from local.client import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
 MIB = 1024 * 1024
@@ -25,44 +20,6 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1.0)
-    except httpx.TransportError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto server as a subprocess on 127.0.0.1 (as the tests and the local stack run it)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: process.poll() is None and _answers(f"{url}/moto-api/"), timeout=30, interval=0.05, message="moto server")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def median(values: Sequence[float]) -> float:

@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bench.common import MIB, RESULTS, child_env, free_port, median, moto_server, save, table, verdict
-from local.client import aws_client
+from bench.common import MIB, RESULTS, child_env, median, save, table, verdict
+from local.client import aws_client, free_port, moto_server
 
 SIZES_MIB = (10, 200, 1024)
 # Short copies are noisy: more runs of them (the median counts; peak RSS is the highest seen).

@@ -25,15 +25,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Protocol, TypeVar
 
 from local.apigw import HttpApiEmulator, Route
-from local.client import DEFAULT_WORKDIR, REPO_ROOT, STACK_JSON, aws_client, stack_json_path, wait_for
+from local.client import DEFAULT_WORKDIR, REPO_ROOT, STACK_JSON, answers, aws_client, free_port, stack_json_path, wait_for
 from local.dispatcher import ScheduleEventSource, SqsEventSource, StreamEventSource
 from local.lambda_runtime import LOCAL_ACCOUNT_ID, LambdaFunction
 from local.provision import ResourceNames, Resources, provision
@@ -247,14 +245,14 @@ class LocalStack:
     def _start_moto(self) -> str:
         attempts = 1 if self.moto_port is not None else 3
         for attempt in range(attempts):
-            port = self.moto_port or _free_port()
+            port = self.moto_port or free_port()
             if not _port_free(port):
                 raise RuntimeError(f"port {port} for moto server is already in use (ALEPH_MOTO_PORT?)")
             process = self._spawn_child("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
             url = f"http://127.0.0.1:{port}"
 
             def ready(process: subprocess.Popen[bytes] = process, url: str = url) -> bool:
-                return _process_alive(process, "moto server") and _answers(f"{url}/moto-api/")
+                return _process_alive(process, "moto server") and answers(f"{url}/moto-api/")
 
             try:
                 wait_for(ready, timeout=STARTUP_TIMEOUT, interval=0.05, message=f"moto server on {url}")
@@ -274,7 +272,7 @@ class LocalStack:
         ready_file = self.workdir / "simulator.ready"
         with contextlib.suppress(FileNotFoundError):
             ready_file.unlink()
-        port = self.simulator_port or _free_port()
+        port = self.simulator_port or free_port()
         process = self._spawn_child(
             "simulator",
             [sys.executable, "-m", "local.simulator", "--host", "127.0.0.1", "--port", str(port), "--ready-file", str(ready_file)],
@@ -516,16 +514,6 @@ def _process_alive(process: subprocess.Popen[bytes], what: str) -> bool:
     return True
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return bool(response.status < 500)
-    except urllib.error.HTTPError as exc:
-        return exc.code < 500
-    except OSError:
-        return False
-
-
 def _stop_process(name: str, process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
@@ -548,12 +536,6 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:
