@@ -14,10 +14,15 @@ from urllib.parse import quote
 
 from local.simulator.callbacks import post_json
 from local.simulator.config import Settings
-from local.simulator.faults import FaultBook, FaultRule
+from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input
+from local.simulator.faults import DEFAULT_GENERATION_FAILURE_MSG, FaultBook, FaultRule
 from local.simulator.store import Task, TaskStore, utc_now
 
 log = logging.getLogger("local.simulator")
+
+# The files an edited task serves.
+VIDEO_FILE = "video.mp4"
+COVER_FILE = "cover.png"
 
 # How long an early_callback answer waits for the task's callbacks at most.
 EARLY_CALLBACK_MAX_WAIT_SECONDS = 120.0
@@ -121,6 +126,31 @@ class SimContext:
             task.callback_status = status
         task.called_back.set()
 
+    def edit_task(self, task: Task, rules: dict[str, FaultRule], video_url: str, *, aspect_ratio: str | None, failure_code: int) -> dict[str, Any] | None:
+        """Fetch and edit a task's video into ``VIDEO_FILE`` and ``COVER_FILE`` in its folder.
+
+        None on success, else the failure as ``{"code", "msg"}`` (``failure_code`` for the
+        ``generation_failure`` fault; 500 for anything unexpected)."""
+        try:
+            if "generation_failure" in rules:
+                raise EditFailure(failure_code, rules["generation_failure"].msg or DEFAULT_GENERATION_FAILURE_MSG)
+            workdir = self.task_dir(task.task_id)
+            source = workdir / "input"
+            try:
+                fetch_input(video_url, source)
+                edit_video(source, workdir / VIDEO_FILE, workdir / COVER_FILE, aspect_ratio=aspect_ratio)
+            finally:
+                source.unlink(missing_ok=True)
+        except EditFailure as failure:
+            return {"code": failure.code, "msg": failure.msg}
+        except Exception:  # any surprise is a provider-side 500 for the client
+            log.exception("task %s failed unexpectedly", task.task_id)
+            return {"code": 500, "msg": MSG_SERVER_ERROR}
+        return None
+
+    def result_files(self, task: Task, names: tuple[str, ...]) -> dict[str, Path]:
+        return {name: self.task_dir(task.task_id) / name for name in names}
+
     def record_outcome(self, task: Task, rules: dict[str, FaultRule], error: dict[str, Any] | None, files: dict[str, Path], urls: dict[str, str]) -> None:
         """Record how a task ended: its result files and their URLs (``urls`` maps a result's
         name in the protocol to a file name), or its error."""
@@ -139,6 +169,15 @@ class SimContext:
             self.remove_task_files(task.task_id)
 
     # ---- callbacks, the same for every protocol ---------------------------------------------
+
+    def start_callbacks(self, task: Task, rules: dict[str, FaultRule], url: object, deliver: Callable[[str], None]) -> None:
+        """Hand ``deliver`` to a thread of its own, unless no callback is due (no URL, discarded, dropped)."""
+        with self.store.lock:
+            status = self.undeliverable(task, rules, url)
+            if status is not None:
+                self.finish_callbacks(task, status)
+                return
+        self.spawn(lambda: deliver(str(url)), name=f"sim-callback-{task.task_id[:13]}")
 
     @staticmethod
     def undeliverable(task: Task, rules: dict[str, FaultRule], url: object) -> str | None:

@@ -31,9 +31,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from local.simulator.context import SimContext
-from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input
-from local.simulator.faults import DEFAULT_GENERATION_FAILURE_MSG, FOREIGN_RESULT_URL, FaultRule
+from local.simulator.context import VIDEO_FILE, SimContext
+from local.simulator.faults import FOREIGN_RESULT_URL, FaultRule
 from local.simulator.store import Task
 from local.simulator.web import Request, Response, json_response
 
@@ -45,7 +44,6 @@ MODEL = "runway/gen-4-aleph"
 ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 4294967295
-VIDEO_FILE = "video.mp4"
 MSG_VALIDATION = "Missing Params or Type Error"
 GENERATION_FAILED = 501
 
@@ -233,35 +231,13 @@ class CrunProtocol:
         """Worker body: fetch, edit, record the outcome, then call back."""
         if not self.ctx.begin(task):
             return
-        error: dict[str, Any] | None = None
-        try:
-            if "generation_failure" in rules:
-                raise EditFailure(GENERATION_FAILED, rules["generation_failure"].msg or DEFAULT_GENERATION_FAILURE_MSG)
-            workdir = self.ctx.task_dir(task.task_id)
-            source, video = workdir / "input", workdir / VIDEO_FILE
-            given = task.request["input"]
-            try:
-                fetch_input(given["video_url"], source)
-                edit_video(source, video, workdir / "cover.png", aspect_ratio=given.get("aspect_ratio"))
-            finally:
-                source.unlink(missing_ok=True)
-        except EditFailure as failure:
-            # crun reports any failed generation as 501; its own faults as 500.
-            error = {"code": 500 if failure.code == 500 else GENERATION_FAILED, "msg": failure.msg}
-        except Exception:  # any surprise is a provider-side 500 for the client
-            log.exception("task %s failed unexpectedly", task.task_id)
-            error = {"code": 500, "msg": MSG_SERVER_ERROR}
-        self.ctx.record_outcome(task, rules, error, {VIDEO_FILE: video} if error is None else {}, {"video": VIDEO_FILE})
-        self._notify(task, rules)
-
-    def _notify(self, task: Task, rules: dict[str, FaultRule]) -> None:
-        url = task.request.get("callback_url")
-        with self.ctx.store.lock:
-            status = self.ctx.undeliverable(task, rules, url)
-            if status is not None:
-                self.ctx.finish_callbacks(task, status)
-                return
-        self.ctx.spawn(lambda: self._deliver(task, rules, str(url)), name=f"sim-callback-{task.task_id[:13]}")
+        given = task.request["input"]
+        error = self.ctx.edit_task(task, rules, given["video_url"], aspect_ratio=given.get("aspect_ratio"), failure_code=GENERATION_FAILED)
+        if error is not None and error["code"] != 500:
+            error["code"] = GENERATION_FAILED  # crun reports any failed generation as 501; its own faults as 500
+        files = self.ctx.result_files(task, (VIDEO_FILE,)) if error is None else {}
+        self.ctx.record_outcome(task, rules, error, files, {"video": VIDEO_FILE})
+        self.ctx.start_callbacks(task, rules, task.request.get("callback_url"), lambda url: self._deliver(task, rules, url))
 
     def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str) -> None:
         if not self.ctx.wait_callback_delay(rules):

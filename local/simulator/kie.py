@@ -23,9 +23,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from local.simulator.context import SimContext
-from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input
-from local.simulator.faults import DEFAULT_GENERATION_FAILURE_MSG, FOREIGN_RESULT_URL, SUBMIT_FAULTS, FaultRule
+from local.simulator.context import COVER_FILE, VIDEO_FILE, SimContext
+from local.simulator.editor import MSG_SERVER_ERROR
+from local.simulator.faults import FOREIGN_RESULT_URL, SUBMIT_FAULTS, FaultRule
 from local.simulator.store import Task, iso
 from local.simulator.web import Request, Response, json_response
 
@@ -41,8 +41,6 @@ RECORD_DETAIL_PATH = "/api/v1/aleph/record-detail"
 ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
 MAX_PROMPT_CHARS = 2048
 MAX_PROMPT_MSG = "Your prompt/negative prompt cannot exceed 2048 characters. Please check if your input is too long."
-VIDEO_FILE = "video.mp4"
-COVER_FILE = "cover.png"
 
 
 def _is_http_url(value: str) -> bool:
@@ -206,35 +204,10 @@ class KieProtocol:
         """Worker body: fetch, edit, record the outcome, then call back."""
         if not self.ctx.begin(task):
             return
-        error: dict[str, Any] | None = None
-        try:
-            if "generation_failure" in rules:
-                raise EditFailure(400, rules["generation_failure"].msg or DEFAULT_GENERATION_FAILURE_MSG)
-            workdir = self.ctx.task_dir(task.task_id)
-            source = workdir / "input"
-            video, cover = workdir / VIDEO_FILE, workdir / COVER_FILE
-            try:
-                fetch_input(task.request["videoUrl"], source)
-                edit_video(source, video, cover, aspect_ratio=task.request.get("aspectRatio"))
-            finally:
-                source.unlink(missing_ok=True)
-        except EditFailure as failure:
-            error = {"code": failure.code, "msg": failure.msg}
-        except Exception:  # any surprise is a provider-side 500 for the client
-            log.exception("task %s failed unexpectedly", task.task_id)
-            error = {"code": 500, "msg": MSG_SERVER_ERROR}
-        files = {VIDEO_FILE: video, COVER_FILE: cover} if error is None else {}
+        error = self.ctx.edit_task(task, rules, task.request["videoUrl"], aspect_ratio=task.request.get("aspectRatio"), failure_code=400)
+        files = self.ctx.result_files(task, (VIDEO_FILE, COVER_FILE)) if error is None else {}
         self.ctx.record_outcome(task, rules, error, files, {"video": VIDEO_FILE, "image": COVER_FILE})
-        self._notify(task, rules)
-
-    def _notify(self, task: Task, rules: dict[str, FaultRule]) -> None:
-        url = task.request.get("callBackUrl")
-        with self.ctx.store.lock:
-            status = self.ctx.undeliverable(task, rules, url)
-            if status is not None:
-                self.ctx.finish_callbacks(task, status)
-                return
-        self.ctx.spawn(lambda: self._deliver(task, rules, str(url)), name=f"sim-callback-{task.task_id[:8]}")
+        self.ctx.start_callbacks(task, rules, task.request.get("callBackUrl"), lambda url: self._deliver(task, rules, url))
 
     def _deliver(self, task: Task, rules: dict[str, FaultRule], url: str) -> None:
         if not self.ctx.wait_callback_delay(rules):
