@@ -7,12 +7,11 @@ served by a tiny HTTP server, callbacks land on another. Waits poll a condition 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import pytest
 
 from local.media import duration_seconds, make_clip
 from local.simulator.server import SimulatorServer
+
+from .sim_servers import CallbackSink, QuietFiles, serve, sink_handler
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,59 +40,17 @@ def wait_until(probe: Callable[[], Any], what: str, timeout: float = 30) -> Any:
     return value
 
 
-class _QuietFiles(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@dataclass
-class Sink:
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def bodies(self, task_id: str) -> list[Any]:
-        with self.lock:
-            return [entry["body"] for entry in self.received if task_id in json.dumps(entry["body"])]
-
-
-def _sink_handler(sink: Sink) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            with sink.lock:
-                sink.received.append({"path": self.path, "body": body})
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
-def _serve(server: ThreadingHTTPServer) -> Iterator[str]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture(scope="module")
 def media_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("crun-media")
     make_clip(folder / "input.mp4", seconds=7, size="320x240")
-    yield from _serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(folder))))
+    yield from serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietFiles, directory=str(folder))))
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[Sink]:
-    found = Sink()
-    for url in _serve(ThreadingHTTPServer(("127.0.0.1", 0), _sink_handler(found))):
+def sink() -> Iterator[CallbackSink]:
+    found = CallbackSink()
+    for url in serve(ThreadingHTTPServer(("127.0.0.1", 0), sink_handler(found))):
         found.url = url
         yield found
 
@@ -107,7 +66,7 @@ class Crun:
     url: str
     client: httpx.Client
     media: str
-    sink: Sink
+    sink: CallbackSink
 
     def create(self, body: Any, key: str | None = KEY) -> httpx.Response:
         headers = {"x-api-key": key} if key is not None else {}
@@ -146,7 +105,7 @@ class Crun:
 
 
 @pytest.fixture
-def crun(server: SimulatorServer, media_url: str, sink: Sink) -> Iterator[Crun]:
+def crun(server: SimulatorServer, media_url: str, sink: CallbackSink) -> Iterator[Crun]:
     with httpx.Client(timeout=30, trust_env=False) as client:
         handle = Crun(server.url, client, media_url, sink)
         handle.control("POST", "reset")

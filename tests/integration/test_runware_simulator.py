@@ -16,7 +16,8 @@ import pytest
 from local.media import duration_seconds, make_clip
 from local.simulator.server import SimulatorServer
 
-from .test_simulator import FFMPEG, CallbackSink, _QuietFiles, _serve, _sink_handler
+from .sim_servers import CallbackSink, QuietFiles, serve, sink_handler
+from .test_simulator import FFMPEG
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,13 +30,13 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     make_clip(folder / "clip.mp4", seconds=3, size="320x180")
     make_clip(folder / "short.mp4", seconds=1.5, size="320x180")
     subprocess.run([FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", "1", str(folder / "red.png")], check=True)
-    yield from _serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(folder))))
+    yield from serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietFiles, directory=str(folder))))
 
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[CallbackSink]:
     receiver = CallbackSink()
-    for url in _serve(ThreadingHTTPServer(("127.0.0.1", 0), _sink_handler(receiver))):
+    for url in serve(ThreadingHTTPServer(("127.0.0.1", 0), sink_handler(receiver))):
         receiver.url = url
         yield receiver
 

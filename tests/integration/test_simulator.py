@@ -17,13 +17,12 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +33,8 @@ import pytest
 from local.simulator.editor import MSG_SERVER_ERROR
 from local.simulator.server import SimulatorServer
 
+from .sim_servers import WAIT_SECONDS, CallbackSink, QuietFiles, serve, sink_handler
+
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +44,6 @@ APIKLEY_KEY = "sim-apikley-key"
 KEYS = {"kie": KIE_KEY, "apikley": APIKLEY_KEY}
 GENERATE = "/api/v1/aleph/generate"
 RECORD_INFO = "/api/v1/aleph/record-info"
-WAIT_SECONDS = 30.0
 
 T = TypeVar("T")
 
@@ -58,66 +58,6 @@ def wait_until(probe: Callable[[], T | Literal[False] | None], what: str, timeou
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
-
-
-# ---- local servers: input media and callback receiver -------------------------------------------
-
-
-class _QuietFiles(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
-        pass
-
-
-@dataclass
-class CallbackSink:
-    """Receives callbacks; remembers path, headers and JSON body of each POST."""
-
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def clear(self) -> None:
-        with self.cond:
-            self.received.clear()
-
-    def for_task(self, task_id: str) -> list[dict[str, Any]]:
-        with self.cond:
-            return [c for c in self.received if task_id in json.dumps(c["body"])]
-
-    def wait_for(self, task_id: str, count: int = 1) -> list[dict[str, Any]]:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: len(self.for_task(task_id)) >= count, timeout=WAIT_SECONDS)
-        assert ok, f"expected {count} callback(s) for {task_id}, got {self.for_task(task_id)}"
-        return self.for_task(task_id)
-
-
-def _sink_handler(sink: CallbackSink) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            with sink.cond:
-                sink.received.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
-                sink.cond.notify_all()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
-def _serve(server: ThreadingHTTPServer) -> Iterator[str]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +78,13 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def media_url(media_dir: Path) -> Iterator[str]:
-    yield from _serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(media_dir))))
+    yield from serve(ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietFiles, directory=str(media_dir))))
 
 
 @pytest.fixture(scope="module")
 def sink_server() -> Iterator[CallbackSink]:
     sink = CallbackSink()
-    for url in _serve(ThreadingHTTPServer(("127.0.0.1", 0), _sink_handler(sink))):
+    for url in serve(ThreadingHTTPServer(("127.0.0.1", 0), sink_handler(sink))):
         sink.url = url
         yield sink
 
