@@ -87,6 +87,11 @@ def list_jobs(stack: StackInfo, state: str | None = None, limit: int = 50) -> li
     return [Job(item).to_manifest() for item in items[:limit]]
 
 
+def waiting_for(job: Mapping[str, Any] | None) -> str | None:
+    """Why a RECEIVED job waits, as the status API says it."""
+    return Job(dict(job)).waiting_for if job and "status" in job else None
+
+
 def watch(
     stack: StackInfo, job_id: str, *, timeout: float = 900.0, on_change: Callable[[str, float, dict[str, Any] | None], None] | None = None
 ) -> dict[str, Any]:
@@ -101,8 +106,10 @@ def watch(
         job = get_job(stack, job_id)
         state = str(job["status"]) if job else "WAITING"
         elapsed = time.monotonic() - started
-        if state != last:
-            last = state
+        # A RECEIVED job says what it waits for (its video, a provider that refused, an unanswered submit).
+        seen = f"{state}|{waiting_for(job)}"
+        if seen != last:
+            last = seen
             if on_change:
                 on_change(state, elapsed, job)
         if job is not None and state in TERMINAL:

@@ -123,6 +123,9 @@ def cmd_status(stack: StackInfo, args: argparse.Namespace) -> int:
         ("created", job.get("createdAt", "-")),
         ("updated", job.get("updatedAt", "-")),
     ]
+    waiting = jobs.waiting_for(job)
+    if waiting:
+        rows.append(("waiting", waiting))
     elapsed = jobs.elapsed_seconds(job)
     if elapsed is not None:
         rows.append(("elapsed", f"{elapsed:.1f} s"))
@@ -222,7 +225,8 @@ def progress_display(job_id: str) -> Iterator[Any]:
         def on_change(state: str, elapsed: float, job: Mapping[str, Any] | None) -> None:
             done = jobs.STATES.index(state) + 1 if state in jobs.STATES else (steps if state == "FAILED" else 0)
             progress.update(task, description=state, completed=done)
-            label = "waiting for the pipeline to read the sidecar" if state == "WAITING" else state
+            waiting = jobs.waiting_for(job)
+            label = "waiting for the pipeline to read the sidecar" if state == "WAITING" else f"{state}: {waiting}" if waiting else state
             progress.console.print(f"  {elapsed:6.1f}s  {label}")
 
         yield on_change

@@ -12,4 +12,4 @@ from aleph_pipeline.reconcile import reconcile
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
-    return reconcile().as_dict()
+    return reconcile(time_left=lambda: context.get_remaining_time_in_millis() / 1000).as_dict()

@@ -17,9 +17,19 @@ from aleph_pipeline.log import logger
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def record_handler(record: SQSRecord) -> None:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     logger.thread_safe_clear_keys()  # each record is its own job
-    from aleph_pipeline.intake import handle_object_created  # on first use, not at init: see bench/coldstart.py
+    # On first use, not at init: see bench/coldstart.py
+    from aleph_pipeline.errors import TransientError
+    from aleph_pipeline.intake import handle_object_created, seconds_needed_to_submit
+
+    def time_left() -> float:
+        return lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context is not None else float("inf")
+
+    # A record started with too little time left could be cut off mid-submission: report it as
+    # failed untouched, and SQS delivers it again.
+    if time_left() < seconds_needed_to_submit():
+        raise TransientError("too little time left in this invocation; the record is retried")
 
     try:
         notification = json.loads(record.body)
@@ -34,7 +44,7 @@ def record_handler(record: SQSRecord) -> None:
             continue
         bucket = s3_record["s3"]["bucket"]["name"]
         key = unquote_plus(s3_record["s3"]["object"]["key"])  # S3 URL-encodes keys in events
-        handle_object_created(bucket, key, receive_count)
+        handle_object_created(bucket, key, receive_count, time_left)
 
 
 @logger.inject_lambda_context

@@ -63,6 +63,7 @@ def result_url() -> Iterator[str]:
 def test_killed_finalize_leaves_nothing_then_completes(aws: dict[str, Any], result_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESULT_HOSTS", json.dumps({"kie": ["127.0.0.1"]}))
     monkeypatch.setenv("ALLOW_HTTP_RESULT_URLS", "true")
+    monkeypatch.setenv("CONFIRM_RESULTS_BY_POLLING", "false")  # this test is about the kill, not the confirmation
     clear_caches()
     prefix = f"shots/one/{JOB_ID}/"
     aws["table"].put_item(

@@ -49,7 +49,7 @@ def test_create_is_idempotent(store: JobStore) -> None:
 
 def test_forward_path_records_history(store: JobStore) -> None:
     job_id = new_job(store)
-    assert store.claim_submission(job_id, "tok", 4102444800)
+    assert store.claim_submission(job_id, 4102444800)
     assert store.mark_submitted(job_id, "task-1")
     assert store.mark_succeeded(job_id, ("https://h/v.mp4",), "https://h/c.png", 1.5, "task-1")
     assert store.mark_completed(job_id, [{"key": "k", "size": 1}], "2026-01-01T00:00:00.000Z")
@@ -75,26 +75,48 @@ def test_no_backward_or_repeated_moves(store: JobStore) -> None:
     assert "error" not in job.item
 
 
-def test_only_one_submission_claim(store: JobStore) -> None:
+def test_only_one_submission_claim_and_the_token_outlives_a_release(store: JobStore) -> None:
     job_id = new_job(store)
-    claim = store.claim_submission(job_id, "token-a", 4102444800)
+    claim = store.claim_submission(job_id, 4102444800, {"provider": "kie"})
     assert claim
-    assert store.claim_submission(job_id, "token-b", 4102444800) is None
+    assert store.claim_submission(job_id, 4102444800) is None
     job = store.get(job_id)
     assert job is not None
-    assert job.token_matches("token-a")
+    assert job.provider == "kie"
+    assert job.token_matches(claim.token)
     assert not job.token_matches("token-b")
     assert not job.token_matches(None)
-    store.release_claim(job_id, "someone-else")
-    assert store.claim_submission(job_id, "token-c", 4102444800) is None
-    store.release_claim(job_id, claim)
-    assert store.claim_submission(job_id, "token-c", 4102444800)
+    store.release_claim(job_id, "someone-else", "429")
+    assert store.claim_submission(job_id, 4102444800) is None
+    store.release_claim(job_id, claim.claim_id, "HTTP 429: slow down")
+    again = store.claim_submission(job_id, 4102444800)
+    assert again is not None and again.claim_id != claim.claim_id
+    # A retry sends the same callback URL: the first attempt's token stays valid.
+    assert again.token == claim.token
+    job = store.get(job_id)
+    assert job is not None and job.token_matches(claim.token)
+
+
+def test_an_unanswered_submit_keeps_its_claim_and_says_so(store: JobStore) -> None:
+    job_id = new_job(store)
+    claim = store.claim_submission(job_id, 4102444800)
+    assert claim is not None
+    assert not store.note_unanswered(job_id, "someone-else", "HTTP 502")
+    assert store.note_unanswered(job_id, claim.claim_id, "kie: HTTP 502 (the request may have been taken)")
+    job = store.get(job_id)
+    assert job is not None
+    assert job.submission_claimed and job.submit_unanswered
+    assert job.waiting_for is not None and "unanswered submit" in job.waiting_for
+    assert store.claim_submission(job_id, 4102444800) is None  # never sent again
 
 
 def test_fast_callback_before_submit_is_recorded(store: JobStore) -> None:
     job_id = new_job(store)
-    store.claim_submission(job_id, "tok", 4102444800)
+    store.claim_submission(job_id, 4102444800)
     assert store.mark_succeeded(job_id, ("u",), None, None, "task-9")
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.state, job.provider_task_id) == (JobState.SUCCEEDED, "task-9")  # written with the state, in one update
     assert not store.mark_submitted(job_id, "task-9")
     job = store.get(job_id)
     assert job is not None
@@ -113,7 +135,7 @@ def test_failure_record(store: JobStore) -> None:
         "retryable": False,
         "hint": job.item["error"]["hint"],
     }
-    assert not store.claim_submission(job_id, "tok", 4102444800)
+    assert not store.claim_submission(job_id, 4102444800)
 
 
 def test_waiters_are_found_by_video_key(store: JobStore) -> None:
@@ -127,8 +149,8 @@ def test_waiters_are_found_by_video_key(store: JobStore) -> None:
 
 def test_intake_failure_cannot_fail_a_claimed_job(store: JobStore) -> None:
     job_id = new_job(store)
-    assert store.update_details(job_id, {"provider": "kie"})
-    assert store.claim_submission(job_id, "tok", 4102444800)
+    assert store.update_details(job_id, {"awaitingVideo": "incoming/x.mp4"})
+    assert store.claim_submission(job_id, 4102444800, {"provider": "kie"})
     assert not store.update_details(job_id, {"provider": "apikley"})
     assert not store.mark_failed(job_id, JobError("invalid_sidecar", "late check", "intake"), unless_claimed=True)
     job = store.get(job_id)

@@ -31,7 +31,7 @@ class Context:
 
     @staticmethod
     def get_remaining_time_in_millis() -> int:
-        return 30_000
+        return 120_000  # the submit function's timeout (template.yaml)
 
 
 def load_handler(name: str) -> ModuleType:
@@ -118,7 +118,8 @@ def test_submit_samples_pair_and_retry_a_refused_connection(aws: dict[str, Any])
     items = aws["table"].scan()["Items"]
     waiting = [item for item in items if "status" in item]
     assert [item["status"] for item in waiting] == ["RECEIVED"]
-    aws["s3"].put_object(Bucket=aws["input"], Key="incoming/team-a/shot1.MP4", Body=b"\x00" * 1024)
+    # The header of an MP4 (an ftyp box): intake reads a video's first bytes before any provider call.
+    aws["s3"].put_object(Bucket=aws["input"], Key="incoming/team-a/shot1.MP4", Body=b"\x00\x00\x00\x18ftypisom" + b"\x00" * 1012)
     video_event = event("submit/video-created-uppercase-ext.json")
     answer = handler(video_event, Context())
     # The provider's port is closed: nothing was sent, so the message is retried and the claim released.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import get_settings
 from .errors import JobError
 from .jobs import TERMINAL, Job, JobState, JobStore
 from .log import logger
-from .outputs import fail_job
+from .outputs import fail_job, write_error_json
 from .providers import PROVIDER_IDS, CallbackInvalid, CallbackUnauthorized, Outcome, Provider, ResultItem, get_provider
 from .storage import check_url
 
@@ -62,6 +62,9 @@ def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcom
     ``recorded`` (a result of several is in), ``succeeded`` (all are), or ``rejected`` (a result
     URL off the provider's hosts: nothing fetched, no change).
     """
+    if job.state == JobState.FAILED:
+        # A repeat of the outcome that failed it may follow an invocation cut off before error.json.
+        write_error_json(job)
     if job.state in TERMINAL or job.state == JobState.SUCCEEDED:
         logger.info("late or repeated outcome; no change", extra={"state": job.state})
         return "ignored"
@@ -71,21 +74,32 @@ def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcom
         fail_job(store, job.id, outcome.error or JobError("generation_failed", "the provider reported a failure", "provider"))
         return "failed"
     settings = get_settings()
-    items = outcome.items
-    urls = [url for item in items for url in (item.video_url, item.cover_url) if url]
+    items = []
     try:
-        for url in urls:
-            check_url(url, provider.allowed_result_hosts, settings.allow_http_result_urls)
+        for item in outcome.items:
+            check_url(item.video_url, provider.allowed_result_hosts, settings.allow_http_result_urls)
+            items.append(item if item.cover_url is None or _allowed(item.cover_url, provider) else replace(item, cover_url=None))
     except JobError as exc:
         # Nothing is fetched and the job waits: the real result still comes by callback or poll.
         logger.warning("outcome refused: result URL not allowed", extra={"reason": exc.message})
         return "rejected"
     # One callback may carry one result of several (Runware sends one per result): each is
-    # recorded once, and the job succeeds when the last expected one is in.
+    # recorded once, and the job succeeds when the last expected one is in. The task id, when the
+    # outcome names one, is written in the same conditional update as the state.
     for item in items:
         store.record_result(job.id, _result_record(item), task_id=outcome.task_id)
     after = store.get(job.id)
     return "succeeded" if after is not None and after.state == JobState.SUCCEEDED else "recorded"
+
+
+def _allowed(url: str, provider: Provider) -> bool:
+    """The cover is optional: one on a host not allowed is dropped, the video still counts."""
+    try:
+        check_url(url, provider.allowed_result_hosts, get_settings().allow_http_result_urls)
+    except JobError as exc:
+        logger.warning("cover dropped: URL not allowed", extra={"reason": exc.message})
+        return False
+    return True
 
 
 def _result_record(item: ResultItem) -> dict[str, Any]:

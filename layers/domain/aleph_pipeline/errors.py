@@ -30,6 +30,10 @@ HINTS: dict[str, str] = {
     "result_unavailable": "The provider's result could not be fetched; it may have expired.",
     "result_rejected": "The provider's result URL was not on its allowed hosts.",
     "deadline_exceeded": "The provider did not finish in time; upload the sidecar again to retry.",
+    "submit_ambiguous": (
+        "The provider may have run and charged this task. Look for it in the provider's task list or dashboard "
+        "(its callback URL contains the job id) before uploading the sidecar again, or you may pay twice."
+    ),
     "sidecar_replaced": "Nothing to do: the newer upload of the sidecar runs as a job of its own.",
 }
 
@@ -53,6 +57,7 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "provider_unavailable": (STAGE_SUBMIT, "the provider kept answering 429/5xx or could not be reached"),
     "generation_failed": (STAGE_PROVIDER, "the provider could not make the edit (moderation, bad input, ...)"),
     "deadline_exceeded": (STAGE_PROVIDER, "the provider did not finish within `JobDeadlineSeconds`"),
+    "submit_ambiguous": (STAGE_SUBMIT, "the submit got no clear answer (a 5xx, a timeout after sending) and no callback or poll settled it by the deadline"),
     "result_unavailable": (STAGE_FINALIZE, "the result expired, vanished or exceeded `MaxResultBytes`"),
     "result_rejected": (STAGE_FINALIZE, "the result URL was not https on the provider's own hosts"),
 }

@@ -11,7 +11,7 @@ from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
 from .jobs import Job, JobState, JobStore, now_iso
 from .log import logger
-from .outputs import cover_name, fail_job, manifest, result_names
+from .outputs import clear_outputs, cover_name, fail_job, manifest, result_names, write_error_json
 from .providers import Provider, ProviderError, get_provider
 
 
@@ -22,9 +22,20 @@ def _download_client() -> httpx.Client:
 
 
 def finalize_job(job_id: str) -> None:
-    """Idempotent: output keys are fixed by the job, and only a SUCCEEDED job is copied."""
+    """Idempotent: output keys are fixed by the job, and only a SUCCEEDED job is copied.
+
+    Only a failure of the result itself (gone, expired, refused, too large) fails the job. Any
+    infrastructure error (Secrets Manager, DynamoDB, S3, the provider's status API answering 5xx)
+    raises, so the stream retries the record, and then the reconciler's nudges, while the result
+    can still be fetched.
+    """
     store = JobStore()
     job = store.get(job_id)
+    if job is not None and job.state == JobState.FAILED and job.reached(JobState.SUCCEEDED):
+        # A retry after an invocation cut off between the FAILED write and error.json.
+        clear_outputs(job)
+        write_error_json(job)
+        return
     if job is None or job.state != JobState.SUCCEEDED:
         logger.info("nothing to finalize", extra={"job_id": job_id, "state": job.state if job else None})
         return
@@ -38,6 +49,8 @@ def finalize_job(job_id: str) -> None:
         if settings.confirm_results_by_polling:
             videos, cover = _confirmed(provider, job, videos, cover)
     except JobError as error:
+        if error.retryable and error.stage != STAGE_PROVIDER:
+            raise TransientError(f"confirming the result failed for now: {error.message}") from error
         fail_job(store, job_id, error)
         return
     bucket = settings.output_bucket_name
@@ -53,13 +66,11 @@ def finalize_job(job_id: str) -> None:
             key = job.output_prefix + name
             size = storage.copy_url_to_s3(_download_client(), url, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]
             outputs.append({"key": key, "size": size})
-        if cover:
-            key = job.output_prefix + cover_name(cover)
-            size = storage.copy_url_to_s3(_download_client(), cover, bucket, key, **copy)  # type: ignore[arg-type]
-            outputs.append({"key": key, "size": size})
     except JobError as error:
-        fail_job(store, job_id, error)
+        fail_job(store, job_id, error)  # removes the results already copied: error.json stands alone
         return
+    if cover:
+        outputs.extend(_copy_cover(job, cover, bucket, copy))
     completed_at = now_iso()
     document = manifest(job, outputs, completed_at)
     manifest_key = job.output_prefix + "job.json"
@@ -68,16 +79,28 @@ def finalize_job(job_id: str) -> None:
         logger.info("completed", extra={"outputs": [output["key"] for output in outputs]})
 
 
+def _copy_cover(job: Job, cover: str, bucket: str, copy: dict[str, object]) -> list[dict[str, object]]:
+    """The cover is best effort: one that is gone or refused is left out, never a job failure."""
+    key = job.output_prefix + cover_name(cover)
+    try:
+        size = storage.copy_url_to_s3(_download_client(), cover, bucket, key, **copy)  # type: ignore[arg-type]
+    except JobError as error:
+        logger.warning("cover left out", extra={"reason": error.message})
+        return []
+    return [{"key": key, "size": size}]
+
+
 def _confirmed(provider: Provider, job: Job, videos: list[str], cover: str | None) -> tuple[list[str], str | None]:
     """The results as the provider's status API reports them to us, not as the callback said.
 
     A forged or mistaken success callback thus copies nothing: the job fails with the provider's
-    own answer, or waits (TransientError) while the provider still reports the task running.
+    own answer, or waits (TransientError) while the provider still reports the task running. A
+    job whose task id is not known yet (its callback outran the submit answer) waits for it: an
+    unconfirmed result is never copied.
     """
     task_id = job.provider_task_id or provider.own_reference(job.id)
     if not task_id:
-        logger.warning("no task id to confirm the result with; using the callback's URLs")
-        return videos, cover
+        raise TransientError("the provider's task id is not recorded yet; the result is confirmed once it is")
     try:
         outcome = provider.poll(task_id)
     except ProviderError as exc:

@@ -1,9 +1,25 @@
-"""From an object landing in the input bucket to exactly one provider submission."""
+"""From an object landing in the input bucket to exactly one provider submission.
+
+Each event is handled in three steps, so that what the pipeline does can be read (and tested) in
+one place:
+
+- ``observe`` reads what the event needs: the job, whether the sidecar key still holds the
+  version the job was made from, the sidecar's content and every check that costs nothing (the
+  provider's limits, the video's container), and the video if it is there;
+- ``decide`` is a pure function from those facts to one action: do nothing, rewrite a lost
+  ``error.json``, fail with a reason, retry the event later, wait for the video, or submit;
+- ``act`` does that action's one conditional write and its one side effect. A submission is
+  claimed (with everything intake found) in one conditional write before the provider is called,
+  and the provider's answer decides what follows: only an answer that says the request was not
+  taken gives the claim back for a retry; an ambiguous one keeps it, and the job is never sent
+  again.
+"""
 
 from __future__ import annotations
 
-import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -11,12 +27,24 @@ from urllib.parse import quote, urlsplit
 from . import storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
-from .jobs import JobState, JobStore, epoch_after
+from .jobs import Job, JobState, JobStore, epoch_after
 from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relative
 from .log import logger
 from .outputs import fail_job, write_error_json
-from .providers import ProviderError, SubmitRequest, VideoInfo, get_provider
+from .providers import Provider, ProviderError, SubmitRequest, VideoInfo, get_provider
 from .sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar, sidecar_too_large
+
+# Time a submission may take once claimed: the provider's connect and read timeouts, and a margin
+# for the writes around it. An event is not started with less time left (the function would be
+# cut off with the request in flight).
+CONNECT_SECONDS = 5.0
+MARGIN_SECONDS = 10.0
+
+SIDECAR_REPLACED = JobError("sidecar_replaced", "the sidecar was replaced or deleted before the job was submitted; the new upload is a new job", STAGE_INTAKE)
+
+
+def seconds_needed_to_submit() -> float:
+    return get_settings().provider_read_timeout_seconds + CONNECT_SECONDS + MARGIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -29,22 +57,88 @@ class VideoSource:
     info: storage.ObjectInfo | None = None
 
 
-def handle_object_created(bucket: str, key: str, receive_count: int = 1) -> None:
-    """Entry point for one S3 ObjectCreated record (the key already URL-decoded)."""
+@dataclass(frozen=True)
+class SubmitPlan:
+    """Everything a submission needs, all of it checked."""
+
+    provider: Provider
+    model: str
+    sidecar: Sidecar
+    sidecar_json: str
+    video: VideoSource
+    reference_urls: tuple[str, ...]
+    frame_urls: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IntakeFacts:
+    """What ``observe`` found; the only input of ``decide``."""
+
+    state: JobState
+    claimed: bool = False
+    sidecar_current: bool = True  # the sidecar key still holds the version the job was made from
+    problem: JobError | None = None  # the first check that failed
+    attempts_left: bool = True  # the event may be delivered again (receive count below the limit)
+    plan: SubmitPlan | None = None  # set when everything is here and checked
+    awaiting: str | None = None  # the video the sidecar waits for
+
+
+class Act(StrEnum):
+    NOTHING = "nothing"
+    REWRITE_ERROR = "rewrite_error"
+    FAIL = "fail"
+    RETRY = "retry"
+    WAIT = "wait"
+    SUBMIT = "submit"
+
+
+@dataclass(frozen=True)
+class Action:
+    act: Act
+    reason: str = ""
+    error: JobError | None = None
+
+
+def decide(facts: IntakeFacts) -> Action:
+    """The one decision of intake, from facts to action (no I/O)."""
+    if facts.state == JobState.FAILED:
+        return Action(Act.REWRITE_ERROR, "a redelivery after a crash between the FAILED write and error.json")
+    if facts.state != JobState.RECEIVED:
+        return Action(Act.NOTHING, f"the job is {facts.state.value} already")
+    if facts.claimed:
+        return Action(Act.NOTHING, "a submission is claimed already; it is never sent twice")
+    if not facts.sidecar_current:
+        return Action(Act.FAIL, error=SIDECAR_REPLACED)
+    if facts.problem is not None:
+        if facts.problem.retryable and facts.attempts_left:
+            return Action(Act.RETRY, facts.problem.message)
+        return Action(Act.FAIL, error=facts.problem)
+    if facts.plan is None:
+        return Action(Act.WAIT, f"awaiting the video {facts.awaiting}")
+    return Action(Act.SUBMIT)
+
+
+def handle_object_created(bucket: str, key: str, receive_count: int = 1, time_left: Callable[[], float] | None = None) -> None:
+    """Entry point for one S3 ObjectCreated record (the key already URL-decoded).
+
+    ``time_left`` (seconds) lets a submission be refused before it starts when the function would
+    be cut off during it; the event is then retried (TransientError).
+    """
     settings = get_settings()
     if not key.startswith(settings.input_prefix):
         logger.info("ignored: outside the input prefix", extra={"key": key})
         return
     input_key = classify(key)
+    store = JobStore()
     if input_key.kind == "sidecar":
-        _on_sidecar(JobStore(), bucket, input_key, receive_count)
+        _on_sidecar(store, bucket, input_key, receive_count, time_left)
     elif input_key.kind == "video":
-        _on_video(JobStore(), bucket, input_key, receive_count)
+        _on_video(store, bucket, input_key, receive_count, time_left)
     else:
         logger.info("ignored: neither a sidecar nor a video", extra={"key": key})
 
 
-def _on_sidecar(store: JobStore, bucket: str, sidecar_key: InputKey, receive_count: int) -> None:
+def _on_sidecar(store: JobStore, bucket: str, sidecar_key: InputKey, receive_count: int, time_left: Callable[[], float] | None) -> None:
     settings = get_settings()
     info = storage.head(bucket, sidecar_key.key)
     if info is None:
@@ -65,92 +159,71 @@ def _on_sidecar(store: JobStore, bucket: str, sidecar_key: InputKey, receive_cou
     )
     if not created:
         logger.info("sidecar event repeated", extra={"state": job.state})
-    if job.state == JobState.FAILED:
-        write_error_json(job)  # a redelivery after a crash between the two writes
-    if job.state != JobState.RECEIVED or job.submission_claimed:
-        return
-    _advance(store, job_id, info, receive_count)
+    _run(store, job, receive_count, time_left, sidecar_info=info)
 
 
-def _on_video(store: JobStore, bucket: str, video_key: InputKey, receive_count: int) -> None:
+def _on_video(store: JobStore, bucket: str, video_key: InputKey, receive_count: int, time_left: Callable[[], float] | None) -> None:
     # Sidecars that arrived first left a note under the video's key (named video) or stem.
     for job_id in store.waiters(bucket, [video_key.key, video_key.stem]):
         job = store.get(job_id)
-        if job is None or job.state != JobState.RECEIVED or job.submission_claimed:
+        if job is None:
             continue
         logger.thread_safe_append_keys(job_id=job_id)
-        info = storage.head(bucket, job.item["sidecarKey"])
-        if info is None or info.etag != job.item["sidecarETag"]:
-            fail_job(
-                store,
-                job_id,
-                JobError("sidecar_replaced", "the sidecar was replaced or deleted before its video arrived; the new upload is a new job", STAGE_INTAKE),
-            )
-            continue
-        _advance(store, job_id, info, receive_count)
+        _run(store, job, receive_count, time_left)
 
 
-def _advance(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, receive_count: int) -> None:
-    """Validate everything that can be checked for free, then submit once."""
+def _run(store: JobStore, job: Job, receive_count: int, time_left: Callable[[], float] | None, sidecar_info: storage.ObjectInfo | None = None) -> None:
+    facts = observe(store, job, receive_count, sidecar_info)
+    action = decide(facts)
+    logger.info("intake decided", extra={"action": action.act.value, "reason": action.reason or (action.error.code if action.error else "")})
+    act(store, job, facts, action, time_left)
+
+
+# ---- observe -------------------------------------------------------------------------------------
+
+
+def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage.ObjectInfo | None = None) -> IntakeFacts:
+    """Read what the decision needs, stopping at the first fact that settles it."""
     settings = get_settings()
-    if sidecar_info.size > MAX_SIDECAR_BYTES:
+    attempts_left = receive_count < settings.submit_max_attempts
+    if job.state != JobState.RECEIVED or job.submission_claimed:
+        return IntakeFacts(job.state, claimed=job.submission_claimed)
+    info = sidecar_info or storage.head(str(job.item["inputBucket"]), str(job.item["sidecarKey"]))
+    # The same version marker the job id is made from (an ETag alone misses a re-upload of the same bytes).
+    if info is None or info.version_marker != job.item.get("sidecarVersion"):
+        return IntakeFacts(job.state, sidecar_current=False)
+    if info.size > MAX_SIDECAR_BYTES:
         # Only the first MAX_SIDECAR_BYTES + 1 bytes would be read: name the real size.
-        fail_job(store, job_id, sidecar_too_large(sidecar_info.size), unless_claimed=True)
-        return
-    raw = storage.read_bytes(sidecar_info, MAX_SIDECAR_BYTES)
+        return IntakeFacts(job.state, problem=sidecar_too_large(info.size), attempts_left=attempts_left)
+    raw = storage.read_bytes(info, MAX_SIDECAR_BYTES)
     if raw is None:
-        fail_job(
-            store, job_id, JobError("sidecar_replaced", "the sidecar changed or was deleted while it was being read; the new upload is a new job", STAGE_INTAKE)
-        )
-        return
+        return IntakeFacts(job.state, sidecar_current=False)
     try:
         sidecar, _document = parse_sidecar(raw)
         provider = get_provider(sidecar.provider or settings.default_provider)
         model = provider.resolve_model(sidecar)
         provider.check(sidecar, model, None)
-        video = _find_video(store, job_id, sidecar_info, sidecar)
+        video, awaiting = _find_video(store, job.id, info, sidecar)
         if video is None:
-            logger.info("sidecar waits for its video")
-            return
-        read_range = partial(storage.read_range, video.info) if video.info else None
-        provider.check(sidecar, model, VideoInfo(video.extension, video.info.size if video.info else None, read_range))
-        reference_urls = tuple(_image_url(sidecar_info, ref) for ref in sidecar.reference_images or ())
-        frame_urls = tuple(_image_url(sidecar_info, entry if isinstance(entry, str) else entry.image) for entry in sidecar.frame_images or ())
+            return IntakeFacts(job.state, awaiting=awaiting, attempts_left=attempts_left)
+        video_info = VideoInfo(video.extension, video.info.size if video.info else None, partial(storage.read_range, video.info) if video.info else None)
+        video_info.check_container()  # a file that is not a video stops here, before any provider
+        provider.check(sidecar, model, video_info)
+        reference_urls = tuple(_image_url(info, ref) for ref in sidecar.reference_images or ())
+        frame_urls = tuple(_image_url(info, entry if isinstance(entry, str) else entry.image) for entry in sidecar.frame_images or ())
+        provider.api_key()  # read before the claim: a missing key fails here, not after a claim
     except JobError as error:
-        fail_job(store, job_id, error, unless_claimed=True)
-        return
-
-    details: dict[str, Any] = {
-        "provider": provider.id,
-        "model": model,
-        "sidecarJson": raw.decode("utf-8-sig"),
-        "expectedResults": sidecar.number_results or 1,
-    }
-    if video.info is not None:
-        details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
-    else:
-        details["videoUrl"] = video.url
-    if not store.update_details(job_id, details):
-        logger.info("another attempt is submitting this job")
-        return
-    _submit_once(
-        store,
-        job_id=job_id,
-        provider_id=provider.id,
-        model=model,
-        sidecar=sidecar,
-        video=video,
-        reference_urls=reference_urls,
-        frame_urls=frame_urls,
-        receive_count=receive_count,
-    )
+        return IntakeFacts(job.state, problem=error, attempts_left=attempts_left)
+    plan = SubmitPlan(provider, model, sidecar, raw.decode("utf-8-sig"), video, reference_urls, frame_urls)
+    return IntakeFacts(job.state, plan=plan, attempts_left=attempts_left)
 
 
-def _find_video(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, sidecar: Sidecar) -> VideoSource | None:
+def _find_video(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, sidecar: Sidecar) -> tuple[VideoSource | None, str]:
+    """The sidecar's video, or None and what it waits for."""
     settings = get_settings()
     bucket = sidecar_info.bucket
     if sidecar.video is not None and "://" in sidecar.video:
-        return _video_url(sidecar.video)
+        return _video_url(sidecar.video), sidecar.video
     if sidecar.video is not None:
         key = resolve_relative(sidecar_info.key, sidecar.video, settings.input_prefix)
         if key is None:
@@ -158,14 +231,14 @@ def _find_video(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, 
         video_key = classify(key)
         if video_key.kind != "video":
             raise JobError("video_unsupported", f"`{key}` is not a video: use one of .mp4, .mov, .webm, .avi, .m4v", STAGE_INTAKE)
-        wait_ref = key
+        wait_ref, awaiting = key, key
 
         def lookup() -> VideoSource | None:
             info = storage.head(bucket, key)
             return VideoSource(video_key.extension, key=key, info=info) if info else None
     else:
         stem = classify(sidecar_info.key).stem
-        wait_ref = stem
+        wait_ref, awaiting = stem, f"{stem}.<mp4|mov|webm|avi|m4v>"
 
         def lookup() -> VideoSource | None:
             videos = [classify(k) for k in storage.list_siblings(bucket, stem)]
@@ -180,14 +253,11 @@ def _find_video(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, 
 
     found = lookup()
     if found is not None:
-        return found
+        return found, awaiting
     # Leave a note for the video's event, then look once more: whichever of the two events is
     # handled second sees the other's work, so the pair is never missed.
     store.add_waiter(bucket, wait_ref, job_id, epoch_after(settings.pairing_timeout_seconds + 86400))
-    found = lookup()
-    if found is None:
-        store.update_details(job_id, {"awaitingVideo": wait_ref if sidecar.video else f"{wait_ref}.<mp4|mov|webm|avi|m4v>"})
-    return found
+    return lookup(), awaiting
 
 
 def _video_url(url: str) -> VideoSource:
@@ -214,46 +284,70 @@ def _image_url(sidecar_info: storage.ObjectInfo, reference: str) -> str:
     return storage.presign_get(sidecar_info.bucket, key, settings.presigned_url_ttl_seconds)
 
 
-def _submit_once(
-    store: JobStore,
-    *,
-    job_id: str,
-    provider_id: str,
-    model: str,
-    sidecar: Sidecar,
-    video: VideoSource,
-    reference_urls: tuple[str, ...],
-    frame_urls: tuple[str, ...],
-    receive_count: int,
-) -> None:
+# ---- act -----------------------------------------------------------------------------------------
+
+
+def act(store: JobStore, job: Job, facts: IntakeFacts, action: Action, time_left: Callable[[], float] | None = None) -> None:
+    if action.act == Act.REWRITE_ERROR:
+        write_error_json(job)
+    elif action.act == Act.FAIL and action.error is not None:
+        fail_job(store, job.id, action.error, unless_claimed=True)
+    elif action.act == Act.RETRY:
+        raise TransientError(action.reason)
+    elif action.act == Act.WAIT:
+        store.update_details(job.id, {"awaitingVideo": facts.awaiting})
+    elif action.act == Act.SUBMIT and facts.plan is not None:
+        _submit_once(store, job.id, facts.plan, facts.attempts_left, time_left)
+
+
+def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: bool, time_left: Callable[[], float] | None) -> None:
     settings = get_settings()
-    token = secrets.token_urlsafe(32)
-    claim = store.claim_submission(job_id, token, epoch_after(settings.job_deadline_seconds))
+    if time_left is not None and time_left() < seconds_needed_to_submit():
+        raise TransientError("too little time left in this invocation to submit; the event is retried")
+    video = plan.video
+    video_url = video.url or storage.presign_get(video.info.bucket, video.info.key, settings.presigned_url_ttl_seconds)  # type: ignore[union-attr]
+    details: dict[str, Any] = {
+        "provider": plan.provider.id,
+        "model": plan.model,
+        "sidecarJson": plan.sidecar_json,
+        "expectedResults": plan.sidecar.number_results or 1,
+    }
+    if video.info is not None:
+        details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
+    else:
+        details["videoUrl"] = video.url
+    # The claim is the record that a request may be on its way: written before anything that can
+    # be cut off, so a killed invocation leaves a claimed job the reconciler settles, never a resend.
+    claim = store.claim_submission(job_id, epoch_after(settings.job_deadline_seconds), details)
     if claim is None:
         logger.info("submission already claimed")
         return
-    video_url = video.url or storage.presign_get(video.info.bucket, video.info.key, settings.presigned_url_ttl_seconds)  # type: ignore[union-attr]
-    callback_url = f"{settings.callback_api_url}/callbacks/{quote(provider_id)}/{job_id}?token={token}"
-    request = SubmitRequest(job_id, sidecar, model, video_url, reference_urls, callback_url, frame_urls)
-    provider = get_provider(provider_id)
+    callback_url = f"{settings.callback_api_url}/callbacks/{quote(plan.provider.id)}/{job_id}?token={claim.token}"
+    request = SubmitRequest(job_id, plan.sidecar, plan.model, video_url, plan.reference_urls, callback_url, plan.frame_urls)
     try:
-        task_id = provider.submit(request)
+        task_id = plan.provider.submit(request)
     except ProviderError as exc:
-        if exc.kind == "ambiguous":
-            # Never resubmit: the callback (it carries our job id) or the poller settles it.
-            logger.warning("submission outcome unknown; waiting for the provider", extra={"reason": exc.message})
+        _after_refusal(store, job_id, claim.claim_id, exc, attempts_left)
+        return
+    except (JobError, TransientError) as exc:
+        # Raised before anything was sent (the key could not be read just now).
+        store.release_claim(job_id, claim.claim_id, str(exc))
+        if isinstance(exc, JobError) and not (exc.retryable and attempts_left):
+            fail_job(store, job_id, exc)
             return
-        if exc.kind == "retryable" and receive_count < settings.submit_max_attempts:
-            store.release_claim(job_id, claim)
-            raise TransientError(exc.message) from exc
-        fail_job(store, job_id, exc.to_job_error())
-        return
-    except JobError as error:
-        # Raised before anything was sent (e.g. no API key configured).
-        if error.retryable and receive_count < settings.submit_max_attempts:
-            store.release_claim(job_id, claim)
-            raise TransientError(error.message) from error
-        fail_job(store, job_id, error)
-        return
+        raise TransientError(str(exc)) from exc
     store.mark_submitted(job_id, task_id)
-    logger.info("submitted", extra={"provider": provider_id, "model": model, "provider_task_id": task_id})
+    logger.info("submitted", extra={"provider": plan.provider.id, "model": plan.model, "provider_task_id": task_id})
+
+
+def _after_refusal(store: JobStore, job_id: str, claim_id: str, exc: ProviderError, attempts_left: bool) -> None:
+    if exc.kind == "ambiguous":
+        # Never resubmit: the callback (it carries our job id and token) or a poll settles it,
+        # or the deadline fails it as `submit_ambiguous`.
+        store.note_unanswered(job_id, claim_id, exc.message)
+        logger.warning("submission outcome unknown; waiting for the provider", extra={"reason": exc.message})
+        return
+    if exc.kind == "retryable" and attempts_left:
+        store.release_claim(job_id, claim_id, exc.message)
+        raise TransientError(exc.message) from exc
+    fail_job(store, job_id, exc.to_job_error())

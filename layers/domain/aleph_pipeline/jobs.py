@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ def hash_token(token: str) -> str:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """The right to call the provider for a job, and the callback token to send."""
+
+    claim_id: str
+    token: str
+
+
+@dataclass(frozen=True)
 class Job:
     """A read-only view of a job item."""
 
@@ -91,6 +100,31 @@ class Job:
     @property
     def submission_claimed(self) -> bool:
         return "submission" in self.item
+
+    def reached(self, state: JobState) -> bool:
+        """Whether the job's history passes through ``state``."""
+        return any(isinstance(entry, dict) and entry.get("state") == state.value for entry in self.item.get("history", ()))
+
+    @property
+    def submit_unanswered(self) -> bool:
+        """The submit may have reached the provider but its answer never came (see ``note_unanswered``)."""
+        submission = self.item.get("submission")
+        return isinstance(submission, dict) and "unanswered" in submission
+
+    @property
+    def waiting_for(self) -> str | None:
+        """Why a RECEIVED job waits, in words for the status API and the CLI (None when it does not)."""
+        if self.state != JobState.RECEIVED:
+            return None
+        if self.submit_unanswered:
+            return "awaiting the provider after an unanswered submit (it may have taken the task; never sent again)"
+        if self.submission_claimed:
+            return "submitting to the provider"
+        if self.item.get("lastRefusal"):
+            return f"retrying: the provider did not take the request ({self.item['lastRefusal']})"
+        if self.item.get("awaitingVideo"):
+            return f"awaiting the video `{self.item['awaitingVideo']}`"
+        return "reading the sidecar"
 
     def token_matches(self, token: str | None) -> bool:
         expected = self.item.get("tokenHash")
@@ -199,42 +233,85 @@ class JobStore:
 
     # The submission claim
 
-    def claim_submission(self, job_id: str, token: str, deadline_at: int) -> str | None:
+    def claim_submission(self, job_id: str, deadline_at: int, details: dict[str, Any] | None = None) -> Claim | None:
         """Claim the right to call the provider; None if another attempt holds or used it.
 
-        ``deadline_at`` (epoch seconds) is when the reconciler gives up waiting for the provider.
+        One conditional write records what intake found (``details``: provider, model, video),
+        clears the pairing deadline (the video is here), sets ``deadline_at`` (epoch seconds, when
+        the reconciler gives up waiting for the provider) and the job's callback token. The token
+        is made on the first claim and kept by every later one, so the callback URL of the first
+        attempt stays valid whatever the retries. It is stored in the item (encrypted at rest,
+        read only by the stack's functions) because each attempt must send the same one; events,
+        the status API and the output files never carry it.
         """
         claim_id = uuid.uuid4().hex
-        claimed = self._update_if(
-            Key={"jobId": job_id},
-            UpdateExpression="SET submission = :claim, tokenHash = :token, deadlineAt = :deadline",
-            ConditionExpression="#status = :received AND attribute_not_exists(submission)",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
+        token = secrets.token_urlsafe(32)
+        names, values, sets = _set_clause(details or {})
+        values.update(
+            {
                 ":claim": {"claimId": claim_id, "claimedAt": now_iso()},
-                ":token": hash_token(token),
+                ":token": token,
+                ":hash": hash_token(token),
                 ":deadline": deadline_at,
                 ":received": JobState.RECEIVED.value,
-            },
+            }
         )
-        return claim_id if claimed else None
+        sets += [
+            "submission = :claim",
+            "callbackToken = if_not_exists(callbackToken, :token)",
+            "tokenHash = if_not_exists(tokenHash, :hash)",
+            "deadlineAt = :deadline",
+        ]
+        try:
+            answer = self.table.update_item(
+                Key={"jobId": job_id},
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE pairingDeadline, awaitingVideo",
+                ConditionExpression="#status = :received AND attribute_not_exists(submission)",
+                ExpressionAttributeNames={**names, "#status": "status"},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return None
+            raise
+        return Claim(claim_id, str(answer["Attributes"]["callbackToken"]))
 
-    def release_claim(self, job_id: str, claim_id: str) -> None:
-        """Give the claim back after the provider provably did not take the request."""
+    def release_claim(self, job_id: str, claim_id: str, refusal: str) -> None:
+        """Give the claim back after the provider provably did not take the request (429, 455, no
+        connection). The token stays: the next attempt sends the same callback URL."""
         self._update_if(
             Key={"jobId": job_id},
-            UpdateExpression="REMOVE submission, tokenHash",
+            UpdateExpression="REMOVE submission SET lastRefusal = :refusal, updatedAt = :at",
             ConditionExpression="#status = :received AND submission.claimId = :claim",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value},
+            ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value, ":refusal": refusal[:500], ":at": now_iso()},
+        )
+
+    def note_unanswered(self, job_id: str, claim_id: str, reason: str) -> bool:
+        """Record that the submit may have reached the provider without an answer (a 5xx, a
+        timeout after sending). The claim and the token stay: the job is never sent again and
+        waits for the callback or a poll until its deadline."""
+        return self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET submission.unanswered = :note, updatedAt = :at",
+            ConditionExpression="#status = :received AND submission.claimId = :claim",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":claim": claim_id,
+                ":received": JobState.RECEIVED.value,
+                ":note": {"reason": reason[:500], "at": now_iso()},
+                ":at": now_iso(),
+            },
         )
 
     # Transitions
 
     def mark_submitted(self, job_id: str, task_id: str) -> bool:
-        moved = self._move(job_id, JobState.SUBMITTED, {"providerTaskId": task_id, "submittedAt": now_iso()})
+        moved = self._move(job_id, JobState.SUBMITTED, {"submittedAt": now_iso()}, keep={"providerTaskId": task_id})
         if not moved:
-            # A fast callback may have moved the job on already; keep the task id all the same.
+            # A fast callback may have moved the job on already; keep the task id all the same
+            # (finalize confirms the result with it).
             self._set_if_absent(job_id, "providerTaskId", task_id)
         return moved
 
@@ -245,10 +322,8 @@ class JobStore:
         attributes: dict[str, Any] = {"result": result}
         if cost is not None:
             attributes["cost"] = cost
-        moved = self._move(job_id, JobState.SUCCEEDED, attributes)
-        if moved and task_id:
-            self._set_if_absent(job_id, "providerTaskId", task_id)
-        return moved
+        # The task id and the state in one conditional write: finalize never sees one without the other.
+        return self._move(job_id, JobState.SUCCEEDED, attributes, keep={"providerTaskId": task_id} if task_id else None)
 
     def record_result(self, job_id: str, result: dict[str, Any], *, task_id: str | None = None) -> bool:
         """Add one result (``{"id", "url", ...}``) to a waiting job; True when it completed the set.
@@ -309,9 +384,15 @@ class JobStore:
         *,
         unclaimed_only: bool = False,
         only_from: JobState | None = None,
+        keep: dict[str, Any] | None = None,
     ) -> bool:
+        """``keep``: attributes set only where the item has none yet (``if_not_exists``)."""
         at = at or now_iso()
         names, values, sets = _set_clause({**attributes, "status": target.value, "updatedAt": at})
+        for index, (name, value) in enumerate((keep or {}).items()):
+            names[f"#k{index}"] = name
+            values[f":k{index}"] = _dynamo(value)
+            sets.append(f"#k{index} = if_not_exists(#k{index}, :k{index})")
         names["#history"] = "history"
         names["#status"] = "status"
         values[":entry"] = [{"state": target.value, "at": at}]
@@ -358,6 +439,18 @@ class JobStore:
                 break
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return found[:limit]
+
+    def recent(self, state: JobState, since: str, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs in ``state`` updated since ``since``, newest first (GSI query)."""
+        page = self.table.query(
+            IndexName=STATUS_INDEX,
+            KeyConditionExpression="#status = :state AND updatedAt >= :since",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":state": state.value, ":since": since},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [Job(item) for item in page.get("Items", [])]
 
     def note_polled(self, job_id: str, state: JobState) -> None:
         """Record a poll that found the job still running, so other stale jobs get their turn."""

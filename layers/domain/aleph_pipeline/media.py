@@ -77,6 +77,35 @@ def duration_seconds(extension: str, size: int, read: ReadRange, *, window: int 
     raise DurationUnknown(f"no header parser for .{extension} files")
 
 
+# The first bytes of each container (its "magic"): ISO base media starts with a box header whose
+# type is one of these; Matroska with the EBML id; AVI with a RIFF header of form type "AVI ".
+ISO_FIRST_BOXES = (b"ftyp", b"moov", b"free", b"skip", b"wide", b"mdat", b"pnot")
+MAGIC_BYTES = 12
+
+
+def is_container(extension: str, head: bytes) -> bool:
+    """Whether ``head`` (the file's first bytes) starts the container its extension names."""
+    extension = extension.lower().lstrip(".")
+    if extension in ("mp4", "mov", "m4v"):
+        return len(head) >= 8 and head[4:8] in ISO_FIRST_BOXES
+    if extension == "webm":
+        return head[:4] == b"\x1a\x45\xdf\xa3"
+    if extension == "avi":
+        return head[:4] == b"RIFF" and head[8:12] == b"AVI "
+    return False
+
+
+def probe(extension: str, size: int, read: ReadRange) -> float | None:
+    """Check a video's container before anything is spent: raises ``DurationUnknown`` when the file
+    is not the container its extension names; answers the duration where the header gives one."""
+    if not is_container(extension, read(0, min(size, MAGIC_BYTES)) if size else b""):
+        raise DurationUnknown(f"the file does not start like a .{extension.lower().lstrip('.')} video (it may be another kind of file renamed)")
+    try:
+        return duration_seconds(extension, size, read)
+    except DurationUnknown:
+        return None
+
+
 # ---- ISO base media (MP4/MOV) ------------------------------------------------------------------
 
 
@@ -114,7 +143,7 @@ def _find(source: _Source, kind_wanted: bytes, start: int, end: int) -> tuple[in
 
 def _iso_bmff(source: _Source) -> float:
     first = source.get(0, 8)
-    if len(first) < 8 or first[4:8] not in (b"ftyp", b"moov", b"free", b"skip", b"wide", b"mdat", b"pnot"):
+    if len(first) < 8 or first[4:8] not in ISO_FIRST_BOXES:
         raise DurationUnknown("not an MP4/MOV file (no box structure at its start)")
     moov = _find(source, b"moov", 0, source.size)
     if moov is None:

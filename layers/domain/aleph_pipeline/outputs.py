@@ -39,9 +39,20 @@ def fail_job(store: JobStore, job_id: str, error: JobError, *, unless_claimed: b
         # The job finished another way first (a completed job keeps its outputs).
         logger.info("job already finished; failure not recorded", extra={"job_id": job_id, "state": job.state if job else None, "error_code": error.code})
         return
+    if job.reached(JobState.SUCCEEDED):
+        clear_outputs(job)  # results copied before the failure must not stand beside error.json
     write_error_json(job)
     if moved:
         logger.warning("job failed", extra={"job_id": job_id, "error_code": error.code, "stage": error.stage})
+
+
+def clear_outputs(job: Job) -> None:
+    """Remove whatever finalize left under the job's folder (results, cover, job.json) but error.json."""
+    bucket = get_settings().output_bucket_name
+    keys = [key for key in storage.list_keys(bucket, job.output_prefix) if key != job.output_prefix + "error.json"]
+    if keys:
+        storage.delete_keys(bucket, keys)
+        logger.info("partial outputs removed", extra={"keys": keys})
 
 
 def write_error_json(job: Job) -> None:

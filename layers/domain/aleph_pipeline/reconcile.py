@@ -12,26 +12,39 @@ number per run, never a scan) and:
   until the deadline. It never submits again: that could pay twice.
 - SUCCEEDED past the finalize grace period: touches the job so the stream runs finalize again,
   a bounded number of times, then fails it.
+- FAILED in the last hour: writes ``error.json`` again where an invocation was cut off before it.
+
+A job examined but not settled is touched (``updatedAt``), so the next run looks at others first:
+a few jobs that cannot be settled never hold back the rest. Each provider's calls are isolated:
+after ``PROVIDER_FAILURES_BEFORE_SKIP`` failed polls in a run, that provider is left for the next
+run (its jobs' deadlines still apply). The run stops taking jobs when the invocation's time is
+nearly used, and a deadline is applied whatever a poll did.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from itertools import chain, zip_longest
 
+from . import storage
 from .callbacks import apply_outcome
 from .config import get_settings
-from .errors import STAGE_FINALIZE, STAGE_INTAKE, STAGE_PROVIDER, JobError
+from .errors import STAGE_FINALIZE, STAGE_INTAKE, STAGE_PROVIDER, STAGE_SUBMIT, JobError
 from .jobs import Job, JobState, JobStore
 from .log import logger
-from .outputs import fail_job
-from .providers import Outcome, Provider, ProviderError, get_provider
+from .outputs import fail_job, write_error_json
+from .providers import Outcome, Provider, get_provider
 
 # What apply_outcome answers when the job moved on; anything else (a refused result URL) settles nothing.
 SETTLED = ("failed", "succeeded", "recorded")
+PROVIDER_FAILURES_BEFORE_SKIP = 2
+FAILED_REPAIR_SECONDS = 3600
+# Left for the last jobs of a run: one provider call (connect + read) and the writes after it.
+CALL_MARGIN_SECONDS = 10.0
 
 
 @dataclass
@@ -41,124 +54,186 @@ class ReconcileReport:
     settled: int = 0
     timed_out: int = 0
     nudged: int = 0
+    repaired: int = 0
     errors: int = 0
+    skipped_providers: int = 0
+    out_of_time: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
-def reconcile(now: float | None = None) -> ReconcileReport:
+@dataclass
+class _Run:
+    """One run's shared state: the clock, the time left and each provider's failures."""
+
+    store: JobStore
+    now: float
+    report: ReconcileReport
+    time_left: Callable[[], float]
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def can_call(self, provider_id: str) -> bool:
+        return self.failures[provider_id] < PROVIDER_FAILURES_BEFORE_SKIP
+
+    def poll(self, provider: Provider, task_id: str) -> Outcome | None:
+        """Poll a task; None when the provider could not answer (anything raised counts against it)."""
+        if not self.can_call(provider.id):
+            return None
+        self.report.polled += 1
+        try:
+            outcome = provider.poll(task_id)
+        except Exception as exc:
+            self.failures[provider.id] += 1
+            if not self.can_call(provider.id):
+                self.report.skipped_providers += 1
+            logger.warning("poll failed", extra={"reason": str(exc)[:300], "provider": provider.id})
+            return None
+        self.failures[provider.id] = 0
+        return outcome
+
+
+def reconcile(now: float | None = None, time_left: Callable[[], float] | None = None) -> ReconcileReport:
+    """``time_left``: seconds left in the invocation (the Lambda context's); unbounded when None."""
     settings = get_settings()
     store = JobStore()
     report = ReconcileReport()
-    now = time.time() if now is None else now
+    run = _Run(store, time.time() if now is None else now, report, time_left or (lambda: float("inf")))
     limit = settings.reconcile_batch_size
+    needed = settings.provider_read_timeout_seconds + CALL_MARGIN_SECONDS
 
-    for job in store.stale(JobState.SUBMITTED, _iso(now - settings.callback_grace_seconds), limit):
-        _guarded(report, job, partial(_settle_submitted, store, job, now, report))
     # RECEIVED jobs are due when the pairing deadline or a claim's settling time may have passed.
     received_age = min(settings.pairing_timeout_seconds, settings.claim_settle_seconds)
-    for job in store.stale(JobState.RECEIVED, _iso(now - received_age), limit):
-        _guarded(report, job, partial(_settle_received, store, job, now, report))
-    for job in store.stale(JobState.SUCCEEDED, _iso(now - settings.finalize_grace_seconds), limit):
-        _guarded(report, job, partial(_settle_succeeded, store, job, report))
+    work: Iterable[tuple[Job, Callable[[_Run, Job], None]]] = chain(
+        ((job, _settle_submitted) for job in _by_provider(store.stale(JobState.SUBMITTED, _iso(run.now - settings.callback_grace_seconds), limit))),
+        ((job, _settle_received) for job in _by_provider(store.stale(JobState.RECEIVED, _iso(run.now - received_age), limit))),
+        ((job, _settle_succeeded) for job in store.stale(JobState.SUCCEEDED, _iso(run.now - settings.finalize_grace_seconds), limit)),
+        ((job, _repair_failed) for job in store.recent(JobState.FAILED, _iso(run.now - FAILED_REPAIR_SECONDS), limit)),
+    )
+    for job, settle in work:
+        if run.time_left() < needed:
+            report.out_of_time += 1
+            break
+        _guarded(run, job, settle)
     logger.info("reconciled", extra=report.as_dict())
     return report
 
 
-def _guarded(report: ReconcileReport, job: Job, work: Callable[[], None]) -> None:
+def _by_provider(jobs: list[Job]) -> list[Job]:
+    """Interleave the providers' jobs, so one slow provider cannot use a run before the others get a turn."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(str(job.provider), []).append(job)
+    return [job for row in zip_longest(*groups.values()) for job in row if job is not None]
+
+
+def _guarded(run: _Run, job: Job, settle: Callable[[_Run, Job], None]) -> None:
     """One job's trouble (a provider down, a throttled table) must not stop the sweep."""
-    report.examined += 1
+    run.report.examined += 1
     logger.thread_safe_append_keys(job_id=job.id)
     try:
-        work()
+        settle(run, job)
     except Exception:
-        report.errors += 1
+        run.report.errors += 1
         logger.exception("reconcile failed for a job; the next run tries again")
     finally:
         logger.thread_safe_remove_keys(["job_id"])
 
 
-def _settle_submitted(store: JobStore, job: Job, now: float, report: ReconcileReport) -> None:
+def _settle_submitted(run: _Run, job: Job) -> None:
     task_id = job.provider_task_id
-    provider = get_provider(str(job.provider))
-    if task_id:
-        report.polled += 1
-        try:
-            outcome = provider.poll(task_id)
-        except ProviderError as exc:
-            logger.warning("poll failed", extra={"reason": exc.message, "kind": exc.kind})
-            outcome = None
-        if outcome is not None and outcome.state != "running" and _applied(store, job, provider, outcome, report):
-            return
-    if _past_deadline(job, now):
-        _time_out(store, job, report)
+    if task_id and _poll_and_apply(run, job, task_id):
+        return
+    if _past_deadline(job, run.now):
+        settings = get_settings()
+        message = f"the provider did not finish the job within {settings.job_deadline_seconds} s"
+        _time_out(run, job, JobError("deadline_exceeded", message, STAGE_PROVIDER, retryable=True))
     else:
-        store.note_polled(job.id, JobState.SUBMITTED)
+        run.store.note_polled(job.id, JobState.SUBMITTED)
 
 
-def _settle_received(store: JobStore, job: Job, now: float, report: ReconcileReport) -> None:
+def _settle_received(run: _Run, job: Job) -> None:
     settings = get_settings()
     if not job.submission_claimed:
-        deadline = job.item.get("pairingDeadline")
-        if deadline is not None and now > float(deadline):
-            awaiting = job.item.get("awaitingVideo")
-            video = f" (`{awaiting}` in the input bucket)" if awaiting else ""
-            error = JobError(
-                "pairing_timeout",
-                f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s",
-                STAGE_INTAKE,
-            )
-            fail_job(store, job.id, error, unless_claimed=True)
-            report.timed_out += 1
+        _settle_unclaimed(run, job)
         return
     claimed_at = _epoch(job.item["submission"].get("claimedAt"))
-    if claimed_at is not None and now - claimed_at < settings.claim_settle_seconds:
+    if not job.submit_unanswered and claimed_at is not None and run.now - claimed_at < settings.claim_settle_seconds:
         return  # a submit may still be running
+    reference = get_provider(str(job.provider)).own_reference(job.id)
+    if reference and _poll_and_apply(run, job, reference):
+        return
+    if _past_deadline(job, run.now):
+        reason = (job.item["submission"].get("unanswered") or {}).get("reason") or "the submitting invocation ended before the answer was recorded"
+        error = JobError(
+            "submit_ambiguous",
+            f"{job.provider} gave no clear answer to the submission ({reason}) and neither a callback nor a poll settled it within "
+            f"{settings.job_deadline_seconds} s. The provider may have run and charged the task: look for job {job.id} in its task "
+            "list (the callback URL contains the job id) before uploading the sidecar again.",
+            STAGE_SUBMIT,
+        )
+        _time_out(run, job, error)
+    else:
+        run.store.note_polled(job.id, JobState.RECEIVED)
+
+
+def _settle_unclaimed(run: _Run, job: Job) -> None:
+    settings = get_settings()
+    pairing_deadline = job.item.get("pairingDeadline")
+    if pairing_deadline is not None:
+        if run.now > float(pairing_deadline):
+            awaiting = job.item.get("awaitingVideo")
+            video = f" (`{awaiting}` in the input bucket)" if awaiting else ""
+            error = JobError("pairing_timeout", f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s", STAGE_INTAKE)
+            fail_job(run.store, job.id, error, unless_claimed=True)
+            run.report.timed_out += 1
+        else:
+            run.store.note_polled(job.id, JobState.RECEIVED)
+        return
+    if _past_deadline(job, run.now):
+        # The video was found and the provider kept refusing the request (it was never taken).
+        refusal = job.item.get("lastRefusal") or "no answer recorded"
+        message = f"{job.provider} did not take the request before the deadline (last answer: {refusal})"
+        error = JobError("provider_unavailable", message, STAGE_SUBMIT, retryable=True)
+        fail_job(run.store, job.id, error, unless_claimed=True)
+        run.report.timed_out += 1
+    else:
+        run.store.note_polled(job.id, JobState.RECEIVED)
+
+
+def _poll_and_apply(run: _Run, job: Job, task_id: str) -> bool:
+    """Poll and apply the answer; False when nothing was settled (no answer, still running, or a
+    result URL refused), so the job's deadline still applies: a provider that keeps answering
+    with a foreign URL, or cannot be asked, must not keep the job open for ever."""
     provider = get_provider(str(job.provider))
-    reference = provider.own_reference(job.id)
-    if reference:
-        report.polled += 1
-        try:
-            outcome = provider.poll(reference)
-        except ProviderError as exc:
-            logger.warning("poll of an unconfirmed submission failed", extra={"reason": exc.message})
-            outcome = None
-        if outcome is not None and outcome.state != "running" and _applied(store, job, provider, outcome, report):
-            return
-    if _past_deadline(job, now):
-        _time_out(store, job, report)
-
-
-def _applied(store: JobStore, job: Job, provider: Provider, outcome: Outcome, report: ReconcileReport) -> bool:
-    """Apply a polled outcome; False when it settled nothing (its result URL was refused), so the
-    job's deadline still applies: a provider that keeps answering with a foreign URL must not keep
-    the job open for ever."""
-    result = apply_outcome(store, job, provider, outcome)
-    report.settled += result in SETTLED
+    outcome = run.poll(provider, task_id)
+    if outcome is None or outcome.state == "running":
+        return False
+    result = apply_outcome(run.store, job, provider, outcome)
+    run.report.settled += result in SETTLED
     return result != "rejected"
 
 
-def _settle_succeeded(store: JobStore, job: Job, report: ReconcileReport) -> None:
+def _settle_succeeded(run: _Run, job: Job) -> None:
     settings = get_settings()
-    if store.nudge_finalize(job.id, settings.finalize_max_nudges):
-        report.nudged += 1
+    if run.store.nudge_finalize(job.id, settings.finalize_max_nudges):
+        run.report.nudged += 1
         return
     error = JobError("result_unavailable", f"finalize could not copy the result after {settings.finalize_max_nudges + 1} attempts", STAGE_FINALIZE)
-    fail_job(store, job.id, error)
-    report.timed_out += 1
+    fail_job(run.store, job.id, error)
+    run.report.timed_out += 1
 
 
-def _time_out(store: JobStore, job: Job, report: ReconcileReport) -> None:
-    settings = get_settings()
-    error = JobError(
-        "deadline_exceeded",
-        f"the provider did not finish the job within {settings.job_deadline_seconds} s",
-        STAGE_PROVIDER,
-        retryable=True,
-    )
-    fail_job(store, job.id, error, only_from=job.state)
-    report.timed_out += 1
+def _repair_failed(run: _Run, job: Job) -> None:
+    """A FAILED job whose error.json was never written (its invocation was cut off between the two)."""
+    if storage.head(get_settings().output_bucket_name, job.output_prefix + "error.json") is None:
+        write_error_json(job)
+        run.report.repaired += 1
+
+
+def _time_out(run: _Run, job: Job, error: JobError) -> None:
+    fail_job(run.store, job.id, error, only_from=job.state)
+    run.report.timed_out += 1
 
 
 def _past_deadline(job: Job, now: float) -> bool:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .config import get_settings
-from .errors import STAGE_SUBMIT, JobError
+from .errors import STAGE_SUBMIT, JobError, TransientError
+
+# Secrets Manager answers that mean the secret itself is missing or unusable (a setup problem);
+# any other failure to read it (throttling, a 5xx, a network blip) is retried, never a job failure.
+SETUP_ERRORS = frozenset({"ResourceNotFoundException", "InvalidRequestException", "DecryptionFailure", "AccessDeniedException"})
 
 
 def _provider_entry(provider_id: str) -> Any:
@@ -15,7 +19,10 @@ def _provider_entry(provider_id: str) -> Any:
     try:
         secret = parameters.get_secret(settings.provider_secret_id, transform="json", max_age=settings.secret_max_age_seconds)
     except parameters.exceptions.GetParameterError as exc:
-        raise JobError("provider_not_configured", "the provider secret could not be read (missing, empty or not JSON)", STAGE_SUBMIT, retryable=True) from exc
+        code = _aws_error_code(exc)
+        if code not in SETUP_ERRORS and not _caused_by(exc, "ParamValidationError"):
+            raise TransientError(f"the provider secret could not be read just now ({code or type(exc.__cause__).__name__}); retrying") from exc
+        raise JobError("provider_not_configured", f"the provider secret could not be read ({code})", STAGE_SUBMIT, retryable=True) from exc
     except parameters.exceptions.TransformParameterError as exc:
         raise JobError("provider_not_configured", "the provider secret is not a JSON object", STAGE_SUBMIT, retryable=True) from exc
     if not isinstance(secret, dict):
@@ -37,3 +44,24 @@ def provider_webhook_key(provider_id: str) -> str | None:
     entry = _provider_entry(provider_id)
     key = entry.get("webhookHmacKey") if isinstance(entry, dict) else None
     return key if isinstance(key, str) and key else None
+
+
+def _aws_error_code(exc: BaseException) -> str | None:
+    """The AWS error code behind a Powertools parameter error (it wraps botocore's ClientError)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            return str(code) if code else None
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _caused_by(exc: BaseException, type_name: str) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__name__ == type_name:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

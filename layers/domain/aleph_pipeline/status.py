@@ -55,6 +55,9 @@ class JobStatus(BaseModel):
     outputBucket: str
     outputPrefix: str | None = None
     cost: float | None = None
+    waitingFor: str | None = Field(
+        default=None, description="why a RECEIVED job waits (its video, a provider that did not take the request, or an unanswered submit)"
+    )
     timings: Timings
     history: list[HistoryEntry]
     error: StatusError | None = None
@@ -109,6 +112,7 @@ def describe(job: Job) -> JobStatus:
         outputBucket=bucket,
         outputPrefix=prefix,
         cost=float(cost) if isinstance(cost, int | float) else None,
+        waitingFor=job.waiting_for,
         timings=Timings(
             createdAt=item.get("createdAt"),
             submittedAt=item.get("submittedAt"),

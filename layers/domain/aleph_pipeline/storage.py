@@ -93,11 +93,22 @@ def read_range(info: ObjectInfo, offset: int, length: int) -> bytes:
 
 def list_siblings(bucket: str, stem: str) -> list[str]:
     """Keys that start with ``<stem>.`` (a sidecar's possible videos)."""
-    paginator = s3_client().get_paginator("list_objects_v2")
+    return list_keys(bucket, f"{stem}.")
+
+
+def list_keys(bucket: str, prefix: str) -> list[str]:
+    """Every key under ``prefix``."""
     keys: list[str] = []
-    for page in paginator.paginate(Bucket=bucket, Prefix=f"{stem}."):
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys.extend(entry["Key"] for entry in page.get("Contents", ()))
     return keys
+
+
+def delete_keys(bucket: str, keys: list[str]) -> None:
+    """Delete up to a thousand keys in one request (a job has a handful)."""
+    answer = s3_client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys[:1000]], "Quiet": True})
+    if answer.get("Errors"):
+        raise RuntimeError(f"S3 could not delete {len(answer['Errors'])} of {len(keys)} outputs: {answer['Errors'][0].get('Code')}")
 
 
 def presign_get(bucket: str, key: str, ttl_seconds: int) -> str:

@@ -6,6 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -14,6 +15,8 @@ from .. import media
 from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
 from ..sidecar import Sidecar
 
+# Answer codes that say a submit was not taken (rate limited, down for maintenance): safe to send again.
+NOT_TAKEN_CODES = frozenset({"429", "455"})
 # Fields every provider takes or that never reach a provider.
 COMMON_FIELDS = frozenset({"prompt", "provider", "model", "video", "metadata", "providerOptions"})
 
@@ -27,11 +30,26 @@ class VideoInfo:
     # Ranged reads of the video (offset, length) -> bytes; None for a video known only by URL.
     read_range: Callable[[int, int], bytes] | None = None
 
-    def duration_seconds(self) -> float | None:
-        """The duration from the container header (a few ranged reads, never the whole file).
+    def check_container(self) -> None:
+        """Refuse a file that is not the container its name says (a text file named ``clip.mp4``),
+        before any provider is called: its first bytes, and its header's duration where it gives one."""
+        if self.read_range is None or self.size is None:
+            return  # known only by URL: the provider fetches and checks it
+        try:
+            duration = media.probe(self.extension, self.size, self.read_range)
+        except media.DurationUnknown as exc:
+            raise JobError("video_unsupported", f"the video is not a readable .{self.extension} file: {exc}", STAGE_INTAKE) from exc
+        if duration is not None:
+            self.__dict__["duration"] = duration  # the header is read once
 
-        None when the video is known only by URL. Only a provider with duration limits asks.
-        """
+    @cached_property
+    def duration(self) -> float | None:
+        """The duration from the container header (a few ranged reads, never the whole file),
+        read once. None when the video is known only by URL; a provider with duration limits asks."""
+        return self.duration_seconds()
+
+    def duration_seconds(self) -> float | None:
+        """See ``duration`` (which caches it)."""
         if self.read_range is None or self.size is None:
             return None
         try:
@@ -216,6 +234,18 @@ class Provider(ABC):
     @abstractmethod
     def classify_error(self, status: int | None, body: Any) -> ProviderError:
         """Map an HTTP status and body to refused / retryable / ambiguous."""
+
+    def submit_failure(self, status: int | None, body: Any) -> ProviderError:
+        """A submit's failed answer. A 5xx or a gateway error may come after the task was created,
+        so only an answer that says the request was not taken (429, 455 maintenance) may be sent
+        again; every other retryable answer is ambiguous: the job waits, it is never resubmitted."""
+        error = self.classify_error(status, body)
+        if error.kind != "retryable" or status == 429 or error.code in NOT_TAKEN_CODES:
+            return error
+        server_error = (status or 0) >= 500 or status == 408 or (error.code.isdigit() and int(error.code) >= 500)
+        if not server_error:
+            return error  # the provider's own structured refusal of the request (a 4xx): it was not taken
+        return ProviderError("ambiguous", error.code, f"{error.message} (the request may have been taken)", status)
 
     @property
     def allowed_result_hosts(self) -> tuple[str, ...]:

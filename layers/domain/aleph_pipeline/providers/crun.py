@@ -54,9 +54,10 @@ MANAGED_FIELDS = frozenset({"prompt", "video_url", "callback_url", "model"})
 MAX_PROMPT_CHARS = 1000
 VIDEO_EXTENSIONS = ("mp4", "mov", "webm", "m4v")
 
-# crun's codes: 401 bad key, 402 no credits, 404 no such task/endpoint, 422 validation, 455
-# maintenance, 505 feature disabled and 501 generation failed refuse; 429 and 500 mean "later".
-RETRYABLE_CODES = frozenset({429, 500, 502, 503, 504})
+# crun's codes: 401 bad key, 402 no credits, 404 no such task/endpoint, 422 validation, 505
+# feature disabled and 501 generation failed refuse; 429 and 455 (maintenance) mean "not taken,
+# later"; 500 means "later" for a poll, and is ambiguous for a submit (see Provider.submit_failure).
+RETRYABLE_CODES = frozenset({429, 455, 500, 502, 503, 504})
 GENERATION_FAILED = 501
 
 
@@ -100,7 +101,7 @@ class CrunProtocol(Provider):
                 return task_id
             # A success code without a task id: a task may exist, we cannot tell which one.
             raise ProviderError("ambiguous", "no_task_id", f"{self.id} answered success without a task_id", status)
-        raise self.classify_error(status, body)
+        raise self.submit_failure(status, body)
 
     def poll(self, task_id: str) -> Outcome:
         status, body = self._send("GET", TASK_INFO_PATH, params={"task_id": task_id}, headers=self._auth())

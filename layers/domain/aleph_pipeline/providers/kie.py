@@ -78,7 +78,7 @@ class KieProtocol(Provider):
                 return task_id
             # A success code without a task id: it may exist, we cannot tell which one.
             raise ProviderError("ambiguous", "no_task_id", f"{self.id} answered success without a taskId", status)
-        raise self.classify_error(status, body)
+        raise self.submit_failure(status, body)
 
     def poll(self, task_id: str) -> Outcome:
         status, body = self._send("GET", "/api/v1/aleph/record-info", params={"taskId": task_id}, headers=self._auth())

@@ -141,7 +141,7 @@ class RunwareProtocol(Provider):
             self._check_duration(sidecar, model, video)
 
     def _check_duration(self, sidecar: Sidecar, model: str, video: VideoInfo) -> None:
-        seconds = video.duration_seconds()
+        seconds = video.duration
         if seconds is None:
             return  # a video given by URL: Runware checks it
         low, high = ALEPH_2_SECONDS
@@ -230,10 +230,9 @@ class RunwareProtocol(Provider):
             # Runware acknowledges with the task; any 200 without errors means it took it.
             return str(body[0]["taskUUID"])
         if errors and _already_taken(errors[0]):
-            # The taskUUID is this job's own: an earlier attempt (answered 5xx or 429) was taken
-            # after all. (The code of this answer is not documented; an inference.)
+            # The taskUUID is this job's own: an earlier attempt was taken after all.
             return str(body[0]["taskUUID"])
-        raise self.classify_error(status, answer)
+        raise self.submit_failure(status, answer)
 
     # ---- answers -------------------------------------------------------------------------------
 
@@ -346,9 +345,13 @@ def _errors(document: Any) -> list[dict[str, Any]]:
 
 
 def _already_taken(error: Mapping[str, Any]) -> bool:
-    """Whether an error says a task with our ``taskUUID`` exists already."""
+    """Whether an error says a task with our ``taskUUID`` exists already: ``conflictTaskUUID``
+    (Runware's SDK reads it as proof that an earlier submit landed), or a duplicate/exists code
+    about the ``taskUUID`` parameter."""
     code = str(error.get("code") or "").lower()
-    return error.get("parameter") == "taskUUID" and ("duplicate" in code or "exists" in code)
+    parameter = error.get("parameter")
+    about_uuid = parameter == "taskUUID" or (parameter is None and "taskuuid" in code)
+    return about_uuid and any(word in code for word in ("conflict", "duplicate", "exists"))
 
 
 def _items(document: Any) -> list[dict[str, Any]] | None:
