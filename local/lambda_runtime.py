@@ -5,6 +5,11 @@ module name. Lambda runs concurrent invocations in separate sandboxes, each with
 the module's globals; so does this: up to ``max_concurrency`` copies are loaded on demand (the
 first at start, like a cold start) and each copy serves one invocation at a time. Events and
 answers go through JSON like Lambda's, and the context object has the runtime's attributes.
+
+An invocation cut off by the ``kill`` fault of ``local.aws_faults`` fails like a Lambda timeout
+(``Task timed out``), and its sandbox is discarded: the next invocation loads a fresh copy of
+the handler module, like a new Lambda sandbox. (The domain package is imported once per
+process and shared by every sandbox, as before.)
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from local import aws_faults
 
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 
@@ -139,6 +146,7 @@ class LambdaFunction:
             sandbox = self._acquire()
         except HandlerInitError as exc:
             return Invocation(request_id, ok=False, error=f"Runtime.ImportModuleError: {exc}")
+        keep_sandbox = True
         try:
             payload = json.loads(json.dumps(event))
             context = LambdaContext(
@@ -149,12 +157,19 @@ class LambdaFunction:
                 account_id=self.account_id,
                 aws_request_id=request_id,
             )
-            result = sandbox.handler(payload, context)
+            with aws_faults.invocation(self.name):
+                result = sandbox.handler(payload, context)
             try:
                 result = json.loads(json.dumps(result))
             except (TypeError, ValueError) as exc:
                 log.error("%s: the answer is not JSON serializable (Runtime.MarshalError): %s", self.name, exc)
                 return Invocation(request_id, ok=False, error=f"Runtime.MarshalError: {exc}", duration=time.monotonic() - started)
+        except aws_faults.InvocationKilled as exc:
+            # Lambda reports a cut-off invocation as a timeout, and never reuses its sandbox.
+            keep_sandbox = False
+            duration = time.monotonic() - started
+            log.error("%s: request %s was cut off (%s): reported as timed out, sandbox discarded", self.name, request_id, exc)
+            return Invocation(request_id, ok=False, error=f"Task timed out after {self.timeout_seconds:.2f} seconds ({exc})", duration=duration)
         except (Exception, SystemExit) as exc:  # a handler's failure is reported, never fatal
             log.error(
                 "%s handler raised (request %s):\n%s",
@@ -164,7 +179,10 @@ class LambdaFunction:
             )
             return Invocation(request_id, ok=False, error=f"{type(exc).__name__}: {exc}", duration=time.monotonic() - started)
         finally:
-            self._release(sandbox)
+            if keep_sandbox:
+                self._release(sandbox)
+            else:
+                self._discard(sandbox)
         duration = time.monotonic() - started
         if duration > self.timeout_seconds:
             log.error(
@@ -197,6 +215,13 @@ class LambdaFunction:
     def _release(self, sandbox: _Sandbox) -> None:
         with self._cond:
             self._idle.append(sandbox)
+            self._cond.notify()
+
+    def _discard(self, sandbox: _Sandbox) -> None:
+        """Drop a broken sandbox; the next invocation that needs one loads a fresh copy."""
+        sys.modules.pop(sandbox.module.__name__, None)
+        with self._cond:
+            self._created -= 1
             self._cond.notify()
 
     def _load(self) -> _Sandbox:

@@ -7,6 +7,10 @@ environment, and runs the event sources: SQS -> submit, the jobs table's stream 
 HTTP API v2 emulator -> callback (and any Schedule event of the template). It writes
 ``.local/stack.json`` and runs until SIGINT/SIGTERM.
 
+``--aws-faults JSON`` (or ``aws_faults=``) makes AWS fail the handlers' calls at a seeded rate
+and cuts invocations off, as described in ``local.aws_faults``; what was injected goes to
+``<workdir>/aws-faults.json``. Without it nothing is injected.
+
 The handlers' environment is process-wide, so a process runs one stack. Tests start it as a
 subprocess with ``spawn()`` (or ``spawned()``) and stop it with ``terminate()``.
 """
@@ -31,6 +35,7 @@ from types import FrameType, TracebackType
 from typing import Any, Protocol, TypeVar
 
 from local.apigw import HttpApiEmulator, Route
+from local.aws_faults import AwsFaultsError, FaultConfig, FaultInjector, ReportWriter, parse_config
 from local.client import DEFAULT_WORKDIR, REPO_ROOT, STACK_JSON, answers, aws_client, free_port, stack_json_path, wait_for
 from local.dispatcher import ScheduleEventSource, SqsEventSource, StreamEventSource
 from local.lambda_runtime import LOCAL_ACCOUNT_ID, LambdaFunction
@@ -90,6 +95,7 @@ class LocalStack:
         schedule_interval: float | None = None,
         api_concurrency: int = 8,
         handler_env: Mapping[str, str] | None = None,
+        aws_faults: str | Mapping[str, Any] | FaultConfig | None = None,
     ) -> None:
         self.workdir = Path(workdir) if workdir else DEFAULT_WORKDIR
         self.moto_port = moto_port if moto_port is not None else _env_port("ALEPH_MOTO_PORT")
@@ -109,6 +115,9 @@ class LocalStack:
         self.stream_max_retries = stream_max_retries
         self.schedule_interval = schedule_interval
         self.api_concurrency = api_concurrency
+        # Parsed now: a bad configuration is refused before anything starts.
+        self.aws_faults = aws_faults if isinstance(aws_faults, FaultConfig) or aws_faults is None else parse_config(aws_faults)
+        self.fault_injector: FaultInjector | None = None
 
         self.config: TemplateConfig | None = None
         self.resources: Resources | None = None
@@ -121,6 +130,7 @@ class LocalStack:
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._log_files: list[Any] = []
         self._sources: list[_Stoppable] = []
+        self._fault_report: ReportWriter | None = None
         self._saved_environ: dict[str, str | None] = {}
         self._added_sys_path: list[str] = []
         self._started = False
@@ -179,6 +189,13 @@ class LocalStack:
             if stuck:
                 log.warning("threads still busy at shutdown (left behind): %s", ", ".join(stuck))
         self._sources.clear()
+        if self._fault_report is not None:
+            self._fault_report.stop()
+            self._fault_report.join(THREAD_JOIN_TIMEOUT)  # writes the final counts
+            self._fault_report = None
+        if self.fault_injector is not None:
+            self.fault_injector.uninstall()
+            self.fault_injector = None
         for name, process in reversed(self._processes):
             _stop_process(name, process)
         self._processes.clear()
@@ -230,6 +247,7 @@ class LocalStack:
 
         self._env = self._handler_environment()
         self._apply_environ(self._env)
+        self._install_aws_faults()  # before the handlers load, so every client they make has the hooks
         self._build_functions()
         self.api.function = self.functions.get("callback")
         self.api.functions = self.functions
@@ -389,6 +407,22 @@ class LocalStack:
                 sys.path.remove(path)
         self._added_sys_path.clear()
 
+    @property
+    def aws_faults_report(self) -> Path:
+        return self.workdir / "aws-faults.json"
+
+    def _install_aws_faults(self) -> None:
+        if self.aws_faults is None:
+            return
+        unknown = sorted(self.aws_faults.functions - set(_need(self.config).functions))
+        if unknown:
+            known = ", ".join(sorted(_need(self.config).functions))
+            raise AwsFaultsError(f"aws-faults: rules name unknown function(s) {', '.join(unknown)} (the stack runs: {known})")
+        self.fault_injector = FaultInjector(self.aws_faults).install()
+        self._fault_report = ReportWriter(self.fault_injector, self.aws_faults_report)
+        self._fault_report.start()
+        log.info("aws-faults: seed %s, %d rule(s); counts in %s", self.aws_faults.seed, len(self.aws_faults.rules), self.aws_faults_report)
+
     def _build_functions(self) -> None:
         lanes, api = self.stream_lanes, self.api_concurrency
         concurrency = {"submit": self.sqs_concurrency, "finalize": lanes, "notify": lanes, "callback": api, "status": api}
@@ -492,6 +526,7 @@ class LocalStack:
             "template": str(self.config.source) if self.config and self.config.source else None,
             "logs": {name: str(self.workdir / f"{name}.log") for name, _ in self._processes},
             "pid": os.getpid(),
+            "aws_faults_report": str(self.aws_faults_report) if self.aws_faults is not None else None,
         }
 
 
@@ -689,6 +724,13 @@ def _env_arg(value: str) -> tuple[str, str]:
     return name, setting
 
 
+def _aws_faults_arg(value: str) -> FaultConfig:
+    try:
+        return parse_config(value)
+    except AwsFaultsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m local.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"where {STACK_JSON} and the logs go (default: .local/)")
@@ -704,6 +746,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-max-retries", type=int, default=None, help="override the template's MaximumRetryAttempts")
     parser.add_argument("--schedule-interval", type=float, default=None, help="run scheduled functions every N seconds instead of the template's rate")
     parser.add_argument("--env", action="append", type=_env_arg, default=[], metavar="NAME=VALUE", help="set a handler environment variable (repeatable)")
+    parser.add_argument(
+        "--aws-faults",
+        type=_aws_faults_arg,
+        default=None,
+        metavar="JSON",
+        help='AWS-side faults for the handlers\' calls, e.g. \'{"seed": 7, "rules": [{"fault": "s3_slowdown", "rate": 0.05}]}\' (see local/aws_faults.py)',
+    )
     parser.add_argument("--quiet", action="store_true", help="no banner, warnings and errors only")
     return parser
 
@@ -735,6 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream_max_retries=args.stream_max_retries,
         schedule_interval=args.schedule_interval,
         handler_env=dict(args.env),
+        aws_faults=args.aws_faults,
     )
     try:
         stack.start()

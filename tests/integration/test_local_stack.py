@@ -254,6 +254,17 @@ def test_stack_json_has_the_contract_fields(stack: Stack) -> None:
     assert json.loads(secret["SecretString"]) == {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "runware": "sim-runware-key", "crun": "sim-crun-key"}
 
 
+def test_without_aws_faults_nothing_is_injected_or_reported(stack: Stack) -> None:
+    assert stack.info["aws_faults_report"] is None
+    assert not (stack.workdir / "aws-faults.json").exists()
+
+
+def test_a_bad_aws_faults_option_stops_the_stack_naming_the_field(tmp_path: Path) -> None:
+    rules = json.dumps({"rules": [{"fault": "kill", "rate": 0.1, "functions": ["no-such-function"]}]})
+    with pytest.raises(RuntimeError, match=r"rules name unknown function\(s\) no-such-function"):
+        spawn(tmp_path / "work", "--no-simulator", "--aws-faults", rules, timeout=60)
+
+
 def test_resources_are_provisioned_as_the_contract_says(stack: Stack) -> None:
     table = stack.dynamodb.describe_table(TableName="aleph-jobs")["Table"]
     assert table["KeySchema"] == [{"AttributeName": "jobId", "KeyType": "HASH"}]
