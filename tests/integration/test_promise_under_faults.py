@@ -1,0 +1,304 @@
+"""Issue 10's defects, each shown against moto server (real HTTP) and a small kie-protocol
+provider that counts the tasks it created: the truth for "paid twice"."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+
+from aleph_pipeline.errors import TransientError
+from aleph_pipeline.finalize import finalize_job
+from aleph_pipeline.intake import handle_object_created
+from aleph_pipeline.jobs import JobState, JobStore
+from aleph_pipeline.keys import job_id_for
+from aleph_pipeline.providers import PROVIDER_IDS
+from aleph_pipeline.reconcile import reconcile
+from aleph_pipeline.storage import head
+
+from .conftest import clear_caches
+from .test_reconcile import indexed  # noqa: F401  (the fixture: the table with its status index)
+
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 2000  # an MP4's first box
+
+
+class FakeKie(BaseHTTPRequestHandler):
+    """kie.ai's Aleph API, as far as these tests need it. ``answers`` lists what each submit gets
+    after the task is (or is not) created; results are served from this server too."""
+
+    tasks: list[dict[str, Any]] = []  # noqa: RUF012  (shared by the server's threads on purpose)
+    answers: list[str] = []  # noqa: RUF012
+    result_status: dict[str, int] = {}  # noqa: RUF012
+    lock = threading.Lock()
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        with self.lock:
+            answer = self.answers.pop(0) if self.answers else "accept"
+            if answer == "429":
+                self._send(429, json.dumps({"code": 429, "msg": "Rate limited", "data": None}).encode())
+                return
+            task_id = f"task-{len(self.tasks) + 1}"
+            self.tasks.append({"taskId": task_id, "request": request})
+        if answer == "502_after_create":
+            self._send(502, b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>", "text/html")
+        else:
+            self._send(200, json.dumps({"code": 200, "msg": "success", "data": {"taskId": task_id}}).encode())
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path.startswith("/files/"):
+            status = self.result_status.get(parts.path, 200)
+            self._send(status, b"\x00\x00\x00\x18ftypisom" + b"r" * 100 if status == 200 else b"gone", "video/mp4")
+            return
+        task_id = parse_qs(parts.query).get("taskId", [""])[0]
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        data = {
+            "taskId": task_id,
+            "successFlag": 1,
+            "errorMessage": "",
+            "response": {"resultVideoUrl": f"{base}/files/{task_id}.mp4", "resultImageUrl": f"{base}/files/{task_id}-cover.png"},
+        }
+        self._send(200, json.dumps({"code": 200, "msg": "success", "data": data}).encode())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def kie(indexed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:  # noqa: F811
+    FakeKie.tasks, FakeKie.answers, FakeKie.result_status = [], [], {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKie)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({**dict.fromkeys(PROVIDER_IDS, "http://127.0.0.1:9"), "kie": base}))
+    monkeypatch.setenv("RESULT_HOSTS", json.dumps({"kie": ["127.0.0.1"]}))
+    monkeypatch.setenv("ALLOW_HTTP_RESULT_URLS", "true")
+    monkeypatch.setenv("CALLBACK_API_URL", "https://api.example.test")
+    monkeypatch.setenv("CLAIM_SETTLE_SECONDS", "0")
+    clear_caches()
+    try:
+        yield {**indexed, "base": base}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def upload_pair(aws: dict[str, Any], stem: str = "incoming/team/shot", sidecar: dict[str, Any] | None = None, video: bytes = MP4) -> str:
+    aws["s3"].put_object(Bucket=aws["input"], Key=f"{stem}.mp4", Body=video)
+    aws["s3"].put_object(Bucket=aws["input"], Key=f"{stem}.json", Body=json.dumps(sidecar or {"prompt": "snow", "provider": "kie"}).encode())
+    info = head(aws["input"], f"{stem}.json")
+    assert info is not None
+    return job_id_for(aws["input"], f"{stem}.json", info.version_marker)
+
+
+def job(job_id: str) -> Any:
+    found = JobStore().get(job_id)
+    assert found is not None
+    return found
+
+
+def error_json(aws: dict[str, Any], job_id: str) -> dict[str, Any]:
+    prefix = job(job_id).output_prefix
+    return json.loads(aws["s3"].get_object(Bucket=aws["output"], Key=prefix + "error.json")["Body"].read())  # type: ignore[no-any-return]
+
+
+def outputs(aws: dict[str, Any], job_id: str) -> list[str]:
+    prefix = job(job_id).output_prefix
+    return sorted(entry["Key"][len(prefix) :] for entry in aws["s3"].list_objects_v2(Bucket=aws["output"], Prefix=prefix).get("Contents", []))
+
+
+def callback_token(task: dict[str, Any]) -> str:
+    return parse_qs(urlsplit(task["request"]["callBackUrl"]).query)["token"][0]
+
+
+def test_defect_1_a_5xx_after_the_task_was_created_is_never_sent_again(kie: dict[str, Any]) -> None:
+    FakeKie.answers = ["502_after_create"]
+    job_id = upload_pair(kie)
+    handle_object_created(kie["input"], "incoming/team/shot.json", receive_count=1)  # no TransientError: nothing to retry
+    for attempt in (2, 3):  # SQS delivers the event again all the same (a duplicate, a redrive)
+        handle_object_created(kie["input"], "incoming/team/shot.json", receive_count=attempt)
+    assert len(FakeKie.tasks) == 1  # the provider created one task: one charge
+    waiting = job(job_id)
+    assert waiting.state == JobState.RECEIVED and waiting.submit_unanswered
+    assert "unanswered submit" in waiting.waiting_for
+    # The first attempt's callback URL is the one that is valid.
+    assert waiting.token_matches(callback_token(FakeKie.tasks[0]))
+    # No callback, no poll by our own id (kie assigns task ids): the deadline fails it with its own code.
+    report = reconcile(time.time() + 86400 * 2)
+    assert report.timed_out == 1
+    error = error_json(kie, job_id)
+    assert error["code"] == "submit_ambiguous" and error["stage"] == "submit"
+    assert "may have run and charged" in error["message"] and job_id in error["message"]
+    assert len(FakeKie.tasks) == 1
+
+
+def test_defect_1_a_429_is_retried_with_the_same_callback_token(kie: dict[str, Any]) -> None:
+    FakeKie.answers = ["429"]
+    job_id = upload_pair(kie)
+    with pytest.raises(TransientError):
+        handle_object_created(kie["input"], "incoming/team/shot.json", receive_count=1)
+    first = job(job_id)
+    assert not first.submission_claimed and "retrying" in first.waiting_for
+    handle_object_created(kie["input"], "incoming/team/shot.json", receive_count=2)
+    assert len(FakeKie.tasks) == 1
+    submitted = job(job_id)
+    assert submitted.state == JobState.SUBMITTED
+    assert submitted.item["callbackToken"] == callback_token(FakeKie.tasks[0])
+
+
+def test_defect_2_a_reupload_of_the_same_sidecar_before_its_video_is_one_submission(kie: dict[str, Any]) -> None:
+    kie["s3"].put_bucket_versioning(Bucket=kie["input"], VersioningConfiguration={"Status": "Enabled"})
+    body = json.dumps({"prompt": "snow", "provider": "kie"}).encode()
+    job_ids = []
+    for _ in range(2):  # the same bytes twice: the same ETag, another version
+        kie["s3"].put_object(Bucket=kie["input"], Key="incoming/re/shot.json", Body=body)
+        handle_object_created(kie["input"], "incoming/re/shot.json")
+        info = head(kie["input"], "incoming/re/shot.json")
+        assert info is not None
+        job_ids.append(job_id_for(kie["input"], "incoming/re/shot.json", info.version_marker))
+    assert job_ids[0] != job_ids[1]
+    kie["s3"].put_object(Bucket=kie["input"], Key="incoming/re/shot.mp4", Body=MP4)
+    handle_object_created(kie["input"], "incoming/re/shot.mp4")
+    assert len(FakeKie.tasks) == 1
+    assert [job(job_id).state for job_id in job_ids] == [JobState.FAILED, JobState.SUBMITTED]
+    assert error_json(kie, job_ids[0])["code"] == "sidecar_replaced"
+
+
+def test_defect_5_a_found_video_clears_the_pairing_deadline(kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeKie.answers = ["429"]
+    job_id = upload_pair(kie)
+    with pytest.raises(TransientError):
+        handle_object_created(kie["input"], "incoming/team/shot.json")
+    assert "pairingDeadline" not in job(job_id).item
+    reconcile(time.time() + 7200)  # past the pairing deadline (3600 s), well before the job's deadline
+    assert job(job_id).state == JobState.RECEIVED
+
+
+def test_defect_6b_a_poll_that_raises_anything_still_meets_the_deadline(kie: dict[str, Any]) -> None:
+    job_id = upload_pair(kie)
+    handle_object_created(kie["input"], "incoming/team/shot.json")
+    assert job(job_id).state == JobState.SUBMITTED
+    # The provider's key is removed from the secret: the poll raises a JobError, not a ProviderError.
+    boto3.client("secretsmanager").put_secret_value(SecretId=kie["secret"], SecretString=json.dumps({"crun": "k"}))
+    clear_caches()
+    reconcile(time.time() + 86400 * 2)
+    assert job(job_id).state == JobState.FAILED
+    assert error_json(kie, job_id)["code"] == "deadline_exceeded"
+
+
+def test_defect_6a_unsettled_jobs_are_rotated_so_others_get_their_turn(kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECONCILE_BATCH_SIZE", "2")
+    clear_caches()
+    FakeKie.answers = ["502_after_create"] * 3
+    ids = [upload_pair(kie, f"incoming/rot/shot{index}") for index in range(3)]
+    for index in range(3):
+        handle_object_created(kie["input"], f"incoming/rot/shot{index}.json")
+    assert all(job(job_id).submit_unanswered for job_id in ids)
+    later = time.time() + 60
+    first = reconcile(later)
+    second = reconcile(later + 1)
+    assert first.examined == second.examined == 2
+    touched = [job_id for job_id in ids if "lastPolledAt" in job(job_id).item]
+    assert len(touched) == 3  # the third job was examined by the second run
+
+
+def test_defect_6c_a_run_stops_taking_jobs_when_its_time_is_nearly_used(kie: dict[str, Any]) -> None:
+    upload_pair(kie)
+    handle_object_created(kie["input"], "incoming/team/shot.json")
+    report = reconcile(time.time() + 86400 * 2, time_left=lambda: 5.0)
+    assert (report.examined, report.out_of_time) == (0, 1)
+
+
+def test_defect_3_a_secrets_blip_during_finalize_is_retried_not_a_failure(kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from aws_lambda_powertools.utilities import parameters
+
+    job_id = upload_pair(kie)
+    handle_object_created(kie["input"], "incoming/team/shot.json")
+    JobStore().mark_succeeded(job_id, (f"{kie['base']}/files/task-1.mp4",), None, None, None)
+    clear_caches()
+
+    def throttled(*args: Any, **kwargs: Any) -> Any:
+        try:
+            raise boto3.client("secretsmanager").exceptions.InternalServiceError(
+                {"Error": {"Code": "InternalServiceError", "Message": "try later"}}, "GetSecretValue"
+            )
+        except Exception as exc:
+            raise parameters.exceptions.GetParameterError(str(exc)) from None
+
+    monkeypatch.setattr(parameters, "get_secret", throttled)
+    with pytest.raises(TransientError):
+        finalize_job(job_id)
+    assert job(job_id).state == JobState.SUCCEEDED and outputs(kie, job_id) == []
+    monkeypatch.undo()
+    clear_caches()
+    finalize_job(job_id)  # the stream's retry, once Secrets Manager answers again
+    assert job(job_id).state == JobState.COMPLETED
+
+
+def test_defect_8_a_missing_cover_is_left_out_and_a_failed_result_leaves_only_error_json(kie: dict[str, Any]) -> None:
+    job_id = upload_pair(kie)
+    handle_object_created(kie["input"], "incoming/team/shot.json")
+    FakeKie.result_status = {"/files/task-1-cover.png": 404}
+    JobStore().mark_succeeded(job_id, ("x",), None, None, None)  # the URLs come from the confirming poll
+    finalize_job(job_id)
+    assert job(job_id).state == JobState.COMPLETED
+    assert outputs(kie, job_id) == ["job.json", "result.mp4"]
+
+    # A job whose results were partly copied when the next one turned out gone: error.json alone.
+    other = upload_pair(kie, "incoming/team/two", {"prompt": "snow", "provider": "kie"})
+    handle_object_created(kie["input"], "incoming/team/two.json")
+    prefix = job(other).output_prefix
+    kie["s3"].put_object(Bucket=kie["output"], Key=prefix + "result.mp4", Body=b"partial copy of an earlier attempt")
+    FakeKie.result_status = {"/files/task-2.mp4": 410}
+    JobStore().mark_succeeded(other, ("x",), None, None, None)
+    finalize_job(other)
+    assert job(other).state == JobState.FAILED
+    assert outputs(kie, other) == ["error.json"]
+
+
+def test_defect_9_a_success_callback_before_the_task_id_copies_nothing(kie: dict[str, Any]) -> None:
+    job_id = upload_pair(kie)
+    store = JobStore()
+    claim = store.claim_submission(job_id, int(time.time()) + 3600)  # the submit is still waiting for its answer
+    assert claim is not None
+    store.mark_succeeded(job_id, (f"{kie['base']}/files/forged.mp4",), None, None, None)
+    with pytest.raises(TransientError):
+        finalize_job(job_id)
+    assert outputs(kie, job_id) == []
+    store.mark_submitted(job_id, "task-7")  # the submit answer arrives: the task id is recorded
+    finalize_job(job_id)
+    done = job(job_id)
+    assert done.state == JobState.COMPLETED
+    manifest = json.loads(kie["s3"].get_object(Bucket=kie["output"], Key=done.output_prefix + "job.json")["Body"].read())
+    assert manifest["providerTaskId"] == "task-7"
+
+
+def test_defect_10_a_text_file_named_mp4_never_reaches_a_provider(kie: dict[str, Any]) -> None:
+    job_id = upload_pair(kie, video=b"this is a shopping list, not a video\n" * 20)
+    handle_object_created(kie["input"], "incoming/team/shot.json")
+    assert FakeKie.tasks == []
+    error = error_json(kie, job_id)
+    assert error["code"] == "video_unsupported" and "not a readable .mp4" in error["message"]
+
+
+def test_defect_7_a_record_is_not_started_without_time_for_a_submission(kie: dict[str, Any]) -> None:
+    upload_pair(kie)
+    with pytest.raises(TransientError):
+        handle_object_created(kie["input"], "incoming/team/shot.json", time_left=lambda: 20.0)
+    assert FakeKie.tasks == []
+    assert not any(item.get("submission") for item in kie["table"].scan()["Items"])
