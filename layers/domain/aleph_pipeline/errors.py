@@ -89,12 +89,15 @@ class JobError(Exception):
 
     @staticmethod
     def shorten(value: Any, limit: int) -> str:
-        """``value`` as text in at most about ``limit`` characters, storable anywhere: a lone surrogate (JSON's
+        """``value`` as text in at most ``limit`` characters, storable anywhere: a lone surrogate (JSON's
         ``\\ud800``, which UTF-8 cannot encode) is written as its escape, and a cut says how much it cut."""
         text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
         if len(text) <= limit:
             return text
-        return f"{text[:limit]}… [truncated: {len(text) - limit} more characters]"
+        if limit < 200:  # a quoted value: an ellipsis says enough
+            return text[: max(limit - 1, 0)] + "…"
+        kept = limit - 48  # room for the marker: the result is at most ``limit``, so shortening twice changes nothing
+        return f"{text[:kept]}… [truncated: {len(text) - kept} more characters]"
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {

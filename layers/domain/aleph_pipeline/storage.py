@@ -266,9 +266,8 @@ def _redact(url: str) -> str:
         text = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
     elif "@" in text:
         text = text.rpartition("@")[2]
-    if len(text) > MAX_ECHOED_URL_CHARS:
-        text = f"{text[:MAX_ECHOED_URL_CHARS]}… ({len(text) - MAX_ECHOED_URL_CHARS} more characters)"
-    return "".join(char if char.isprintable() else char.encode("unicode_escape", "backslashreplace").decode("ascii") for char in text)
+    text = "".join(char if char.isprintable() else char.encode("unicode_escape", "backslashreplace").decode("ascii") for char in text)
+    return JobError.shorten(text, MAX_ECHOED_URL_CHARS)
 
 
 def _status(exc: Exception) -> int | None:
