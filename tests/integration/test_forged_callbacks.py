@@ -78,6 +78,7 @@ def kie_signed(timestamp: str, signature: str) -> dict[str, str]:
     return {"X-Webhook-Timestamp": timestamp, "X-Webhook-Signature": signature}
 
 
+CRUN_HUGE_STATUS = json.dumps({"task_id": "crun-1", "status": "x" * 900_000}).encode()
 MALFORMED: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("kie result URL with an unclosed IPv6 bracket", "kie", kie_success("https://[tempfile.aiquickdraw.com/v.mp4"), {}, 400),
     ("kie result URL with fullwidth dots", "kie", kie_success("https://tempfile．aiquickdraw．com/v.mp4"), {}, 400),
@@ -110,6 +111,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, str], int]] = [
         {},
         400,
     ),
+    ("crun unknown status of 900 KB (echoed back shortened)", "crun", CRUN_HUGE_STATUS, {}, 400),
 ]
 SIGNED: list[tuple[str, dict[str, str], int]] = [
     ("superscript timestamp", kie_signed("²", "c2lnbmF0dXJl"), 401),

@@ -23,6 +23,7 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 # (at most storage.MAX_RESULT_URL_CHARS). A longer id, or one that is not plain printable text, is
 # not recorded: it would be a DynamoDB value or attribute name of unbounded size.
 MAX_TASK_ID_CHARS = 256
+MAX_ANSWER_MESSAGE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
         logger.warning("callback refused: bad signature", extra={"reason": str(exc)})
         return Answer(401, {"message": str(exc)})
     except CallbackInvalid as exc:
-        return Answer(400, {"message": str(exc)})
+        # A parser may quote what it refused (crun's unknown status): echoed back shortened.
+        return Answer(400, {"message": JobError.shorten(exc, MAX_ANSWER_MESSAGE_CHARS)})
     unrecordable = _unrecordable_id(outcome)
     if unrecordable:
         return Answer(400, {"message": unrecordable})
