@@ -120,6 +120,23 @@ CASES: list[Case] = [
     case("provider-unknown", {"prompt": P, "provider": "openai"}, "invalid_sidecar", "field `provider`", ALLOWED_PROVIDERS),
     case("provider-wrong-case", {"prompt": P, "provider": "Kie"}, "invalid_sidecar", "field `provider`", ALLOWED_PROVIDERS),
     case("provider-number", {"prompt": P, "provider": 5}, "invalid_sidecar", "field `provider`"),
+    case("provider-nope", {"prompt": P, "provider": "nope"}, "invalid_sidecar", "field `provider`", '(got "nope")', ALLOWED_PROVIDERS),
+    # ~3,000 unknown fields in 23 KB once made a 495 KB message: no FAILED record, no error.json.
+    case(
+        "3000-unknown-fields",
+        {"prompt": P, **{f"f{index:04d}": 1 for index in range(3000)}},
+        "invalid_sidecar",
+        "unknown field `f0000`",
+        "and 2990 more problems",
+        "allowed fields: prompt, provider",
+    ),
+    case(
+        "credentials-in-a-frame-image",
+        {"prompt": P, "frameImages": [{"image": "https://user:hunter2@images.test/a.png", "frame": "first", "timestamp": 1}]},
+        "invalid_sidecar",
+        "not both",
+        "https://images.test/a.png",
+    ),
     case("model-unknown-kie", {"prompt": P, "model": "gen-4"}, "unknown_model", "`gen-4`", "provider `kie`", "aleph"),
     case("model-unknown-runware", {"prompt": P, "provider": "runware", "model": "runway:3@1"}, "unknown_model", "`runway:3@1`", "runway:aleph@2.0"),
     case("model-of-another-provider", {"prompt": P, "provider": "crun", "model": "runway:2@1"}, "unknown_model", "provider `crun`", "runway/gen-4-aleph"),
@@ -287,6 +304,8 @@ def test_bad_input_corpus_fails_every_case_with_its_code_and_never_calls_a_provi
         missing = [words for words in item.says if words not in error["message"]]
         if missing:
             problems.append(f"{item.name}: message {error['message']!r} lacks {missing}")
+        if len(error["message"].encode()) > 4096 or "hunter2" in error["message"]:
+            problems.append(f"{item.name}: message of {len(error['message'].encode())} bytes (at most 4096, no credentials)")
         if job["history"][-1]["state"] != "FAILED" or "submission" in job:
             problems.append(f"{item.name}: a submission was claimed ({job.get('submission')})")
         if stack.output_keys(job["outputPrefix"]) != [job["outputPrefix"] + "error.json"]:

@@ -13,10 +13,17 @@ from .jobs import TERMINAL, Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job, write_error_json
 from .providers import PROVIDER_IDS, CallbackInvalid, CallbackUnauthorized, Outcome, Provider, ResultItem, get_provider
-from .storage import check_url
+from .storage import MAX_RESULT_URL_CHARS, check_url
 
 MAX_CALLBACK_BYTES = 1024 * 1024
-JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+# Our tokens are token_urlsafe(32) (43 characters); anything else cannot match, and is not hashed.
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+# A provider's task ids are short (UUIDs, hex); a result's id is its UUID or, without one, its URL
+# (at most storage.MAX_RESULT_URL_CHARS). A longer id, or one that is not plain printable text, is
+# not recorded: it would be a DynamoDB value or attribute name of unbounded size.
+MAX_TASK_ID_CHARS = 256
+MAX_ANSWER_MESSAGE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -28,13 +35,13 @@ class Answer:
 def receive_callback(provider_id: str, job_id: str, token: str | None, body: bytes, headers: Mapping[str, str]) -> Answer:
     if len(body) > MAX_CALLBACK_BYTES:
         return Answer(413, {"message": f"callback body over {MAX_CALLBACK_BYTES} bytes"})
-    if provider_id not in PROVIDER_IDS or not JOB_ID_PATTERN.match(job_id):
+    if provider_id not in PROVIDER_IDS or not JOB_ID_PATTERN.fullmatch(job_id):
         return Answer(404, {"message": "no such job"})
     store = JobStore()
     job = store.get(job_id)
     if job is None or job.provider != provider_id:
         return Answer(404, {"message": "no such job"})
-    if not job.token_matches(token):
+    if token is None or not TOKEN_PATTERN.fullmatch(token) or not job.token_matches(token):
         logger.warning("callback refused: bad or missing token", extra={"job_id": job_id})
         return Answer(401, {"message": "bad or missing token"})
     logger.thread_safe_append_keys(job_id=job_id)
@@ -45,7 +52,11 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
         logger.warning("callback refused: bad signature", extra={"reason": str(exc)})
         return Answer(401, {"message": str(exc)})
     except CallbackInvalid as exc:
-        return Answer(400, {"message": str(exc)})
+        # A parser may quote what it refused (crun's unknown status): echoed back shortened.
+        return Answer(400, {"message": JobError.shorten(exc, MAX_ANSWER_MESSAGE_CHARS)})
+    unrecordable = _unrecordable_id(outcome)
+    if unrecordable:
+        return Answer(400, {"message": unrecordable})
     if outcome.task_id and job.provider_task_id and outcome.task_id != job.provider_task_id:
         return Answer(400, {"message": "the callback's task id does not belong to this job"})
     result = apply_outcome(store, job, provider, outcome)
@@ -53,6 +64,16 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
         return Answer(400, {"message": "a result URL is not on the provider's allowed hosts"})
     job_state = {"failed": JobState.FAILED.value, "succeeded": JobState.SUCCEEDED.value}.get(result, job.state.value)
     return Answer(200, {"status": "accepted" if result in ("failed", "succeeded", "recorded") else result, "state": job_state})
+
+
+def _unrecordable_id(outcome: Outcome) -> str | None:
+    """Why an outcome's task or result id cannot be recorded (None when they can)."""
+    named = [("task id", outcome.task_id, MAX_TASK_ID_CHARS), *(("result id", item.id, MAX_RESULT_URL_CHARS) for item in outcome.items)]
+    for what, value, limit in named:
+        if value is not None and (len(value) > limit or not value.isprintable()):
+            # isprintable() is False for a lone surrogate and for control characters.
+            return f"the callback's {what} is not printable text of at most {limit} characters"
+    return None
 
 
 def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcome) -> str:

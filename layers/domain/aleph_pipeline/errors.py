@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 # Stages a job can fail in.
 STAGE_INTAKE = "intake"
@@ -65,13 +65,25 @@ MEANINGS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class JobError(Exception):
-    """A failure that ends a job (``retryable`` says whether trying again could help)."""
+    """A failure that ends a job (``retryable`` says whether trying again could help).
+
+    Its message is bounded (``MAX_MESSAGE_CHARS``, with a marker saying how much was cut) and its
+    detail texts too, whatever produced them (a sidecar with thousands of problems, a provider's
+    megabyte of error text): the FAILED record must fit a DynamoDB item (400 KB) and an
+    EventBridge entry (256 KB).
+    """
 
     code: str
     message: str
     stage: str
     retryable: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+
+    MAX_MESSAGE_CHARS: ClassVar[int] = 4000
+    MAX_DETAIL_CHARS: ClassVar[int] = 500
+
+    def __post_init__(self) -> None:
+        self.message = self.shorten(self.message, self.MAX_MESSAGE_CHARS)
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -80,16 +92,31 @@ class JobError(Exception):
     def hint(self) -> str:
         return HINTS.get(self.code, "")
 
+    @staticmethod
+    def shorten(value: Any, limit: int) -> str:
+        """``value`` as text in at most ``limit`` characters, storable anywhere: a lone surrogate (JSON's
+        ``\\ud800``, which UTF-8 cannot encode) is written as its escape, and a cut says how much it cut."""
+        text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(text) <= limit:
+            return text
+        if limit < 200:  # a quoted value: an ellipsis says enough
+            return text[: max(limit - 1, 0)] + "…"
+        kept = limit - 48  # room for the marker: the result is at most ``limit``, so shortening twice changes nothing
+        return f"{text[:kept]}… [truncated: {len(text) - kept} more characters]"
+
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
             "code": self.code,
-            "message": self.message,
+            "message": self.shorten(self.message, self.MAX_MESSAGE_CHARS),
             "stage": self.stage,
             "retryable": self.retryable,
             "hint": self.hint,
         }
         if self.details:
-            record["details"] = self.details
+            record["details"] = {
+                self.shorten(name, self.MAX_DETAIL_CHARS): self.shorten(value, self.MAX_DETAIL_CHARS) if isinstance(value, str) else value
+                for name, value in self.details.items()
+            }
         return record
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -150,22 +151,46 @@ def sidecar_too_large(size: int) -> JobError:
     return JobError("sidecar_too_large", f"the sidecar is {size} bytes; at most {MAX_SIDECAR_BYTES} bytes are accepted", STAGE_INTAKE)
 
 
+# A message is a few KB at most whatever the sidecar holds (it goes into a DynamoDB item, an
+# EventBridge event and error.json): this many problems are listed, each value quoted this short.
+MAX_PROBLEMS_LISTED = 10
+MAX_QUOTED_CHARS = 80
+MAX_FIELD_NAME_CHARS = 40
+# The ``user:password@`` of anything URL-like in a quoted value.
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s\"'@]*@")
+
+
 def describe_validation_error(exc: ValidationError) -> str:
-    """One readable sentence per problem, each naming the field by its sidecar name."""
+    """One readable sentence per problem (the first ``MAX_PROBLEMS_LISTED``), each naming the field
+    by its sidecar name and quoting the refused value, shortened; the allowed fields once at the end."""
     problems: list[str] = []
+    unknown_top_level = False
     for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+        parts = [part for part in error["loc"] if not _is_union_tag(part)]
+        location = ".".join(JobError.shorten(part, MAX_FIELD_NAME_CHARS) for part in parts)
         if error["type"] == "extra_forbidden":
-            if "." in location:
-                problems.append(f"unknown field `{location}`")
-            else:
-                problems.append(f"unknown field `{location}`; allowed fields: {', '.join(ALLOWED_FIELDS)}")
+            problems.append(f"unknown field `{location}`")
+            unknown_top_level = unknown_top_level or len(parts) == 1
         elif error["type"] == "missing":
             problems.append(f"missing required field `{location}`")
         else:
-            problems.append(f"field `{location}`: {error['msg']}")
+            problems.append(f"field `{location}`: {error['msg']} (got {quote_value(error.get('input'))})")
     unique = list(dict.fromkeys(problems))
-    return "; ".join(unique)
+    text = "; ".join(unique[:MAX_PROBLEMS_LISTED])
+    if len(unique) > MAX_PROBLEMS_LISTED:
+        text += f"; and {len(unique) - MAX_PROBLEMS_LISTED} more problems"
+    if unknown_top_level:
+        text += f"; allowed fields: {', '.join(ALLOWED_FIELDS)}"
+    return text
+
+
+def quote_value(value: Any) -> str:
+    """A sidecar value as JSON for a message: shortened, and without the credentials of a URL in it."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, RecursionError):
+        text = _json_type(value)
+    return JobError.shorten(URL_CREDENTIALS.sub("", text), MAX_QUOTED_CHARS)
 
 
 def _is_union_tag(part: str | int) -> bool:

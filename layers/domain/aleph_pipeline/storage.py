@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,21 +123,56 @@ def put_json(bucket: str, key: str, document: dict[str, Any]) -> int:
     return len(body)
 
 
+# Longer result URLs are refused: a job item (DynamoDB, 400 KB) holds up to four of them.
+MAX_RESULT_URL_CHARS = 8192
+# How much of a refused URL an error message echoes.
+MAX_ECHOED_URL_CHARS = 200
+HOST_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*", re.ASCII)
+
+
 def check_url(url: str, allowed_hosts: tuple[str, ...], allow_http: bool) -> None:
-    """Refuse any URL that is not https on one of ``allowed_hosts`` (or a subdomain of one)."""
-    parts = urlsplit(url)
-    scheme_ok = parts.scheme == "https" or (allow_http and parts.scheme == "http")
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not scheme_ok or not host or parts.username or parts.password:
-        raise JobError("result_rejected", f"result URL scheme or form not allowed: {_redact(url)}", STAGE_FINALIZE)
+    """Refuse any URL that is not https on one of ``allowed_hosts`` (or a subdomain of one).
+
+    Raises nothing but ``JobError`` (``result_rejected``), whatever the text.
+    """
+    scheme, host = _url_scheme_and_host(url)
+    scheme_ok = scheme == "https" or (allow_http and scheme == "http")
+    if not scheme_ok or not host:
+        raise _refused(f"result URL scheme or form not allowed: {_redact(url)}")
     if _is_ip(host) and host not in allowed_hosts:
-        raise JobError("result_rejected", f"result URL host {host} is an address, not an allowed host", STAGE_FINALIZE)
+        raise _refused(f"result URL host {host} is an address, not an allowed host")
+    if not _is_ip(host) and not HOST_PATTERN.fullmatch(host):
+        raise _refused(f"result URL host is not a plain ASCII host name: {_redact(url)}")
     if not any(host == allowed or host.endswith("." + allowed) for allowed in allowed_hosts):
-        raise JobError(
-            "result_rejected",
-            f"result URL host {host} is not one of the provider's hosts ({', '.join(allowed_hosts)}); a stack can allow more with the RESULT_HOSTS setting",
-            STAGE_FINALIZE,
+        raise _refused(
+            f"result URL host {host} is not one of the provider's hosts ({', '.join(allowed_hosts)}); a stack can allow more with the RESULT_HOSTS setting"
         )
+
+
+def _url_scheme_and_host(url: str) -> tuple[str, str]:
+    """The scheme and lower-case host of a URL, read the way both urlsplit and httpx (the client
+    that fetches it) read it; a URL they cannot read, read differently, or that carries
+    credentials is refused (a JobError, never ValueError or UnicodeError)."""
+    if not isinstance(url, str) or len(url) > MAX_RESULT_URL_CHARS:
+        raise _refused(f"result URL is not a text of at most {MAX_RESULT_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it checks it (a port out of range or not a number raises)
+        fetched = httpx.URL(url)
+        fetched_host = fetched.raw_host.decode("ascii").lower().rstrip(".")
+    except (ValueError, UnicodeError, httpx.InvalidURL) as exc:
+        raise _refused(f"result URL cannot be read ({type(exc).__name__}): {_redact(url)}") from exc
+    host = (parts.hostname or "").lower().rstrip(".")
+    if parts.username is not None or parts.password is not None or fetched.userinfo:
+        raise _refused(f"result URL carries credentials: {_redact(url)}")
+    if host != fetched_host or parts.scheme != fetched.scheme:
+        # e.g. fullwidth dots, which httpx maps to ASCII ones: what is checked must be what is fetched.
+        raise _refused(f"result URL host is not a plain ASCII host name: {_redact(url)}")
+    return parts.scheme, host
+
+
+def _refused(message: str) -> JobError:
+    return JobError("result_rejected", message, STAGE_FINALIZE)
 
 
 def copy_url_to_s3(
@@ -231,9 +267,18 @@ def _is_ip(host: str) -> bool:
 
 
 def _redact(url: str) -> str:
-    """A URL without its query string (where signatures and tokens live)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    """A URL fit for an error message: without its query and fragment (where signatures and tokens
+    live) and without any ``user:password@``, shortened, non-printable characters escaped. Plain
+    string work: it must not fail on a URL no parser can read."""
+    text = str(url).split("?", 1)[0].split("#", 1)[0]
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        authority, slash, path = rest.partition("/")
+        text = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    elif "@" in text:
+        text = text.rpartition("@")[2]
+    text = "".join(char if char.isprintable() else char.encode("unicode_escape", "backslashreplace").decode("ascii") for char in text)
+    return JobError.shorten(text, MAX_ECHOED_URL_CHARS)
 
 
 def _status(exc: Exception) -> int | None:

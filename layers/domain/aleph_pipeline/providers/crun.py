@@ -115,7 +115,7 @@ class CrunProtocol(Provider):
     def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> Outcome:
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or a number past int()'s digit limit
             raise CallbackInvalid("the callback body is not JSON") from exc
         if not isinstance(document, dict):
             raise CallbackInvalid("the callback is not a JSON object")

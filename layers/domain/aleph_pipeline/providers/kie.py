@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ MANAGED_FIELDS = frozenset({"prompt", "videoUrl", "callBackUrl"})
 # A signed callback older (or newer) than this is refused: a captured one cannot be replayed later.
 SIGNATURE_MAX_AGE_SECONDS = 300
 RETRYABLE_CODES = frozenset({429, 455, 500, 502, 503, 504})
+SIGNED_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
 @dataclass
@@ -103,7 +105,7 @@ class KieProtocol(Provider):
     def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> Outcome:
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or a number past int()'s digit limit
             raise CallbackInvalid("the callback body is not JSON") from exc
         if not isinstance(document, dict) or not isinstance(document.get("code"), int) or isinstance(document.get("code"), bool):
             raise CallbackInvalid("the callback has no integer `code`")
@@ -136,13 +138,18 @@ class KieProtocol(Provider):
             return
         lowered = {name.lower(): value for name, value in headers.items()}
         timestamp = lowered.get("x-webhook-timestamp", "")
-        signature = lowered.get("x-webhook-signature", "")
-        if not task_id or not timestamp.isdigit() or not signature:
+        signature = lowered.get("x-webhook-signature", "").strip()
+        # ASCII digits only: "²" passes str.isdigit() but not int(); base64 is ASCII.
+        if not task_id or not SIGNED_TIMESTAMP.fullmatch(timestamp) or not signature or not signature.isascii():
             raise CallbackUnauthorized("the callback is not signed")
         if abs(time.time() - int(timestamp)) > SIGNATURE_MAX_AGE_SECONDS:
             raise CallbackUnauthorized("the callback's signature is too old or from the future")
-        digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(base64.b64encode(digest).decode(), signature.strip()):
+        try:
+            signed = f"{task_id}.{timestamp}".encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate (\ud800 in the JSON) was never signed
+            raise CallbackUnauthorized("the callback's task id cannot have been signed") from exc
+        digest = hmac.new(key.encode(), signed, hashlib.sha256).digest()
+        if not hmac.compare_digest(base64.b64encode(digest).decode(), signature):
             raise CallbackUnauthorized("the callback's signature does not match")
 
     def classify_error(self, status: int | None, body: Any) -> ProviderError:

@@ -100,6 +100,10 @@ def classify_code(code: str | None, status: int | None) -> bool:
     return status is not None and (status in RETRYABLE_STATUSES or status >= 500)
 
 
+# A cost above this (in USD, per result) is not a cost Runware reports; it is not recorded.
+MAX_REPORTED_COST = 1e6
+
+
 @dataclass
 class RunwareProtocol(Provider):
     docs: ClassVar[ProviderDocs | None] = ProviderDocs(
@@ -251,7 +255,7 @@ class RunwareProtocol(Provider):
     def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> Outcome:
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or a number past int()'s digit limit
             raise CallbackInvalid("the webhook body is not JSON") from exc
         errors = _errors(document)
         if errors:
@@ -264,14 +268,14 @@ class RunwareProtocol(Provider):
 
     def _outcome(self, items: list[dict[str, Any]], task_id: str | None) -> Outcome:
         """One outcome for the items of a webhook or a getResponse answer."""
-        ids = {item.get("taskUUID") for item in items if item.get("taskUUID") is not None}
+        named = [item.get("taskUUID") for item in items if item.get("taskUUID") is not None]
+        if not all(isinstance(value, str) for value in named):  # checked before a set is made of them
+            raise CallbackInvalid("an item's `taskUUID` is not a string")
+        ids = set(named)
         if len(ids) > 1:
             raise CallbackInvalid("the items belong to different tasks")
         if ids:
-            named = ids.pop()
-            if not isinstance(named, str):
-                raise CallbackInvalid("an item's `taskUUID` is not a string")
-            task_id = named
+            task_id = ids.pop()
         results: list[ResultItem] = []
         for item in items:
             status = item.get("status")
@@ -372,9 +376,13 @@ def _result(item: dict[str, Any]) -> ResultItem:
     result_id = item.get("videoUUID")
     cost = item.get("cost")
     seed = item.get("seed")
+    # Cost and seed are for the record only: a value no store can hold (NaN, Infinity, 60 digits)
+    # is left out rather than refusing a real result. (NaN compares False.)
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost <= MAX_REPORTED_COST:
+        cost = None
     return ResultItem(
         id=result_id if isinstance(result_id, str) and result_id else url,
         video_url=url,
-        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
-        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        cost=None if cost is None else float(cost),
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64 else None,
     )
