@@ -238,13 +238,14 @@ def test_defect_3_a_secrets_blip_during_finalize_is_retried_not_a_failure(kie: d
                 {"Error": {"Code": "InternalServiceError", "Message": "try later"}}, "GetSecretValue"
             )
         except Exception as exc:
-            raise parameters.exceptions.GetParameterError(str(exc)) from None
+            raise parameters.exceptions.GetParameterError(str(exc))  # noqa: B904  (as Powertools wraps it)
 
+    real_get_secret = parameters.get_secret
     monkeypatch.setattr(parameters, "get_secret", throttled)
     with pytest.raises(TransientError):
         finalize_job(job_id)
     assert job(job_id).state == JobState.SUCCEEDED and outputs(kie, job_id) == []
-    monkeypatch.undo()
+    monkeypatch.setattr(parameters, "get_secret", real_get_secret)
     clear_caches()
     finalize_job(job_id)  # the stream's retry, once Secrets Manager answers again
     assert job(job_id).state == JobState.COMPLETED
@@ -272,9 +273,10 @@ def test_defect_8_a_missing_cover_is_left_out_and_a_failed_result_leaves_only_er
 
 
 def test_defect_9_a_success_callback_before_the_task_id_copies_nothing(kie: dict[str, Any]) -> None:
-    job_id = upload_pair(kie)
+    job_id = "9" * 32
     store = JobStore()
-    claim = store.claim_submission(job_id, int(time.time()) + 3600)  # the submit is still waiting for its answer
+    store.create(job_id, {"outputPrefix": f"team/early/{job_id}/", "sidecarKey": "incoming/team/early.json", "sidecarJson": '{"prompt": "snow"}'})
+    claim = store.claim_submission(job_id, int(time.time()) + 3600, {"provider": "kie", "model": "aleph"})  # the submit waits for its answer
     assert claim is not None
     store.mark_succeeded(job_id, (f"{kie['base']}/files/forged.mp4",), None, None, None)
     with pytest.raises(TransientError):
