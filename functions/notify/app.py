@@ -29,8 +29,9 @@ def undelivered_record_handler(record: SQSRecord) -> None:
     # A failure leaves the message in the queue: it is tried again after the visibility timeout.
     entry = undelivered_entry(record.body)
     publish([entry])
-    attribute = record.message_attributes.get("jobId")
-    extra = {"detail_type": entry["DetailType"], "job_id": attribute.string_value if attribute else None}
+    attribute = record.message_attributes["jobId"] if "jobId" in record.message_attributes else None
+    job_id = attribute.string_value if attribute else None
+    extra = {"detail_type": entry["DetailType"], "job_id": job_id}
     logger.info("kept job event sent", extra={**extra, "receive_count": record.attributes.approximate_receive_count})
 
 
