@@ -29,8 +29,8 @@ def undelivered_record_handler(record: SQSRecord) -> None:
     # A failure leaves the message in the queue: it is tried again after the visibility timeout.
     entry = undelivered_entry(record.body)
     publish([entry])
-    attribute = record.message_attributes["jobId"] if "jobId" in record.message_attributes else None
-    job_id = attribute.string_value if attribute else None
+    # The raw attribute map: the data class's .get() answers raw dicts, not its wrappers.
+    job_id = ((record.raw_event.get("messageAttributes") or {}).get("jobId") or {}).get("stringValue")
     extra = {"detail_type": entry["DetailType"], "job_id": job_id}
     logger.info("kept job event sent", extra={**extra, "receive_count": record.attributes.approximate_receive_count})
 
