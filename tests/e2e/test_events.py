@@ -115,3 +115,19 @@ def test_an_intake_failure_sends_a_job_failed_event(stack_clean: Stack, events: 
     detail = wait_for_event(events, job["jobId"])["detail"]
     assert detail["error"]["code"] == "unsupported_option"
     assert detail["error"]["stage"] == "intake"
+
+
+def test_a_job_failed_with_a_300_kb_provider_message_still_sends_its_event(stack_clean: Stack, events: EventQueue, unique: str) -> None:
+    from aleph_pipeline.notifications import EVENT_BUDGET_BYTES, entry_size
+
+    stack = stack_clean
+    message = f"moderation ({unique}): " + "x" * 300_000
+    stack.sim_faults([{"fault": "generation_failure", "match_prompt": f"huge {unique}", "msg": message}])
+    failed = stack.wait_for_job(run_pair(stack, f"incoming/events/huge-{unique}", f"huge {unique}"))
+    assert failed["status"] == "FAILED"
+    event = wait_for_event(events, failed["jobId"])
+    detail = event["detail"]
+    JobEventDetail.model_validate(detail)
+    assert detail["error"]["message"].startswith(f"moderation ({unique}): xxx")
+    entry = {"Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(detail, ensure_ascii=False, separators=(",", ":"))}
+    assert entry_size(entry) <= EVENT_BUDGET_BYTES
