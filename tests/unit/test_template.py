@@ -219,10 +219,35 @@ def test_submit_queue(resources: dict[str, Any]) -> None:
         "deadLetterTargetArn": {"Fn::GetAtt": ["SubmitDeadLetterQueue", "Arn"]},
         "maxReceiveCount": 5,
     }
-    for queue in ("SubmitQueue", "SubmitDeadLetterQueue", "FinalizeDeadLetterQueue"):
+    for queue in ("SubmitQueue", "SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "NotifyDeadLetterQueue", "UndeliveredJobEventQueue"):
         assert _props(resources, queue)["SqsManagedSseEnabled"] is True
-    for dlq in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue"):
+    for dlq in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "NotifyDeadLetterQueue", "UndeliveredJobEventQueue"):
         assert _props(resources, dlq)["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_a_submit_batch_finishes_within_the_function_timeout(template: dict[str, Any]) -> None:
+    # Each record makes at most one provider call, which can take the read timeout plus the
+    # connect timeout: a whole batch of them must end before Lambda cuts the function off.
+    from aleph_pipeline.providers import _http_client
+
+    read_timeout = float(_function_props(template, "SubmitFunction")["Environment"]["Variables"]["PROVIDER_READ_TIMEOUT_SECONDS"])
+    timeouts = _http_client(read_timeout).timeout
+    read, connect = timeouts.read, timeouts.connect
+    assert (read, connect) == (30.0, 5.0)
+    assert read is not None and connect is not None
+    batch_size = _event_source(template, "SubmitFunction", "SQS")["BatchSize"]
+    timeout = _props(template["Resources"], "SubmitFunction")["Timeout"]
+    assert batch_size * (read + connect) < timeout
+    assert (batch_size, timeout) == (3, 120)
+
+
+def test_the_stalled_queue_alarm_outlasts_every_retry(resources: dict[str, Any]) -> None:
+    # A message retried until the DLQ lives maxReceiveCount x VisibilityTimeout: only a queue
+    # nobody reads keeps one longer.
+    queue = _props(resources, "SubmitQueue")
+    alarm = _props(resources, "SubmitQueueStalledAlarm")
+    assert alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert alarm["Threshold"] >= queue["RedrivePolicy"]["maxReceiveCount"] * queue["VisibilityTimeout"]
 
 
 def test_provider_secret_placeholder_is_keyed_by_provider(resources: dict[str, Any], template: dict[str, Any]) -> None:
@@ -287,7 +312,7 @@ def test_callback_function_does_not_reference_its_api(template: dict[str, Any]) 
 def test_submit_event_source(template: dict[str, Any]) -> None:
     source = _event_source(template, "SubmitFunction", "SQS")
     assert source["Queue"] == {"Fn::GetAtt": ["SubmitQueue", "Arn"]}
-    assert source["BatchSize"] == 10
+    assert source["BatchSize"] == 3
     assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert source["ScalingConfig"] == {"MaximumConcurrency": 5}
 
@@ -410,13 +435,22 @@ def test_callback_events_are_http_api_v2(path: Path) -> None:
 # ------------------------------------------------------------------ alarms
 
 
+def _alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(namespace, metric, watched logical id) of an alarm, a metric-math alarm's metrics included."""
+    metrics = [props] if "MetricName" in props else [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+    return [(m["Namespace"], m["MetricName"], _references(m["Dimensions"][0]["Value"]).pop()) for m in metrics]
+
+
 def test_dead_letter_queues_and_function_errors_alarm_to_the_topic(resources: dict[str, Any], template: dict[str, Any]) -> None:
     alarms = {name: body["Properties"] for name, body in resources.items() if body["Type"] == "AWS::CloudWatch::Alarm"}
-    watched = {json.dumps(props["Dimensions"][0]["Value"], sort_keys=True) for props in alarms.values()}
-    for queue in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "SubmitQueue"):
-        assert json.dumps({"Fn::GetAtt": [queue, "QueueName"]}, sort_keys=True) in watched
-    for function in ("SubmitFunction", "CallbackFunction", "FinalizeFunction"):
-        assert json.dumps({"Ref": function}, sort_keys=True) in watched
+    watched = {metric for props in alarms.values() for metric in _alarm_metrics(props)}
+    for queue in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "NotifyDeadLetterQueue"):
+        assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", queue) in watched
+    assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", "SubmitQueue") in watched
+    functions = [name for name, body in resources.items() if body["Type"] == "AWS::Serverless::Function"]
+    assert len(functions) == 6
+    for function in functions:
+        assert ("AWS/Lambda", "Errors", function) in watched, f"{function} has no error alarm"
     assert all(props["AlarmActions"] == [{"Ref": "AlarmTopic"}] for props in alarms.values())
     subscription = resources["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
@@ -448,12 +482,35 @@ def test_notify_reads_exactly_the_terminal_transitions(template: dict[str, Any])
     assert props["Environment"]["Variables"]["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
 
 
+def test_notify_keeps_refused_events_and_publishes_them_again(template: dict[str, Any]) -> None:
+    from aleph_pipeline.notifications import UNDELIVERED_QUEUE_ENV
+
+    variables = _function_props(template, "NotifyFunction")["Environment"]["Variables"]
+    assert variables[UNDELIVERED_QUEUE_ENV] == {"Ref": "UndeliveredJobEventQueue"}
+    source = _event_source(template, "NotifyFunction", "SQS")
+    assert source["Queue"] == {"Fn::GetAtt": ["UndeliveredJobEventQueue", "Arn"]}
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = _props(template["Resources"], "UndeliveredJobEventQueue")
+    assert "RedrivePolicy" not in queue  # kept until delivered (14 days), never dropped to a DLQ
+    assert queue["VisibilityTimeout"] >= 6 * _props(template["Resources"], "NotifyFunction")["Timeout"]
+    (alarm,) = [
+        body["Properties"]
+        for body in template["Resources"].values()
+        if body["Type"] == "AWS::CloudWatch::Alarm" and any(m[2] == "UndeliveredJobEventQueue" for m in _alarm_metrics(body["Properties"]))
+    ]
+    # Visible, in flight and delayed all count: a message retried 3 times leaves the age metric.
+    assert {m[1] for m in _alarm_metrics(alarm)} == {
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    }
+
+
 def test_status_route_is_iam_authorised_and_the_callback_route_is_not(template: dict[str, Any]) -> None:
     status = _event_source(template, "StatusFunction", "HttpApi")
     assert (status["Method"], status["Path"], status["Auth"]) == ("GET", "/jobs/{jobId}", {"Authorizer": "AWS_IAM"})
     assert "Auth" not in _event_source(template, "CallbackFunction", "HttpApi")
     assert _props(template["Resources"], "CallbackApi")["Auth"] == {"EnableIamAuthorizer": True}
-    assert {"DynamoDBReadPolicy": {"TableName": {"Ref": "JobsTable"}}} in _function_props(template, "StatusFunction")["Policies"]
 
 
 def test_email_notifications_exist_only_with_an_address(template: dict[str, Any]) -> None:
@@ -464,3 +521,88 @@ def test_email_notifications_exist_only_with_an_address(template: dict[str, Any]
     rule = _props(template["Resources"], "NotificationRule")
     assert rule["EventPattern"]["source"] == ["aleph.pipeline"]
     assert rule["Targets"][0]["Arn"] == {"Ref": "NotificationTopic"}
+
+
+# ------------------------------------------------------------------ least privilege
+
+# What each function's code calls (storage, JobStore and the secret, reached from its handler)
+# and nothing else: (action, resource) with the resource as the logical id it names.
+# GetObject also covers HeadObject and the presigned GET URLs signed with the role; every
+# function that can fail a job writes its error.json (PutObject on the output bucket). SAM adds
+# what the event sources need (stream and SQS polling, sqs:SendMessage on an on-failure
+# destination), logging and X-Ray on its own.
+TABLE = "JobsTable"
+SECRET = ("secretsmanager:GetSecretValue", "ProviderKeysSecret")
+ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
+    "SubmitFunction": {
+        ("s3:GetObject", "InputBucket/*"),
+        ("s3:ListBucket", "InputBucket"),
+        ("s3:PutObject", "OutputBucket/*"),
+        ("dynamodb:GetItem", TABLE),
+        ("dynamodb:PutItem", TABLE),
+        ("dynamodb:UpdateItem", TABLE),
+        SECRET,
+    },
+    "CallbackFunction": {("dynamodb:GetItem", TABLE), ("dynamodb:UpdateItem", TABLE), ("s3:PutObject", "OutputBucket/*"), SECRET},
+    "FinalizeFunction": {
+        ("dynamodb:GetItem", TABLE),
+        ("dynamodb:UpdateItem", TABLE),
+        ("s3:PutObject", "OutputBucket/*"),
+        ("s3:AbortMultipartUpload", "OutputBucket/*"),
+        SECRET,
+    },
+    "ReconcileFunction": {
+        ("dynamodb:GetItem", TABLE),
+        ("dynamodb:UpdateItem", TABLE),
+        ("dynamodb:Query", "JobsTable/index/by-status"),
+        ("s3:PutObject", "OutputBucket/*"),
+        SECRET,
+    },
+    "StatusFunction": {("dynamodb:GetItem", TABLE), ("s3:GetObject", "OutputBucket/*")},
+    "NotifyFunction": {
+        ("events:PutEvents", "EventBusName"),
+        ("sqs:SendMessage*", "UndeliveredJobEventQueue"),
+    },
+}
+# The SAM policy templates the template may use, as SAM expands them (action, the parameter
+# naming the resource). Any other template (DynamoDBCrudPolicy, S3ReadPolicy...) fails the test.
+SAM_POLICY_TEMPLATES = {
+    "AWSSecretsManagerGetSecretValuePolicy": ("secretsmanager:GetSecretValue", "SecretArn"),
+    "EventBridgePutEventsPolicy": ("events:PutEvents", "EventBusName"),
+    "SQSSendMessagePolicy": ("sqs:SendMessage*", "QueueName"),
+}
+
+
+def _resource_name(node: Any) -> str:
+    """A policy resource as the logical id it names: ``OutputBucket/*``, ``JobsTable/index/by-status``."""
+    if isinstance(node, dict) and "Fn::Sub" in node and isinstance(node["Fn::Sub"], str):
+        text = node["Fn::Sub"].removeprefix("arn:${AWS::Partition}:s3:::")
+        return re.sub(r"\$\{([A-Za-z0-9]+)(\.Arn)?\}", r"\1", text)
+    (name,) = _references(node)
+    return name
+
+
+def _granted(props: dict[str, Any]) -> set[tuple[str, str]]:
+    granted: set[tuple[str, str]] = set()
+    for policy in props.get("Policies", []):
+        ((kind, body),) = policy.items()
+        if kind == "Statement":
+            for statement in body:
+                assert statement["Effect"] == "Allow"
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                granted.update((action, _resource_name(resource)) for action in actions for resource in resources)
+        else:
+            assert kind in SAM_POLICY_TEMPLATES, f"{kind} grants more than the functions call: use explicit statements"
+            action, parameter = SAM_POLICY_TEMPLATES[kind]
+            granted.add((action, _resource_name(body[parameter])))
+    return granted
+
+
+@pytest.mark.parametrize("function", sorted(ALLOWED_ACTIONS))
+def test_each_function_is_granted_exactly_what_it_calls(template: dict[str, Any], function: str) -> None:
+    assert _granted(_props(template["Resources"], function)) == ALLOWED_ACTIONS[function]
+
+
+def test_every_function_has_its_grants_pinned(resources: dict[str, Any]) -> None:
+    assert {name for name, body in resources.items() if body["Type"] == "AWS::Serverless::Function"} == set(ALLOWED_ACTIONS)
