@@ -21,7 +21,10 @@ def callback(provider: str, job_id: str) -> Response[str]:
 
     event = app.current_event
     raw = event.body or ""
-    body = base64.b64decode(raw) if event.is_base64_encoded else raw.encode("utf-8")
+    try:
+        body = base64.b64decode(raw, validate=True) if event.is_base64_encoded else raw.encode("utf-8")
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError; a lone surrogate cannot be UTF-8
+        return Response(status_code=400, content_type="application/json", body=json.dumps({"message": "the callback body cannot be read"}))
     token = (event.query_string_parameters or {}).get("token")
     answer = receive_callback(provider, job_id, token, body, event.headers or {})
     return Response(status_code=answer.status, content_type="application/json", body=json.dumps(answer.body))

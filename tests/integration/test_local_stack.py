@@ -636,7 +636,7 @@ def test_template_filter_and_settings_are_read_from_template_yaml() -> None:
     assert [load_pattern(p) for p in finalize.stream.filters] == [CONTRACT_FINALIZE_FILTER]
     assert (finalize.stream.batch_size, finalize.stream.maximum_retry_attempts, finalize.stream.bisect_on_error) == (5, 10, True)
     assert finalize.stream.report_batch_item_failures and submit.sqs.report_batch_item_failures
-    assert (submit.sqs.batch_size, submit.sqs.maximum_concurrency) == (10, 5)
+    assert (submit.sqs.batch_size, submit.sqs.maximum_concurrency) == (3, 5)
     assert [(r.method, r.path) for r in callback.routes] == [("POST", "/callbacks/{provider}/{jobId}")]
     assert config.input_prefix == "incoming/"
     assert config.submit_queue.max_receive_count == 5

@@ -549,6 +549,8 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:UpdateItem", TABLE),
         ("s3:PutObject", "OutputBucket/*"),
         ("s3:AbortMultipartUpload", "OutputBucket/*"),
+        ("s3:DeleteObject", "OutputBucket/*"),
+        ("s3:ListBucket", "OutputBucket"),
         SECRET,
     },
     "ReconcileFunction": {
@@ -556,6 +558,9 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:UpdateItem", TABLE),
         ("dynamodb:Query", "JobsTable/index/by-status"),
         ("s3:PutObject", "OutputBucket/*"),
+        ("s3:GetObject", "OutputBucket/*"),
+        ("s3:DeleteObject", "OutputBucket/*"),
+        ("s3:ListBucket", "OutputBucket"),
         SECRET,
     },
     "StatusFunction": {("dynamodb:GetItem", TABLE), ("s3:GetObject", "OutputBucket/*")},

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     finalize_grace_seconds: int = Field(default=1800, ge=0)
     finalize_max_nudges: int = Field(default=3, ge=0)
     # A submission claim younger than this may belong to a submit still running (the function
-    # times out at 60 s): the reconciler leaves it alone until then.
+    # times out at 120 s): the reconciler leaves it alone until then.
     claim_settle_seconds: int = Field(default=300, ge=0)
     reconcile_batch_size: int = Field(default=50, ge=1, le=1000)
     # Where job notifications go (EventBridge), and the stack they name.

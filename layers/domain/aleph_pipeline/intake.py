@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from . import storage
 from .config import get_settings
@@ -260,8 +260,18 @@ def _find_video(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, 
     return lookup(), awaiting
 
 
+def _split(url: str, field: str) -> SplitResult:
+    """A sidecar URL read, or refused by name: an unreadable one (``https://[x``) is bad input, not a crash."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.hostname, parts.port
+    except ValueError as exc:
+        raise JobError("invalid_sidecar", f"field `{field}`: the URL cannot be read ({exc})", STAGE_INTAKE) from exc
+    return parts
+
+
 def _video_url(url: str) -> VideoSource:
-    parts = urlsplit(url)
+    parts = _split(url, "video")
     if parts.scheme != "https" or not parts.hostname:
         raise JobError("invalid_sidecar", f"field `video`: only https URLs are accepted, not `{parts.scheme}://`", STAGE_INTAKE)
     extension = classify(parts.path or "/x").extension
@@ -274,7 +284,7 @@ def _image_url(sidecar_info: storage.ObjectInfo, reference: str) -> str:
     """An image (``referenceImages`` or ``frameImages``) given as a key becomes a presigned URL;
     an https URL passes as it is."""
     if "://" in reference:
-        if urlsplit(reference).scheme != "https":
+        if _split(reference, "referenceImages/frameImages").scheme != "https":
             raise JobError("invalid_sidecar", "image URLs must be https", STAGE_INTAKE)
         return reference
     settings = get_settings()

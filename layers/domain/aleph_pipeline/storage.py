@@ -199,7 +199,10 @@ def copy_url_to_s3(
         try:
             with http.stream("GET", url) as response:
                 if response.is_redirect and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
+                    try:
+                        url = urljoin(url, response.headers["location"])
+                    except ValueError as exc:  # a Location no parser can read: refused like a foreign host
+                        raise JobError("result_rejected", f"the result redirected to an unreadable URL ({_redact(url)})", STAGE_FINALIZE) from exc
                     continue
                 if response.status_code in (404, 410, 403):
                     raise JobError("result_unavailable", f"the result answered HTTP {response.status_code}: it is gone or expired", STAGE_FINALIZE)
