@@ -1,20 +1,27 @@
 """Chaos run: many small jobs through the local stack with every simulator fault switched on at random.
 
-    python -m bench.chaos [--jobs 200] [--seed 7] [--workdir DIR]
+    python -m bench.chaos [--jobs 500] [--seed 7] [--workdir DIR] [--aws-faults NAME=RATE,...|all]
 
 Starts the local stack (moto server, the provider simulator, the real handlers, the reconciler
 every second with short grace periods and deadline), turns on every fault the simulator knows at
-a seeded rate for every provider, uploads tiny clips with sidecars spread over kie, apikley,
-Runware (Aleph 2.0 and Aleph 1, some with two results) and crun, delivers some S3 notifications
-twice, waits for every job to settle, and checks what must hold:
+a seeded rate for every provider (among them the ones that create the task and then fail the
+answer: a 502/504 gateway page or a 500, a connection reset, an answer after the client's read
+timeout), optionally AWS-side faults in the stack (``--aws-faults``), uploads tiny clips with
+sidecars spread over kie, apikley, Runware (Aleph 2.0 and Aleph 1, some with two results) and
+crun, delivers some S3 notifications twice, waits for every job to settle, and checks what must
+hold:
 
-- every job ends COMPLETED (results + job.json) or FAILED with a reason (error.json);
+- every job ends COMPLETED (results + job.json) or FAILED with a specific reason (error.json
+  only: no partial results beside it);
 - nothing is lost: every uploaded sidecar has exactly one job, in a terminal state;
 - no job has two output sets: one jobId folder per sidecar, holding exactly one of
   {results + job.json} or {error.json};
-- exactly one provider submission per job (the simulator's task list, matched by the job id in
-  each task's callback URL): none for a job the provider kept refusing, never two;
-- no COMPLETED job whose provider task did not succeed.
+- nothing paid twice: at most one task per job among the tasks the simulator *created*
+  (``/_sim/tasks``, matched by the job id in each task's callback URL), whatever the answers
+  said; no task for a job the provider refused; a job with an ambiguous submit
+  (``submit_ambiguous``) may have one task or none;
+- no COMPLETED job whose provider task did not succeed, no job failed as refused whose task the
+  provider created, and no failure reason this run makes impossible.
 
 It prints the counts as tables and exits 1 when a check fails. ``run()`` is what the ``chaos``
 pytest calls with a smaller N.
@@ -51,6 +58,9 @@ from local.stack import spawn, terminate
 FAULT_RATES: dict[str, float] = {
     "submit_429": 0.10,
     "submit_500": 0.08,
+    # These three create the task and then fail the answer: a retry pays twice.
+    "submit_5xx_after_create": 0.07,
+    "reset_after_read": 0.05,
     "read_timeout": 0.07,
     "early_callback": 0.07,
     "stale_callback": 0.10,
@@ -72,15 +82,39 @@ JOB_KINDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("crun", None, {"aspectRatio": "1:1"}),
     ("apikley", None, {}),
 )
+# AWS-side faults the local stack can inject (``--aws-faults``), with the rates ``--aws-faults all`` uses.
+AWS_FAULT_RATES: dict[str, float] = {
+    "s3_500": 0.03,
+    "s3_slowdown": 0.03,
+    "dynamodb_throttle": 0.03,
+    "dynamodb_500": 0.02,
+    "secrets_error": 0.03,
+    "kill": 0.02,  # a handler cut off at a random point of its work
+}
 TERMINAL = ("COMPLETED", "FAILED")
+# How long all jobs may take to settle when ChaosConfig.timeout_seconds is not given: a job's
+# deadline plus the time 2 shared cores need for the uploads, ffmpeg edits and handler runs.
+SETTLE_BASE_SECONDS = 240.0
+SETTLE_SECONDS_PER_JOB = 1.2
 CALLBACK_FIELDS = ("callBackUrl", "webhookURL", "callback_url")
+# The failure codes that say the provider did not take the request: such a job must have no task.
+REFUSAL_CODES = frozenset({"provider_rejected", "provider_unavailable", "provider_not_configured"})
+# The submit may or may not have created a task (a 5xx, a gateway page, a reset, a timeout).
+AMBIGUOUS_CODE = "submit_ambiguous"
+# Codes that name no reason at all.
+CATCH_ALL_CODES = frozenset({"", "None", "error", "failed", "failure", "unknown", "unknown_error", "internal", "internal_error", "exception"})
+# Reasons that cannot be true in this run: every provider has a key, every video is uploaded with
+# its sidecar and no sidecar is replaced (a notification sent again is the same upload).
+IMPOSSIBLE_CODES = frozenset({"provider_not_configured", "pairing_timeout", "video_not_found", "sidecar_replaced"})
+AWS_FAULTS_FILE = "aws-faults.json"  # written by the stack when it stops: {"rules": [{"fault", "rate", "applied"}]}
 
 
 @dataclass
 class ChaosConfig:
-    jobs: int = 200
+    jobs: int = 500
     seed: int = 7
     rates: Mapping[str, float] = field(default_factory=lambda: dict(FAULT_RATES))
+    aws_faults: Mapping[str, float] = field(default_factory=dict)  # stack-side faults by name (AWS_FAULT_RATES); none by default
     duplicate_event_rate: float = 0.15  # share of sidecars (and videos) whose S3 notification is sent again
     # The pipeline's clocks, short so the reconciler settles dropped callbacks and deadlines quickly.
     callback_grace_seconds: int = 2
@@ -90,10 +124,16 @@ class ChaosConfig:
     read_timeout_seconds: float = 3.0  # the pipeline's provider read timeout
     submit_hold_seconds: float = 5.0  # the simulator's read_timeout hold: past the read timeout
     callback_delay_seconds: float = 3.0
-    timeout_seconds: float = 270.0  # for all jobs to settle
+    timeout_seconds: float | None = None  # for all jobs to settle; None: SETTLE_BASE_SECONDS + SETTLE_SECONDS_PER_JOB a job
     clip_seconds: float = 2.5  # Runware Aleph 2.0 takes 2-30 s
     clip_size: str = "160x90"
     sqs_concurrency: int = 6
+
+    @property
+    def settle_seconds(self) -> float:
+        if self.timeout_seconds is not None:
+            return self.timeout_seconds
+        return SETTLE_BASE_SECONDS + SETTLE_SECONDS_PER_JOB * self.jobs
 
 
 @dataclass
@@ -107,11 +147,12 @@ class ChaosReport:
     outcomes_by_fault: dict[str, collections.Counter[str]]  # task fault -> "COMPLETED" / failure code -> jobs
     duplicate_events: int
     callback_before_submit: int  # jobs whose callback outran the submit answer (RECEIVED -> SUCCEEDED)
-    submit_faults: tuple[str, ...]
+    submit_faults: tuple[str, ...]  # the simulator faults that refuse a request without creating a task
     checks: dict[str, int]
     problems: list[str]
     # One line per job: sidecar, provider, state, failure code, history, and the faults its task met.
     details: list[dict[str, Any]] = field(default_factory=list)
+    aws_faults_applied: dict[str, int] = field(default_factory=dict)  # stack-side fault -> times applied
 
     @property
     def ok(self) -> bool:
@@ -119,6 +160,7 @@ class ChaosReport:
 
     def table(self) -> str:
         lines = [f"chaos run: {self.config.jobs} jobs, seed {self.config.seed}, {self.seconds:.0f} s", ""]
+        by_fault = self.outcomes_by_fault
         lines += _table(
             ["provider", "jobs", "COMPLETED", "FAILED", "not terminal"],
             [
@@ -127,21 +169,23 @@ class ChaosReport:
             ],
         )
         tasks = [[count, jobs] for count, jobs in sorted(self.tasks_per_job.items())]
-        sections = [
+        sections: list[tuple[list[str], list[list[Any]]]] = [
             (["failure reason", "jobs"], [[code, count] for code, count in self.failure_codes.most_common()]),
             (
-                ["fault (simulator)", "applied", "jobs hit", "COMPLETED", "FAILED (reason: jobs)"],
+                ["fault (simulator)", "task created", "applied", "jobs hit", "COMPLETED", "FAILED (reason: jobs)"],
                 [
                     [
                         name,
+                        "no" if name in self.submit_faults else "yes",
                         count,
-                        "refused requests, retried" if name in self.submit_faults else sum(self.outcomes_by_fault.get(name, {}).values()),
-                        self.outcomes_by_fault.get(name, collections.Counter())["COMPLETED"],
-                        ", ".join(f"{code} {n}" for code, n in sorted(self.outcomes_by_fault.get(name, {}).items()) if code != "COMPLETED") or "-",
+                        "refused requests" if name in self.submit_faults else sum(by_fault.get(name, {}).values()),
+                        by_fault.get(name, collections.Counter())["COMPLETED"],
+                        ", ".join(f"{code} {n}" for code, n in sorted(by_fault.get(name, {}).items()) if code != "COMPLETED") or "-",
                     ]
                     for name, count in self.faults_applied.items()
                 ],
             ),
+            *([(["fault (AWS)", "applied"], [[name, count] for name, count in self.aws_faults_applied.items()])] if self.aws_faults_applied else []),
             (
                 ["provider tasks per job", "jobs"],
                 [*tasks, ["S3 events sent twice", self.duplicate_events], ["callbacks before the submit answer", self.callback_before_submit]],
@@ -176,7 +220,39 @@ def stack_arguments(config: ChaosConfig) -> list[str]:
     args = ["--schedule-interval", "1", "--sqs-concurrency", str(config.sqs_concurrency), "--quiet"]
     for name, value in settings.items():
         args += ["--env", f"{name}={value}"]
+    if config.aws_faults:
+        rules = [{"fault": name, "rate": rate} for name, rate in config.aws_faults.items()]
+        args += ["--aws-faults", json.dumps({"seed": config.seed, "rules": rules})]
     return args
+
+
+def parse_aws_faults(text: str) -> dict[str, float]:
+    """``NAME=RATE,...`` (or ``all``: every AWS fault at its AWS_FAULT_RATES rate) -> rates by name."""
+    if text.strip() == "all":
+        return dict(AWS_FAULT_RATES)
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = item.partition("=")
+        if name not in AWS_FAULT_RATES:
+            raise argparse.ArgumentTypeError(f"unknown AWS fault {name!r}: use {', '.join(AWS_FAULT_RATES)} (or all)")
+        try:
+            rate = float(value) if equals else -1.0
+        except ValueError:
+            rate = -1.0
+        if not 0 <= rate <= 1:
+            raise argparse.ArgumentTypeError(f"AWS fault {name}: give a rate from 0 to 1 as {name}=RATE, not {item!r}")
+        rates[name] = rate
+    return rates
+
+
+def read_aws_faults_applied(workdir: Path) -> dict[str, int]:
+    """How often each AWS-side fault was applied, from the file the stack writes when it stops
+    (in its workdir, or the ``.local`` folder under it); empty when there is none."""
+    for path in (workdir / AWS_FAULTS_FILE, workdir / ".local" / AWS_FAULTS_FILE):
+        if path.is_file():
+            document = json.loads(path.read_text(encoding="utf-8"))
+            return {str(rule["fault"]): int(rule.get("applied", 0)) for rule in document.get("rules", [])}
+    return {}
 
 
 def run(config: ChaosConfig, workdir: Path, log: Callable[[str], None] = print) -> ChaosReport:
@@ -187,6 +263,7 @@ def run(config: ChaosConfig, workdir: Path, log: Callable[[str], None] = print) 
         report = _run(config, workdir, info, log)
     finally:
         terminate(process)
+    report.aws_faults_applied = read_aws_faults_applied(workdir)
     (workdir / "chaos-report.json").write_text(json.dumps(report.details, indent=1) + "\n", encoding="utf-8")
     return report
 
@@ -216,7 +293,7 @@ def _run(config: ChaosConfig, workdir: Path, info: dict[str, Any], log: Callable
         log(f"uploaded {config.jobs} sidecars and videos under s3://{bucket}/{prefix}{folder}/")
         _resend_events(s3, sqs, queue_url=str(info["submit_queue_url"]), bucket=bucket, keys=early, region=str(info["region"]))
 
-        deadline = time.monotonic() + config.timeout_seconds
+        deadline = time.monotonic() + config.settle_seconds
         jobs: dict[str, list[dict[str, Any]]] = {}
         late_sent = False
         next_report = time.monotonic()
@@ -348,6 +425,38 @@ def _task_job_id(task: Mapping[str, Any]) -> str | None:
     return None
 
 
+def reason_problems(job: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A FAILED job's reason must be specific and possible here: (check, detail) for each lapse."""
+    code, stage = job.get("errorCode"), job.get("errorStage")
+    if job["status"] != "FAILED":
+        return []
+    if not code or code in CATCH_ALL_CODES:
+        return [("FAILED without a specific reason", f"code {code!r} at stage {stage!r}")]
+    if code in IMPOSSIBLE_CODES:
+        return [("FAILED with a reason impossible in this run", f"{code} at stage {stage!r}")]
+    return []
+
+
+def task_problems(job: Mapping[str, Any], submitted: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What the tasks the simulator created for a job say about it: nothing paid twice, nothing
+    claimed accepted without a task, nothing claimed refused with one. (check, detail) each."""
+    code, stage = job.get("errorCode"), job.get("errorStage")
+    answers = [(task.get("submit_answer"), task.get("faults", [])) for task in submitted]
+    failed_at_submit = job["status"] == "FAILED" and stage == "submit"
+    problems: list[tuple[str, str]] = []
+    if len(submitted) > 1:
+        problems.append(("jobs submitted more than once", f"{len(submitted)} tasks (submit answers and faults: {answers})"))
+    elif not submitted and not (failed_at_submit and (code in REFUSAL_CODES or code == AMBIGUOUS_CODE)):
+        # Only a refused request leaves no task; an ambiguous submit may have left one or none.
+        problems.append(("jobs accepted by the provider without a task", f"{job['status']} {code} at stage {stage!r}"))
+    elif submitted and code in REFUSAL_CODES:
+        # The provider took the request (and will charge for it) while the job says it did not.
+        problems.append(("FAILED as refused although the provider created a task", f"{code}; task {answers}"))
+    if job["status"] == "COMPLETED" and any(task["state"] != "success" or task["expired"] for task in submitted):
+        problems.append(("COMPLETED although the provider task did not succeed", str([(task["state"], task["expired"]) for task in submitted])))
+    return problems
+
+
 def _judge(
     config: ChaosConfig,
     *,
@@ -368,10 +477,13 @@ def _judge(
             "not terminal (lost or stuck)",
             "sidecars with more than one job",
             "FAILED without error.json or with results",
+            "FAILED without a specific reason",
+            "FAILED with a reason impossible in this run",
             "COMPLETED without results + job.json, or with error.json",
             "jobs with two output sets",
             "jobs submitted more than once",
             "jobs accepted by the provider without a task",
+            "FAILED as refused although the provider created a task",
             "COMPLETED although the provider task did not succeed",
             "provider tasks of no job",
         ),
@@ -428,17 +540,16 @@ def _judge(
                 "state": job["status"],
                 "error": job.get("errorCode"),
                 "history": job["history"],
-                "tasks": [{"id": task["taskId"], "state": task["state"], "faults": task.get("faults", [])} for task in submitted],
+                "tasks": [
+                    {"id": task["taskId"], "state": task["state"], "faults": task.get("faults", []), "submit_answer": task.get("submit_answer")}
+                    for task in submitted
+                ],
             }
         )
         for name in {fault for task in submitted for fault in task.get("faults", [])}:
             outcomes_by_fault[name][outcome] += 1
-        if len(submitted) > 1:
-            fail("jobs submitted more than once", f"{key}: tasks {[task['taskId'] for task in submitted]}")
-        elif not submitted and job.get("errorStage") != "submit":
-            fail("jobs accepted by the provider without a task", f"{key}: {job['status']} {job.get('errorCode')}")
-        if job["status"] == "COMPLETED" and any(task["state"] != "success" or task["expired"] for task in submitted):
-            fail("COMPLETED although the provider task did not succeed", f"{key}: {[(task['state'], task['expired']) for task in submitted]}")
+        for check, detail in [*reason_problems(job), *task_problems(job, submitted)]:
+            fail(check, f"{key}: {detail}")
     return ChaosReport(
         config=config,
         seconds=seconds,
@@ -460,11 +571,18 @@ def _judge(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=ChaosConfig.jobs)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None, help="where the stack's logs go (default: a temporary folder)")
+    parser.add_argument(
+        "--aws-faults",
+        type=parse_aws_faults,
+        default={},
+        metavar="NAME=RATE,...",
+        help=f"AWS-side faults the local stack injects at a seeded rate: {', '.join(AWS_FAULT_RATES)}; 'all' for each at its default rate",
+    )
     args = parser.parse_args(argv)
-    config = ChaosConfig(jobs=args.jobs, seed=args.seed)
+    config = ChaosConfig(jobs=args.jobs, seed=args.seed, aws_faults=args.aws_faults)
     with tempfile.TemporaryDirectory(prefix="aleph-chaos-") as scratch:
         workdir = args.workdir or Path(scratch)
         report = run(config, workdir)

@@ -17,6 +17,7 @@ from local.simulator.config import Settings
 from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input
 from local.simulator.faults import DEFAULT_GENERATION_FAILURE_MSG, FaultBook, FaultRule
 from local.simulator.store import Task, TaskStore, utc_now
+from local.simulator.web import Response, connection_reset, gateway_response
 
 log = logging.getLogger("local.simulator")
 
@@ -118,6 +119,24 @@ class SimContext:
             self.sleep(self.settings.submit_hold_seconds if hold is None else hold)
         with self.store.lock:
             task.answered_at = utc_now()
+
+    def spoiled_answer(self, task: Task, rules: dict[str, FaultRule], server_error: Callable[[], Response]) -> Response | None:
+        """The answer that replaces an accepted task's acknowledgement, or None to acknowledge it:
+        ``reset_after_read`` resets the connection, ``submit_5xx_after_create`` answers a gateway
+        page (502/504) or ``server_error()`` (the provider's own 500). The task exists either way.
+        Records on the task what its submit was answered."""
+        answer: Response | None = None
+        if "reset_after_read" in rules:
+            answer, shown = connection_reset(), "connection reset"
+        elif "submit_5xx_after_create" in rules:
+            status = rules["submit_5xx_after_create"].http_status or 500
+            answer = gateway_response(status) if status != 500 else server_error()
+            shown = f"{answer.status} {'html' if answer.content_type == 'text/html' else 'json'}"
+        else:
+            shown = "accepted after the client's read timeout" if "read_timeout" in rules else "accepted"
+        with self.store.lock:
+            task.submit_answer = shown
+        return answer
 
     def finish_callbacks(self, task: Task, status: str) -> None:
         """The task sends no more callbacks: record why (``sent``, ``dropped``, ...) and release

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from local.simulator.context import SimContext
-from local.simulator.faults import KNOWN_FAULTS, SUBMIT_FAULTS, TASK_FAULTS
+from local.simulator.faults import ANSWER_FAULTS, KNOWN_FAULTS, SUBMIT_FAULTS, TASK_FAULTS
 from local.simulator.web import Request, Response, json_response, text_response
 
 CONTROL_PREFIX = "/_sim"
@@ -108,7 +108,8 @@ class Control:
             {
                 "rules": self.ctx.faults.to_json(),
                 "seed": self.ctx.settings.seed,
-                "known": {"submit": list(SUBMIT_FAULTS), "task": list(TASK_FAULTS)},
+                # submit: refused, no task created; answer: task created, answer spoiled; task: task created.
+                "known": {"submit": list(SUBMIT_FAULTS), "answer": list(ANSWER_FAULTS), "task": list(TASK_FAULTS)},
                 "all": list(KNOWN_FAULTS),
             }
         )

@@ -186,7 +186,8 @@ class CrunProtocol:
         self.ctx.store.add(task)
         self.ctx.start_task(task, rules, lambda: self._run(task, rules))
         self.ctx.before_answer(task, rules)
-        return self._answer(200, "success", {"task_id": task.task_id})
+        spoiled = self.ctx.spoiled_answer(task, rules, lambda: self._answer(500, MESSAGES[500], http_status=500))
+        return spoiled if spoiled is not None else self._answer(200, "success", {"task_id": task.task_id})
 
     def _task_info(self, request: Request) -> Response:
         task_id = request.query_value("task_id")

@@ -4,16 +4,34 @@ A rule names a fault and optionally narrows it by provider and prompt substring;
 limits how many requests/tasks it hits and ``rate`` makes it probabilistic. Rates draw from one
 ``random.Random`` seeded by the ``seed`` setting, re-seeded whenever the rules are replaced, so
 the same seed, rules and request sequence always give the same outcome.
+
+Whether a fault leaves a task behind is what decides whether a client may retry the submit:
+
+=========================  =============  ================================================
+fault                      task created?  what the client sees
+=========================  =============  ================================================
+submit_429                 no             429, the provider's rate-limit body
+submit_500                 no             500, the provider's error body
+insufficient_credits       no             402 (kie: HTTP 200, code 402 in the body)
+submit_5xx_after_create    YES            502 / 504 gateway HTML page, or a 500 JSON body
+reset_after_read           YES            the connection reset, no HTTP answer at all
+read_timeout               YES            the answer held past the client's read timeout
+every other fault          YES            an accepted answer; the fault is in the task
+=========================  =============  ================================================
+
+Every task the simulator creates is listed by ``GET /_sim/tasks`` with the faults it met
+(``faults``) and what its submit was answered (``submit_answer``).
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-# Faults decided when a submit request arrives: they replace the normal answer.
+# Faults decided when a submit request arrives, before any task exists: they refuse the request
+# and create NO task, so a retry is safe.
 SUBMIT_FAULTS: dict[str, tuple[int, int, str]] = {
     # name: (HTTP status, body code, msg)
     "submit_429": (429, 429, "Rate limited: too many requests, please slow down"),
@@ -22,7 +40,20 @@ SUBMIT_FAULTS: dict[str, tuple[int, int, str]] = {
     "insufficient_credits": (200, 402, "Insufficient credits: the account does not have enough credits"),
 }
 
-# Faults decided once per accepted task: they change how the task ends or calls back.
+# Faults decided once per created task that spoil its submit answer: the task EXISTS, runs and
+# calls back as usual, but the answer does not say so. A client that retries pays twice.
+ANSWER_FAULTS: dict[str, str] = {
+    "read_timeout": "accepts the task, then withholds the submit answer for delay_seconds (rule) or submit_hold_seconds (config)",
+    "submit_5xx_after_create": (
+        "creates the task, then answers like a failing gateway: 502 Bad Gateway (HTML), 504 Gateway Time-out (HTML) and a 500 "
+        "in the provider's own JSON error shape in turn (http_status in the rule picks one)"
+    ),
+    "reset_after_read": "reads the request, creates the task, then resets the connection without any HTTP answer",
+}
+# The answers submit_5xx_after_create gives in turn: a load balancer's two pages, then the provider's own 500.
+GATEWAY_STATUSES = (502, 504, 500)
+
+# Faults decided once per created task: they change how the task ends or calls back.
 TASK_FAULTS: dict[str, str] = {
     "generation_failure": "the task fails; failure callback with code 400 (crun: status failed, result.code 501) and a moderator message",
     "drop_callback": "never calls back; polling still works",
@@ -33,11 +64,9 @@ TASK_FAULTS: dict[str, str] = {
     # Out of order: the callback outruns the submit answer, or a stale one follows the final one.
     "early_callback": "the task runs at once and its callback is sent before the submit answer, which waits for it",
     "stale_callback": "after the final callback a stale one follows: kie/apikley a failure (code 500), crun a running task, Runware a processing item",
-    # The task is created, but the client never sees the answer in time.
-    "read_timeout": "accepts the task, then withholds the submit answer for delay_seconds (rule) or submit_hold_seconds (config)",
 }
 
-KNOWN_FAULTS = tuple(SUBMIT_FAULTS) + tuple(TASK_FAULTS)
+KNOWN_FAULTS = tuple(SUBMIT_FAULTS) + tuple(ANSWER_FAULTS) + tuple(TASK_FAULTS)
 DEFAULT_GENERATION_FAILURE_MSG = "Your prompt was caught by our AI moderator. Please adjust it and try again!"
 FOREIGN_RESULT_URL = "https://169.254.169.254/latest/meta-data"
 
@@ -51,6 +80,7 @@ class FaultRule:
     rate: float | None = None
     delay_seconds: float | None = None  # delay_callback: the callback's delay; read_timeout: how long the answer is held
     msg: str | None = None  # generation_failure only: the failure message
+    http_status: int | None = None  # submit_5xx_after_create only: always this answer (else GATEWAY_STATUSES in turn)
     applied: int = 0
 
     @classmethod
@@ -58,7 +88,7 @@ class FaultRule:
         where = f"rule {index}"
         if not isinstance(raw, dict):
             raise ValueError(f"{where} must be an object")
-        unknown = set(raw) - {"fault", "provider", "match_prompt", "count", "rate", "delay_seconds", "msg"}
+        unknown = set(raw) - {"fault", "provider", "match_prompt", "count", "rate", "delay_seconds", "msg", "http_status"}
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         fault = raw.get("fault")
@@ -76,6 +106,9 @@ class FaultRule:
         delay = raw.get("delay_seconds")
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
             raise ValueError(f"{where}: delay_seconds must be a non-negative number")
+        status = raw.get("http_status")
+        if status is not None and (fault != "submit_5xx_after_create" or status not in GATEWAY_STATUSES):
+            raise ValueError(f"{where}: http_status is for submit_5xx_after_create only, one of {', '.join(map(str, GATEWAY_STATUSES))}")
         return cls(
             fault=fault,
             provider=raw.get("provider"),
@@ -84,6 +117,7 @@ class FaultRule:
             rate=None if rate is None else float(rate),
             delay_seconds=None if delay is None else float(delay),
             msg=raw.get("msg"),
+            http_status=status,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +129,7 @@ class FaultRule:
             "rate": self.rate,
             "delay_seconds": self.delay_seconds,
             "msg": self.msg,
+            "http_status": self.http_status,
             "applied": self.applied,
         }
 
@@ -154,10 +189,14 @@ class FaultBook:
         return None
 
     def pick_task(self, provider: str, prompt: str | None) -> dict[str, FaultRule]:
-        """Every task-time fault that applies to a new task, by fault name (first rule wins)."""
+        """Every fault that applies to a new task (answer and task faults), by fault name (first
+        rule wins). A ``submit_5xx_after_create`` rule comes back as a copy carrying the status
+        this task's answer gets."""
         chosen: dict[str, FaultRule] = {}
         with self._lock:
             for rule in self._rules:
-                if rule.fault in TASK_FAULTS and rule.fault not in chosen and self._take(rule, provider, prompt):
-                    chosen[rule.fault] = rule
+                if (rule.fault in TASK_FAULTS or rule.fault in ANSWER_FAULTS) and rule.fault not in chosen and self._take(rule, provider, prompt):
+                    turn = GATEWAY_STATUSES[(rule.applied - 1) % len(GATEWAY_STATUSES)]
+                    gateway = rule.fault == "submit_5xx_after_create" and rule.http_status is None
+                    chosen[rule.fault] = replace(rule, http_status=turn) if gateway else rule
         return chosen

@@ -7,7 +7,8 @@ client code, so a client that misreads the protocol fails against this server.
 Wire facts implemented here:
 - ``POST /api/v1/aleph/generate`` with ``Authorization: Bearer <key>`` and a JSON body.
 - Every answer is ``{"code", "msg", "data"}`` and the status lives in the *body* ``code``; the HTTP
-  status is 200 except for rate-limit / server-error faults (429 / 500).
+  status is 200 except for rate-limit / server-error faults (429 / 500) and the gateway's own
+  HTML pages (502 / 504, ``submit_5xx_after_create``).
 - ``GET /api/v1/aleph/record-info?taskId=`` for polling; ``paramJson`` is a JSON *string*.
 - Callbacks come in two documented shapes (A and B), chosen by the ``callback_shape`` setting.
 """
@@ -164,7 +165,8 @@ class KieProtocol:
         self.ctx.store.add(task)
         self.ctx.start_task(task, rules, lambda: self._run(task, rules))
         self.ctx.before_answer(task, rules)
-        return self._answer(200, "success", {"taskId": task.task_id})
+        spoiled = self.ctx.spoiled_answer(task, rules, lambda: self._answer(500, SUBMIT_FAULTS["submit_500"][2], http_status=500))
+        return spoiled if spoiled is not None else self._answer(200, "success", {"taskId": task.task_id})
 
     def _record_info(self, request: Request) -> Response:
         task_id = request.query_value("taskId")

@@ -7,8 +7,8 @@ Wire facts implemented here:
 - One endpoint, ``POST /v1``; the body is always a JSON *array* of tasks. Auth is
   ``Authorization: Bearer <key>`` or a first task ``{"taskType": "authentication", "apiKey": ...}``.
 - Success: HTTP 200 ``{"data": [...]}``. Failure: ``{"errors": [{code, message, parameter,
-  taskType, taskUUID}]}`` with HTTP 400 (validation), 401 (key), 402 (balance), 404 (unknown
-  task), 429 or 500.
+  taskType, taskUUID}]}`` with HTTP 400 (validation, and ``conflictTaskUUID`` for a taskUUID
+  already taken: no second task), 401 (key), 402 (balance), 404 (unknown task), 429 or 500.
 - ``videoInference`` with ``deliveryMethod: async`` is acknowledged at once; each result is
   POSTed to ``webhookURL`` as ``{"data": [{taskType, taskUUID, videoUUID, videoURL, seed, cost}]}``
   as soon as it is ready (one webhook per result); non-2xx replies are retried.
@@ -75,6 +75,13 @@ def _error(code: str, message: str, *, parameter: str | None = None, task: dict[
         if isinstance(task.get("taskUUID"), str):
             error["taskUUID"] = task["taskUUID"]
     return error
+
+
+def _conflict(task: dict[str, Any]) -> Response:
+    """A ``videoInference`` whose taskUUID is already taken: refused, no new task (Runware's
+    ``conflictTaskUUID``; its SDK reads it as proof that the first submit landed)."""
+    message = f"A task with taskUUID {task['taskUUID']} already exists. Poll it with getResponse instead of sending it again."
+    return json_response({"errors": [_error("conflictTaskUUID", message, parameter="taskUUID", task=task)]}, 400)
 
 
 def _is_url(value: Any) -> bool:
@@ -271,23 +278,26 @@ class RunwareProtocol:
         if problems:
             return json_response({"errors": problems}, 400)
         prompt: str = body["positivePrompt"]
+        # A taskUUID already taken is refused before anything else, so a resubmit of an accepted
+        # task never creates a second one (nor meets a submit fault).
+        if self.ctx.store.get(body["taskUUID"]) is not None:
+            return _conflict(body)
         rule = self.ctx.faults.pick_submit(self.name, prompt)
         if rule is not None:
             status, code, message = SUBMIT_FAULTS[rule.fault]
             return json_response({"errors": [_error(code, message, task=body)]}, status)
-        if self.ctx.store.get(body["taskUUID"]) is not None:  # "Must be unique per task"; the code is our reading
-            error = _error("duplicateTaskUUID", "A task with this taskUUID already exists.", parameter="taskUUID", task=body)
-            return json_response({"errors": [error]}, 400)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
         task = Task(provider=self.name, request=body, headers=headers, task_id=body["taskUUID"])
         rules = self.ctx.faults.pick_task(self.name, prompt)
         task.faults = sorted(rules)
         if not body.get("webhookURL"):
             task.callback_status = "none"
-        self.ctx.store.add(task)
+        if not self.ctx.store.add_new(task):  # a concurrent submit of the same taskUUID won
+            return _conflict(body)
         self.ctx.start_task(task, rules, lambda: self._run(task, rules))
         self.ctx.before_answer(task, rules)
-        return {"taskType": "videoInference", "taskUUID": task.task_id}
+        spoiled = self.ctx.spoiled_answer(task, rules, lambda: json_response({"errors": [_error(*SUBMIT_FAULTS["submit_500"][1:], task=body)]}, 500))
+        return spoiled if spoiled is not None else {"taskType": "videoInference", "taskUUID": task.task_id}
 
     def _get_response(self, body: dict[str, Any]) -> list[dict[str, Any]] | Response:
         task_id = body.get("taskUUID")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import struct
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,6 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _send(self, response: Response) -> None:
+        if response.reset:
+            self._reset_connection()
+            return
         try:
             length = response.file.stat().st_size if response.file is not None else len(response.body)
             self.send_response(response.status)
@@ -136,6 +141,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(response.body)
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away during %s %s", self.command, self.path)
+
+    def _reset_connection(self) -> None:
+        """Close the connection with a TCP reset (SO_LINGER 0) and no HTTP answer, the way a
+        crashed server or a dropped load-balancer connection looks to the client."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()  # the socket only really closes once its file objects are closed
+            self.connection.close()
+        except OSError:
+            log.info("connection already gone during %s %s", self.command, self.path)
 
 
 class _Server(ThreadingHTTPServer):
@@ -171,8 +187,9 @@ class _Server(ThreadingHTTPServer):
                 "provider": provider,
                 "method": method,
                 "path": target,
-                "http_status": response.status,
+                "http_status": None if response.reset else response.status,
                 "code": code,
+                "reset": response.reset,
                 "at": iso_ms(utc_now()),
             }
         )

@@ -74,6 +74,8 @@ class Task:
     expired: bool = False
     discarded: bool = False  # removed by DELETE /_sim/tasks while in flight
     answered_at: datetime | None = None  # when the submit answer went out (late with early_callback / read_timeout)
+    # What the submit was answered: accepted, "502 html", "504 html", "500 json", "connection reset", ...
+    submit_answer: str | None = None
     # Set once the task will send no more callbacks (what an early_callback answer waits for).
     called_back: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
@@ -95,6 +97,7 @@ class Task:
             "created_at": iso_ms(self.created_at),
             "completed_at": iso_ms(self.completed_at),
             "answered_at": iso_ms(self.answered_at),
+            "submit_answer": self.submit_answer,
         }
 
 
@@ -110,6 +113,14 @@ class TaskStore:
     def add(self, task: Task) -> None:
         with self.lock:
             self._tasks[task.task_id] = task
+
+    def add_new(self, task: Task) -> bool:
+        """Add ``task`` unless its id is taken (checked and added at once); False when taken."""
+        with self.lock:
+            if task.task_id in self._tasks:
+                return False
+            self._tasks[task.task_id] = task
+            return True
 
     def get(self, task_id: str) -> Task | None:
         with self.lock:

@@ -37,13 +37,15 @@ class Request:
 
 @dataclass
 class Response:
-    """An HTTP answer; ``file`` streams a result file instead of ``body``."""
+    """An HTTP answer; ``file`` streams a result file instead of ``body``; ``reset`` sends no
+    answer at all and resets the connection instead."""
 
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     file: Path | None = None
+    reset: bool = False
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -52,6 +54,23 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 def text_response(text: str, status: int) -> Response:
     return Response(status=status, body=text.encode("utf-8"), content_type="text/plain; charset=utf-8")
+
+
+# What a load balancer in front of an API answers when the API behind it fails or is too slow
+# (nginx's pages): HTML, whatever the client asked for.
+GATEWAY_TITLES = {502: "502 Bad Gateway", 504: "504 Gateway Time-out"}
+
+
+def gateway_response(status: int) -> Response:
+    title = GATEWAY_TITLES[status]
+    lines = ["<html>", f"<head><title>{title}</title></head>", "<body>", f"<center><h1>{title}</h1></center>"]
+    lines += ["<hr><center>nginx</center>", "</body>", "</html>", ""]
+    page = "\r\n".join(lines)
+    return Response(status=status, body=page.encode("ascii"), content_type="text/html")
+
+
+def connection_reset() -> Response:
+    return Response(status=0, reset=True)
 
 
 class Provider(Protocol):

@@ -258,3 +258,24 @@ def test_out_of_order_and_read_timeout_faults(crun: Crun) -> None:
     [held] = [task for task in crun.control("GET", "tasks") if task["request"]["input"]["prompt"] == "timeout"]
     assert crun.wait_done(held["taskId"])["state"] == "success"
     assert [body["status"] for body in crun.sink.bodies(held["taskId"])] == ["success"]
+
+
+def test_faults_after_create_leave_a_task_behind_the_failed_answer(crun: Crun) -> None:
+    crun.control("POST", "faults", [{"fault": "submit_5xx_after_create", "match_prompt": "gateway"}, {"fault": "reset_after_read", "match_prompt": "reset"}])
+    answers = [crun.create(crun.body(prompt=f"gateway {index}")) for index in range(3)]
+    assert [answer.status_code for answer in answers] == [502, 504, 500]
+    assert "<title>502 Bad Gateway</title>" in answers[0].text and "<title>504 Gateway Time-out</title>" in answers[1].text
+    assert answers[2].json() == {"code": 500, "message": "Server Error - An unexpected error occurred while processing the request", "data": None}
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        crun.create(crun.body(prompt="reset"))
+
+    tasks = crun.control("GET", "tasks")
+    assert [(task["request"]["input"]["prompt"], task["submit_answer"]) for task in tasks] == [
+        ("gateway 0", "502 html"),
+        ("gateway 1", "504 html"),
+        ("gateway 2", "500 json"),
+        ("reset", "connection reset"),
+    ]
+    for task in tasks:  # every one runs and calls back: the provider will charge for it
+        assert crun.wait_done(task["taskId"])["state"] == "success"
+        assert [body["status"] for body in crun.sink.bodies(task["taskId"])] == ["success"]

@@ -234,4 +234,53 @@ def test_out_of_order_and_read_timeout_faults(client: httpx.Client, media: str, 
     sink.wait_for(held["taskUUID"])  # the task was taken and ran
     assert [entry["status"] for entry in get_response(client, held["taskUUID"]).json()["data"]] == ["success"]
     duplicate = post(client, [held])  # sending it again finds the taskUUID taken
-    assert duplicate.status_code == 400 and duplicate.json()["errors"][0]["code"] == "duplicateTaskUUID"
+    assert duplicate.status_code == 400 and duplicate.json()["errors"][0]["code"] == "conflictTaskUUID"
+
+
+def test_a_resubmit_of_a_taken_task_uuid_is_a_conflict_and_creates_no_task(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    first = task(media, sink)
+    assert post(client, [first]).status_code == 200
+    again = post(client, [{**first, "positivePrompt": "something else"}])
+    assert again.status_code == 400
+    [error] = again.json()["errors"]
+    assert {key: error[key] for key in ("code", "parameter", "taskType", "taskUUID")} == {
+        "code": "conflictTaskUUID",
+        "parameter": "taskUUID",
+        "taskType": "videoInference",
+        "taskUUID": first["taskUUID"],
+    }
+    assert first["taskUUID"] in error["message"]
+    tasks = client.get("/_sim/tasks").json()
+    assert [(t["taskId"], t["request"]["positivePrompt"]) for t in tasks] == [(first["taskUUID"], first["positivePrompt"])]
+    sink.wait_for(first["taskUUID"])  # the first task runs on, untouched
+
+
+def test_faults_after_create_leave_the_task_and_a_resubmit_finds_it(client: httpx.Client, media: str, sink: CallbackSink) -> None:
+    client.post("/_sim/faults", json=[{"fault": "submit_5xx_after_create"}, {"fault": "reset_after_read", "match_prompt": "reset"}]).raise_for_status()
+    sent = [task(media, sink) for _ in range(3)]
+    answers = [post(client, [body]) for body in sent]
+    assert [answer.status_code for answer in answers] == [502, 504, 500]
+    assert "<title>502 Bad Gateway</title>" in answers[0].text and "<title>504 Gateway Time-out</title>" in answers[1].text
+    assert answers[2].json()["errors"][0] == {
+        "code": "internalServerError",
+        "message": "An unexpected error occurred. Please try again later.",
+        "taskType": "videoInference",
+        "taskUUID": sent[2]["taskUUID"],
+    }
+    reset = task(media, sink, positivePrompt="reset")
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        post(client, [reset])
+
+    tasks = {t["taskId"]: t for t in client.get("/_sim/tasks").json()}
+    assert {uuid: t["submit_answer"] for uuid, t in tasks.items()} == {
+        sent[0]["taskUUID"]: "502 html",
+        sent[1]["taskUUID"]: "504 html",
+        sent[2]["taskUUID"]: "500 json",
+        reset["taskUUID"]: "connection reset",
+    }
+    assert tasks[reset["taskUUID"]]["faults"] == ["reset_after_read", "submit_5xx_after_create"]  # reset wins: no answer at all
+    for body in [*sent, reset]:  # the client's safe way on: poll by its own taskUUID, or resubmit and get a conflict
+        sink.wait_for(body["taskUUID"])
+        assert [item["status"] for item in get_response(client, body["taskUUID"]).json()["data"]] == ["success"]
+        assert post(client, [body]).json()["errors"][0]["code"] == "conflictTaskUUID"
+    assert len(client.get("/_sim/tasks").json()) == 4

@@ -393,6 +393,7 @@ def test_submit_faults_answer_with_429_500_and_402(sim: Sim) -> None:
     assert poor.status_code == 200 and poor.json()["code"] == 402
     codes = [entry["code"] for entry in sim.control("GET", "requests")]
     assert codes == [429, 200, 200, 500, 402]
+    assert len(sim.control("GET", "tasks")) == 2  # the refusals created no task, only the two accepted submits did
 
 
 def test_fault_rates_are_deterministic_with_a_seed(sim: Sim) -> None:
@@ -541,3 +542,45 @@ def test_read_timeout_fault_creates_the_task_and_withholds_the_answer(sim: Sim) 
     with httpx.Client(timeout=httpx.Timeout(0.3), trust_env=False) as impatient, pytest.raises(httpx.ReadTimeout):
         impatient.post(f"{sim.url}/apikley{GENERATE}", json=body, headers={"Authorization": f"Bearer {APIKLEY_KEY}"})
     assert [t["provider"] for t in sim.control("GET", "tasks")] == ["kie", "apikley"]
+
+
+def test_submit_5xx_after_create_creates_the_task_then_answers_like_a_failing_gateway(sim: Sim) -> None:
+    sim.control("POST", "faults", [{"fault": "submit_5xx_after_create", "provider": "kie"}])
+    body = {"prompt": "gateway", "videoUrl": f"{sim.media}/input.mp4", "callBackUrl": f"{sim.sink.url}/cb"}
+    answers = [sim.submit(body) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [502, 504, 500]  # in turn: two gateway pages, then kie's own 500
+    assert answers[0].headers["content-type"] == "text/html" and "<title>502 Bad Gateway</title>" in answers[0].text
+    assert answers[1].headers["content-type"] == "text/html" and "<title>504 Gateway Time-out</title>" in answers[1].text
+    assert answers[2].json() == {"code": 500, "msg": "Server Error - An unexpected error occurred while processing the request", "data": None}
+
+    tasks = sim.control("GET", "tasks")
+    assert [(task["faults"], task["submit_answer"]) for task in tasks] == [
+        (["submit_5xx_after_create"], "502 html"),
+        (["submit_5xx_after_create"], "504 html"),
+        (["submit_5xx_after_create"], "500 json"),
+    ]
+    for task in tasks:  # each created task runs and calls back as if the answer had been a 200
+        assert sim.sink.wait_for(task["taskId"])[0]["body"]["code"] == 200
+    assert [entry["http_status"] for entry in sim.control("GET", "requests")] == [502, 504, 500]
+
+    sim.control("POST", "faults", [{"fault": "submit_5xx_after_create", "http_status": 504}])  # pinned to one answer
+    assert [sim.submit(body, "apikley").status_code for _ in range(2)] == [504, 504]
+    assert len(sim.control("GET", "tasks")) == 5
+    refused = sim.client.post(f"{sim.url}/_sim/faults", json=[{"fault": "submit_5xx_after_create", "http_status": 503}])
+    assert refused.status_code == 400 and "http_status" in refused.json()["error"]
+
+
+def test_reset_after_read_creates_the_task_then_resets_the_connection(sim: Sim) -> None:
+    sim.control("POST", "faults", [{"fault": "reset_after_read", "count": 1}])
+    body = {"prompt": "reset", "videoUrl": f"{sim.media}/input.mp4", "callBackUrl": f"{sim.sink.url}/cb"}
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        sim.submit(body)
+    [task] = sim.control("GET", "tasks")
+    assert task["faults"] == ["reset_after_read"] and task["submit_answer"] == "connection reset"
+    assert sim.sink.wait_for(task["taskId"])[0]["body"]["code"] == 200  # it ran all the same
+    [logged] = sim.control("GET", "requests")
+    assert logged["reset"] is True and logged["http_status"] is None
+    assert sim.submit_ok()  # the server keeps serving after the reset (count exhausted)
+    known = sim.control("GET", "faults")["known"]
+    assert known["submit"] == ["submit_429", "submit_500", "insufficient_credits"]  # the faults that create no task
+    assert set(known["answer"]) == {"read_timeout", "submit_5xx_after_create", "reset_after_read"}
