@@ -84,13 +84,16 @@ JOB_KINDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
 )
 # AWS-side faults the local stack can inject (``--aws-faults``), with the rates ``--aws-faults all`` uses.
 AWS_FAULT_RATES: dict[str, float] = {
-    "s3_500": 0.03,
-    "s3_slowdown": 0.03,
-    "dynamodb_throttle": 0.03,
-    "dynamodb_500": 0.02,
-    "secrets_error": 0.03,
-    "kill": 0.02,  # a handler cut off at a random point of its work
+    "s3_500": 0.01,
+    "s3_slowdown": 0.01,
+    "dynamodb_throttle": 0.01,
+    "dynamodb_500": 0.01,
+    "secrets_error": 0.02,
+    "kill": 0.01,  # a handler cut off at a random point of its work (after an AWS or provider call)
 }
+# Once an error fault hits, this many more attempts to the same service fail too: enough to outlast
+# botocore's retries (DynamoDB retries up to 10 times), so some errors reach the handlers' code.
+AWS_FAULT_BURST = 10
 TERMINAL = ("COMPLETED", "FAILED")
 # How long all jobs may take to settle when ChaosConfig.timeout_seconds is not given: a job's
 # deadline plus the time 2 shared cores need for the uploads, ffmpeg edits and handler runs.
@@ -221,7 +224,7 @@ def stack_arguments(config: ChaosConfig) -> list[str]:
     for name, value in settings.items():
         args += ["--env", f"{name}={value}"]
     if config.aws_faults:
-        rules = [{"fault": name, "rate": rate} for name, rate in config.aws_faults.items()]
+        rules = [{"fault": name, "rate": rate, **({"burst": AWS_FAULT_BURST} if name != "kill" else {})} for name, rate in config.aws_faults.items()]
         args += ["--aws-faults", json.dumps({"seed": config.seed, "rules": rules})]
     return args
 
@@ -577,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aws-faults",
         type=parse_aws_faults,
-        default={},
+        default=dict(AWS_FAULT_RATES),
         metavar="NAME=RATE,...",
         help=f"AWS-side faults the local stack injects at a seeded rate: {', '.join(AWS_FAULT_RATES)}; 'all' for each at its default rate",
     )

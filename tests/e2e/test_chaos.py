@@ -13,7 +13,17 @@ from typing import Any
 
 import pytest
 
-from bench.chaos import FAULT_RATES, ChaosConfig, parse_aws_faults, read_aws_faults_applied, reason_problems, run, stack_arguments, task_problems
+from bench.chaos import (
+    AWS_FAULT_RATES,
+    FAULT_RATES,
+    ChaosConfig,
+    parse_aws_faults,
+    read_aws_faults_applied,
+    reason_problems,
+    run,
+    stack_arguments,
+    task_problems,
+)
 
 
 def job(status: str, code: str | None = None, stage: str | None = None) -> dict[str, Any]:
@@ -79,11 +89,15 @@ def test_the_settle_timeout_grows_with_the_jobs() -> None:
 def test_nothing_lost_nothing_submitted_twice_under_every_fault(tmp_path: Path) -> None:
     # Higher rates than the full run, so a few dozen jobs still meet every fault, the ones that
     # create the task and then fail the answer (502/504/500, a reset, a late answer) among them.
+    # AWS-side faults too: S3, DynamoDB and Secrets Manager errors that outlast botocore's
+    # retries, and handlers cut off at random points.
     rates = {name: min(0.3, rate * 2) for name, rate in FAULT_RATES.items()}
-    config = ChaosConfig(jobs=48, seed=11, rates=rates, job_deadline_seconds=20, claim_settle_seconds=4, timeout_seconds=150)
+    aws_faults = {name: rate * 2 for name, rate in AWS_FAULT_RATES.items()}
+    config = ChaosConfig(jobs=48, seed=11, rates=rates, aws_faults=aws_faults, job_deadline_seconds=20, claim_settle_seconds=4, timeout_seconds=150)
     report = run(config, tmp_path)
     print(report.table())
     assert {"submit_5xx_after_create", "reset_after_read", "read_timeout"} <= set(report.faults_applied)
+    assert report.aws_faults_applied.get("kill", 0) > 0 and sum(report.aws_faults_applied.values()) > report.aws_faults_applied["kill"]
     assert report.ok, report.table()
     assert sum(sum(states.values()) for states in report.jobs_by_provider.values()) == config.jobs
     assert set(report.jobs_by_provider) == {"kie", "apikley", "runware", "crun"}

@@ -82,7 +82,8 @@ CRUN_HUGE_STATUS = json.dumps({"task_id": "crun-1", "status": "x" * 900_000}).en
 MALFORMED: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("kie result URL with an unclosed IPv6 bracket", "kie", kie_success("https://[tempfile.aiquickdraw.com/v.mp4"), {}, 400),
     ("kie result URL with fullwidth dots", "kie", kie_success("https://tempfile．aiquickdraw．com/v.mp4"), {}, 400),
-    ("kie cover URL with a fullwidth '#' before '@'", "kie", kie_success("https://tempfile.aiquickdraw.com/v.mp4", "https://evil＃@kie.ai/c.jpg"), {}, 400),
+    # The cover is optional: a refused one is dropped and the video still counts (never fetched).
+    ("kie cover URL with a fullwidth '#' before '@'", "kie", kie_success("https://tempfile.aiquickdraw.com/v.mp4", "https://evil＃@kie.ai/c.jpg"), {}, 200),
     ("kie result URL with a zero-width joiner (IDNA fails)", "kie", kie_success("https://a\u200d.kie.ai/v.mp4"), {}, 400),
     ("kie result URL with a port out of range", "kie", kie_success("https://kie.ai:99999/v.mp4"), {}, 400),
     ("kie result URL with a NUL", "kie", kie_success("https://kie.ai/v\x00.mp4"), {}, 400),
@@ -156,6 +157,7 @@ def test_a_malformed_callback_is_answered_400_never_500(aws: dict[str, Any], cas
         assert aws["s3"].list_objects_v2(Bucket=aws["output"]).get("KeyCount", 0) == 0
     else:  # a well-formed outcome: recorded within DynamoDB's limits, error.json written for a failure
         assert after["status"] in ("SUCCEEDED", "FAILED")
+        assert "evil" not in json.dumps(after.get("result", {}), default=str)  # a refused cover is never kept
         if after["status"] == "FAILED":
             error = json.loads(aws["s3"].get_object(Bucket=aws["output"], Key=f"shot/{JOB_ID}/error.json")["Body"].read())
             assert len(error["message"]) <= 5000

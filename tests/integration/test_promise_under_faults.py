@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -162,18 +163,20 @@ def test_defect_1_a_429_is_retried_with_the_same_callback_token(kie: dict[str, A
 
 
 def test_defect_2_a_reupload_of_the_same_sidecar_before_its_video_is_one_submission(kie: dict[str, Any]) -> None:
-    kie["s3"].put_bucket_versioning(Bucket=kie["input"], VersioningConfiguration={"Status": "Enabled"})
+    bucket = f"versioned-{uuid.uuid4().hex[:8]}"  # a bucket of its own: versioning stays on once set
+    kie["s3"].create_bucket(Bucket=bucket)
+    kie["s3"].put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     body = json.dumps({"prompt": "snow", "provider": "kie"}).encode()
     job_ids = []
     for _ in range(2):  # the same bytes twice: the same ETag, another version
-        kie["s3"].put_object(Bucket=kie["input"], Key="incoming/re/shot.json", Body=body)
-        handle_object_created(kie["input"], "incoming/re/shot.json")
-        info = head(kie["input"], "incoming/re/shot.json")
+        kie["s3"].put_object(Bucket=bucket, Key="incoming/re/shot.json", Body=body)
+        handle_object_created(bucket, "incoming/re/shot.json")
+        info = head(bucket, "incoming/re/shot.json")
         assert info is not None
-        job_ids.append(job_id_for(kie["input"], "incoming/re/shot.json", info.version_marker))
+        job_ids.append(job_id_for(bucket, "incoming/re/shot.json", info.version_marker))
     assert job_ids[0] != job_ids[1]
-    kie["s3"].put_object(Bucket=kie["input"], Key="incoming/re/shot.mp4", Body=MP4)
-    handle_object_created(kie["input"], "incoming/re/shot.mp4")
+    kie["s3"].put_object(Bucket=bucket, Key="incoming/re/shot.mp4", Body=MP4)
+    handle_object_created(bucket, "incoming/re/shot.mp4")
     assert len(FakeKie.tasks) == 1
     assert [job(job_id).state for job_id in job_ids] == [JobState.FAILED, JobState.SUBMITTED]
     assert error_json(kie, job_ids[0])["code"] == "sidecar_replaced"
@@ -185,8 +188,32 @@ def test_defect_5_a_found_video_clears_the_pairing_deadline(kie: dict[str, Any],
     with pytest.raises(TransientError):
         handle_object_created(kie["input"], "incoming/team/shot.json")
     assert "pairingDeadline" not in job(job_id).item
-    reconcile(time.time() + 7200)  # past the pairing deadline (3600 s), well before the job's deadline
-    assert job(job_id).state == JobState.RECEIVED
+    # Past the pairing deadline (3600 s), well before the job's deadline: not a pairing timeout;
+    # the reconciler runs intake again for a refused job whose retries stopped, and it is submitted.
+    reconcile(time.time() + 7200)
+    assert job(job_id).state == JobState.SUBMITTED
+    assert len(FakeKie.tasks) == 1
+
+
+def test_a_job_whose_event_was_lost_is_submitted_by_the_reconciler_not_failed(kie: dict[str, Any]) -> None:
+    # The sidecar's event went to the dead-letter queue (repeated AWS errors): only the video's
+    # event came, before the sidecar was read. The pairing deadline passes with the video present.
+    job_id = upload_pair(kie)
+    info = head(kie["input"], "incoming/team/shot.json")
+    assert info is not None
+    JobStore().create(
+        job_id,
+        {
+            "inputBucket": kie["input"],
+            "sidecarKey": "incoming/team/shot.json",
+            "sidecarVersion": info.version_marker,
+            "outputPrefix": f"team/shot/{job_id}/",
+            "pairingDeadline": int(time.time()) + 60,
+        },
+    )
+    reconcile(time.time() + 120)
+    assert job(job_id).state == JobState.SUBMITTED
+    assert len(FakeKie.tasks) == 1
 
 
 def test_defect_6b_a_poll_that_raises_anything_still_meets_the_deadline(kie: dict[str, Any]) -> None:

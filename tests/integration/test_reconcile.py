@@ -15,6 +15,7 @@ import pytest
 from aleph_pipeline.jobs import JobStore
 from aleph_pipeline.providers import PROVIDER_IDS
 from aleph_pipeline.reconcile import reconcile
+from aleph_pipeline.storage import head
 
 from .conftest import clear_caches
 
@@ -73,7 +74,12 @@ def test_succeeded_job_is_nudged_then_failed(indexed: dict[str, Any], monkeypatc
 
 def test_pairing_deadline_and_fresh_jobs(indexed: dict[str, Any]) -> None:
     now = time.time()
-    put(indexed, "b" * 32, "RECEIVED", pairingDeadline=int(now) - 10)
+    # A sidecar whose video never came: intake, run once more before the failure, still waits.
+    indexed["s3"].put_object(Bucket=indexed["input"], Key="incoming/b.json", Body=b'{"prompt": "snow"}')
+    info = head(indexed["input"], "incoming/b.json")
+    assert info is not None
+    sidecar = {"inputBucket": indexed["input"], "sidecarKey": "incoming/b.json", "sidecarVersion": info.version_marker}
+    put(indexed, "b" * 32, "RECEIVED", pairingDeadline=int(now) - 10, **sidecar)
     put(indexed, "c" * 32, "RECEIVED", pairingDeadline=int(now) + 3600)
     put(indexed, "d" * 32, "RECEIVED", pairingDeadline=int(now) - 10, updatedAt="2999-01-01T00:00:00.000Z")  # not stale yet
     report = reconcile(now)

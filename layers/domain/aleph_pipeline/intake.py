@@ -179,6 +179,16 @@ def _run(store: JobStore, job: Job, receive_count: int, time_left: Callable[[], 
     act(store, job, facts, action, time_left)
 
 
+def reconsider(store: JobStore, job: Job, time_left: Callable[[], float] | None = None) -> None:
+    """Run intake again for a job the reconciler found waiting too long (its event may have been
+    lost to the dead-letter queue after repeated infrastructure errors). The same claim protects
+    it: a job that was sent is never sent again."""
+    try:
+        _run(store, job, 1, time_left)
+    except TransientError as exc:
+        logger.info("reconsidered job still waits", extra={"reason": str(exc)})
+
+
 # ---- observe -------------------------------------------------------------------------------------
 
 
@@ -188,7 +198,8 @@ def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage
     attempts_left = receive_count < settings.submit_max_attempts
     if job.state != JobState.RECEIVED or job.submission_claimed:
         return IntakeFacts(job.state, claimed=job.submission_claimed)
-    info = sidecar_info or storage.head(str(job.item["inputBucket"]), str(job.item["sidecarKey"]))
+    bucket, key = job.item.get("inputBucket"), job.item.get("sidecarKey")
+    info = sidecar_info or (storage.head(str(bucket), str(key)) if bucket and key else None)
     # The same version marker the job id is made from (an ETag alone misses a re-upload of the same bytes).
     if info is None or info.version_marker != job.item.get("sidecarVersion"):
         return IntakeFacts(job.state, sidecar_current=False)
@@ -337,7 +348,7 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     try:
         task_id = plan.provider.submit(request)
     except ProviderError as exc:
-        _after_refusal(store, job_id, claim.claim_id, exc, attempts_left)
+        _after_refusal(store, job_id, claim.claim_id, exc, attempts_left, idempotent=plan.provider.idempotent_submit)
         return
     except (JobError, TransientError) as exc:
         # Raised before anything was sent (the key could not be read just now).
@@ -350,7 +361,11 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     logger.info("submitted", extra={"provider": plan.provider.id, "model": plan.model, "provider_task_id": task_id})
 
 
-def _after_refusal(store: JobStore, job_id: str, claim_id: str, exc: ProviderError, attempts_left: bool) -> None:
+def _after_refusal(store: JobStore, job_id: str, claim_id: str, exc: ProviderError, attempts_left: bool, *, idempotent: bool) -> None:
+    if exc.kind == "ambiguous" and idempotent and attempts_left:
+        # The same request again either creates the task or is answered "already taken": one task.
+        store.release_claim(job_id, claim_id, exc.message)
+        raise TransientError(exc.message) from exc
     if exc.kind == "ambiguous":
         # Never resubmit: the callback (it carries our job id and token) or a poll settles it,
         # or the deadline fails it as `submit_ambiguous`.

@@ -34,6 +34,7 @@ from . import storage
 from .callbacks import apply_outcome
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_INTAKE, STAGE_PROVIDER, STAGE_SUBMIT, JobError
+from .intake import reconsider
 from .jobs import Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job, write_error_json
@@ -180,25 +181,35 @@ def _settle_received(run: _Run, job: Job) -> None:
 def _settle_unclaimed(run: _Run, job: Job) -> None:
     settings = get_settings()
     pairing_deadline = job.item.get("pairingDeadline")
-    if pairing_deadline is not None:
-        if run.now > float(pairing_deadline):
-            awaiting = job.item.get("awaitingVideo")
-            video = f" (`{awaiting}` in the input bucket)" if awaiting else ""
-            error = JobError("pairing_timeout", f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s", STAGE_INTAKE)
-            fail_job(run.store, job.id, error, unless_claimed=True)
-            run.report.timed_out += 1
-        else:
-            run.store.note_polled(job.id, JobState.RECEIVED)
+    past_pairing = pairing_deadline is not None and run.now > float(pairing_deadline)
+    past_deadline = pairing_deadline is None and _past_deadline(job, run.now)
+    if not (past_pairing or past_deadline):
+        if pairing_deadline is None and job.item.get("lastRefusal") and _idle(job, run.now) > settings.claim_settle_seconds:
+            reconsider(run.store, job, run.time_left)  # a refused submit whose retries stopped: try again
+        run.store.note_polled(job.id, JobState.RECEIVED)
         return
-    if _past_deadline(job, run.now):
+    # Before failing, look once more: the event that should have moved it on may have been lost.
+    reconsider(run.store, job, run.time_left)
+    current = run.store.get(job.id)
+    if current is None or current.state != JobState.RECEIVED or current.submission_claimed:
+        run.report.settled += 1
+        return
+    if past_pairing:
+        awaiting = current.item.get("awaitingVideo")
+        video = f" (`{awaiting}` in the input bucket)" if awaiting else ""
+        error = JobError("pairing_timeout", f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s", STAGE_INTAKE)
+    else:
         # The video was found and the provider kept refusing the request (it was never taken).
-        refusal = job.item.get("lastRefusal") or "no answer recorded"
+        refusal = current.item.get("lastRefusal") or "no answer recorded"
         message = f"{job.provider} did not take the request before the deadline (last answer: {refusal})"
         error = JobError("provider_unavailable", message, STAGE_SUBMIT, retryable=True)
-        fail_job(run.store, job.id, error, unless_claimed=True)
-        run.report.timed_out += 1
-    else:
-        run.store.note_polled(job.id, JobState.RECEIVED)
+    fail_job(run.store, job.id, error, unless_claimed=True)
+    run.report.timed_out += 1
+
+
+def _idle(job: Job, now: float) -> float:
+    updated = _epoch(job.item.get("updatedAt"))
+    return now - updated if updated is not None else 0.0
 
 
 def _poll_and_apply(run: _Run, job: Job, task_id: str) -> bool:

@@ -160,6 +160,10 @@ class Provider(ABC):
     # The key the provider signs callbacks with, if the account has one configured.
     webhook_key: Callable[[], str | None] = field(default=lambda: None)
     docs: ClassVar[ProviderDocs | None] = None  # set by each adapter; read without an instance
+    # A submit that names its own task id (``own_reference``) and that the provider refuses to run
+    # twice (Runware answers a taken taskUUID with conflictTaskUUID): an ambiguous answer may then
+    # be followed by the same submit, which either creates the task or proves it exists.
+    idempotent_submit: ClassVar[bool] = False
 
     @property
     def default_model(self) -> str:

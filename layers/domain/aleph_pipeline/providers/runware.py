@@ -106,6 +106,7 @@ MAX_REPORTED_COST = 1e6
 
 @dataclass
 class RunwareProtocol(Provider):
+    idempotent_submit: ClassVar[bool] = True  # the taskUUID is the job's own; a repeat is answered conflictTaskUUID
     docs: ClassVar[ProviderDocs | None] = ProviderDocs(
         fields=frozenset(SUPPORTED_FIELDS[ALEPH_1] | SUPPORTED_FIELDS[ALEPH_2]) - COMMON_FIELDS,
         video_formats=VIDEO_EXTENSIONS,
