@@ -20,7 +20,7 @@ help:
 	@echo "make demo   - start the local stack, run one edit, save out/ and out/preview.png"
 	@echo "make test   - ruff, mypy, cfn-lint, sam validate --lint, and every pytest ring"
 	@echo "make local  - run the local stack in the foreground (Ctrl-C stops it)"
-	@echo "make chaos  - 200 jobs through the local stack with every simulator fault on at random"
+	@echo "make chaos  - 500 jobs through the local stack with every simulator and AWS fault on at random"
 	@echo "make build  - sam build (needs python3.12 on PATH)"
 	@echo "make bench  - benchmarks: finalize copy, cold start, 200 jobs, package size (a few minutes)"
 
@@ -73,8 +73,8 @@ integration: $(VENV)/.installed
 e2e: $(VENV)/.installed
 	$(PY) -m pytest tests/e2e
 
-# 200 jobs with every simulator fault switched on at random (seeded); prints the counts, fails on a lost,
-# stuck or twice-submitted job. `make test` runs a smaller one (tests/e2e/test_chaos.py).
+# 500 jobs with every simulator and AWS-side fault switched on at random (seeded); prints the counts,
+# fails on a lost, stuck or twice-paid job. `make test` runs a smaller one (tests/e2e/test_chaos.py).
 chaos: $(VENV)/.installed
 	$(PY) -m bench.chaos $(if $(SEED),--seed $(SEED)) $(if $(JOBS),--jobs $(JOBS))
 

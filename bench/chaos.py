@@ -515,7 +515,8 @@ def _judge(
         if len(found) > 1:
             fail("sidecars with more than one job", f"{key}: {[job['jobId'] for job in found]}")
         if not found or found[0]["status"] not in TERMINAL:
-            fail("not terminal (lost or stuck)", f"{key}: {found[0]['status'] if found else 'no job'}")
+            stuck = found[0] if found else {}
+            fail("not terminal (lost or stuck)", f"{key}: {stuck.get('status', 'no job')} {stuck.get('jobId', '')} history {stuck.get('history', [])}")
             by_provider[provider][found[0]["status"] if found else "NO JOB"] += 1
             continue
         job = found[0]
