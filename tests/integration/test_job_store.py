@@ -212,3 +212,20 @@ def test_a_deadline_failure_only_applies_to_the_state_that_was_examined(store: J
     assert job is not None
     assert job.state == JobState.SUCCEEDED
     assert store.mark_failed(job_id, JobError("result_unavailable", "gone", "finalize"), only_from=JobState.SUCCEEDED)
+
+
+def test_a_result_recorded_by_an_attempt_cut_off_before_the_move_completes_on_the_repeat(store: JobStore) -> None:
+    """Found by the chaos run's kills: the result was written, the move to SUCCEEDED never was,
+    and every repeat of the callback or poll was taken for a duplicate: the job stayed SUBMITTED."""
+    job_id = new_job(store)
+    store.mark_submitted(job_id, "task-1")
+    item = {"id": "v-1", "url": "https://h/v.mp4"}
+    store.table.update_item(  # what the cut-off attempt managed: its first write only
+        Key={"jobId": job_id},
+        UpdateExpression="SET resultItems = :items, resultOrder = :order",
+        ExpressionAttributeValues={":items": {"v-1": item}, ":order": ["v-1"]},
+    )
+    assert store.record_result(job_id, item, task_id="task-1")
+    assert states(store, job_id) == ["RECEIVED", "SUBMITTED", "SUCCEEDED"]
+    assert not store.record_result(job_id, item, task_id="task-1")  # a repeat after that changes nothing
+    assert states(store, job_id) == ["RECEIVED", "SUBMITTED", "SUCCEEDED"]

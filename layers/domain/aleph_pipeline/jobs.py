@@ -353,11 +353,16 @@ class JobStore:
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
+            job = Job(answer["Attributes"])
         except Exception as exc:
-            if _conditional_failed(exc):
-                return False  # a repeated result, or the job has moved on
-            raise
-        job = Job(answer["Attributes"])
+            if not _conditional_failed(exc):
+                raise
+            # A repeated result, or the job has moved on. A repeat may follow an attempt cut off
+            # between recording the last result and the move to SUCCEEDED: finish that move.
+            found = self.get(job_id)
+            if found is None or found.state not in ENTERED_FROM[JobState.SUCCEEDED]:
+                return False
+            job = found
         recorded: dict[str, dict[str, Any]] = _plain(job.item.get("resultItems", {}))
         if len(recorded) < job.expected_results:
             return False
