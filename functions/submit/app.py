@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -21,7 +19,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     logger.thread_safe_clear_keys()  # each record is its own job
     # On first use, not at init: see bench/coldstart.py
     from aleph_pipeline.errors import TransientError
-    from aleph_pipeline.intake import handle_object_created, seconds_needed_to_submit
+    from aleph_pipeline.intake import handle_object_created, object_created_records, seconds_needed_to_submit
 
     def time_left() -> float:
         return lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context is not None else float("inf")
@@ -32,18 +30,12 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
         raise TransientError("too little time left in this invocation; the record is retried")
 
     try:
-        notification = json.loads(record.body)
-    except json.JSONDecodeError:
+        objects = object_created_records(record.body)
+    except (ValueError, KeyError, TypeError):
         logger.error("dropped a message that is not an S3 notification", extra={"message_id": record.message_id})
         return
-    if not isinstance(notification, dict) or notification.get("Event") == "s3:TestEvent":
-        return  # S3 sends a test event when notifications are configured
     receive_count = int(record.attributes.approximate_receive_count or 1)
-    for s3_record in notification.get("Records", []):
-        if not str(s3_record.get("eventName", "")).startswith("ObjectCreated"):
-            continue
-        bucket = s3_record["s3"]["bucket"]["name"]
-        key = unquote_plus(s3_record["s3"]["object"]["key"])  # S3 URL-encodes keys in events
+    for bucket, key in objects:
         handle_object_created(bucket, key, receive_count, time_left)
 
 

@@ -331,3 +331,21 @@ def test_defect_7_a_record_is_not_started_without_time_for_a_submission(kie: dic
         handle_object_created(kie["input"], "incoming/team/shot.json", time_left=lambda: 20.0)
     assert FakeKie.tasks == []
     assert not any(item.get("submission") for item in kie["table"].scan()["Items"])
+
+
+def test_an_upload_whose_event_was_dead_lettered_is_run_by_the_reconciler(kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the 500-job chaos run: a sidecar event that met AWS errors on all five deliveries
+    went to the dead-letter queue before its job existed, so nothing could ever find it."""
+    sqs = boto3.client("sqs")
+    dlq = sqs.create_queue(QueueName=f"submit-dlq-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    monkeypatch.setenv("SUBMIT_DEAD_LETTER_QUEUE_URL", dlq)
+    clear_caches()
+    job_id = upload_pair(kie)
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": kie["input"]}, "object": {"key": "incoming/team/shot.json"}}}
+    sqs.send_message(QueueUrl=dlq, MessageBody=json.dumps({"Records": [record]}))
+    sqs.send_message(QueueUrl=dlq, MessageBody=json.dumps({"Records": [record]}))  # S3 delivers at least once
+    report = reconcile()
+    assert report.redriven == 2
+    assert job(job_id).state == JobState.SUBMITTED
+    assert len(FakeKie.tasks) == 1
+    assert "Messages" not in sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=0)

@@ -557,6 +557,8 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", TABLE),
         ("dynamodb:UpdateItem", TABLE),
         ("dynamodb:Query", "JobsTable/index/by-status"),
+        ("sqs:ReceiveMessage", "SubmitDeadLetterQueue"),
+        ("sqs:DeleteMessage", "SubmitDeadLetterQueue"),
         ("s3:GetObject", "InputBucket/*"),
         ("s3:ListBucket", "InputBucket"),
         ("s3:PutObject", "OutputBucket/*"),

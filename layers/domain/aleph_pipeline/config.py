@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # times out at 120 s): the reconciler leaves it alone until then.
     claim_settle_seconds: int = Field(default=300, ge=0)
     reconcile_batch_size: int = Field(default=50, ge=1, le=1000)
+    # The submit queue's dead-letter queue: the reconciler runs intake again for what it holds (an
+    # event that met AWS errors on every delivery), so no upload is lost; a message that keeps
+    # failing there is left for the alarm after ``dead_letter_max_redrives`` tries.
+    submit_dead_letter_queue_url: str = ""
+    dead_letter_max_redrives: int = Field(default=20, ge=1)
     # Where job notifications go (EventBridge), and the stack they name.
     event_bus_name: str = "default"
     stack_name: str = "aleph"

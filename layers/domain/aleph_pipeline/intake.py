@@ -17,12 +17,13 @@ one place:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from typing import Any
-from urllib.parse import SplitResult, quote, urlsplit
+from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
 from . import storage
 from .config import get_settings
@@ -116,6 +117,22 @@ def decide(facts: IntakeFacts) -> Action:
     if facts.plan is None:
         return Action(Act.WAIT, f"awaiting the video {facts.awaiting}")
     return Action(Act.SUBMIT)
+
+
+def object_created_records(body: str) -> list[tuple[str, str]]:
+    """The (bucket, key) of each ObjectCreated record in an S3 notification (an SQS message body),
+    keys URL-decoded; [] for S3's test event. Raises ValueError for a body that is not one."""
+    notification = json.loads(body)
+    if not isinstance(notification, dict):
+        raise ValueError("the message is not a JSON object")
+    if notification.get("Event") == "s3:TestEvent":
+        return []  # S3 sends it when notifications are configured
+    found: list[tuple[str, str]] = []
+    for record in notification.get("Records") or []:
+        if isinstance(record, dict) and str(record.get("eventName", "")).startswith("ObjectCreated"):
+            # S3 URL-encodes keys in events
+            found.append((str(record["s3"]["bucket"]["name"]), unquote_plus(str(record["s3"]["object"]["key"]))))
+    return found
 
 
 def handle_object_created(bucket: str, key: str, receive_count: int = 1, time_left: Callable[[], float] | None = None) -> None:

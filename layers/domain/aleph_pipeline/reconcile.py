@@ -28,13 +28,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import chain, zip_longest
+from typing import Any
 
 from . import storage
 from .callbacks import apply_outcome
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_INTAKE, STAGE_PROVIDER, STAGE_SUBMIT, JobError
-from .intake import reconsider
+from .intake import handle_object_created, object_created_records, reconsider
 from .jobs import Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job, write_error_json
@@ -56,6 +58,7 @@ class ReconcileReport:
     timed_out: int = 0
     nudged: int = 0
     repaired: int = 0
+    redriven: int = 0
     errors: int = 0
     skipped_providers: int = 0
     out_of_time: int = 0
@@ -116,8 +119,42 @@ def reconcile(now: float | None = None, time_left: Callable[[], float] | None = 
             report.out_of_time += 1
             break
         _guarded(run, job, settle)
+    if settings.submit_dead_letter_queue_url and run.time_left() >= needed:
+        _redrive_dead_letters(run, settings.submit_dead_letter_queue_url, needed)
     logger.info("reconciled", extra=report.as_dict())
     return report
+
+
+@lru_cache(maxsize=1)
+def _sqs() -> Any:
+    import boto3
+
+    return boto3.client("sqs")
+
+
+def _redrive_dead_letters(run: _Run, queue_url: str, needed: float) -> None:
+    """Run intake for the uploads whose events met an error on every delivery (they are in the
+    submit queue's dead-letter queue): the same claim protects them, so nothing is sent twice.
+    A message is deleted once intake took it; one that fails stays for the next run."""
+    settings = get_settings()
+    answer = _sqs().receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=300, WaitTimeSeconds=0, AttributeNames=["ApproximateReceiveCount"]
+    )
+    for message in answer.get("Messages", []):
+        if run.time_left() < needed:
+            run.report.out_of_time += 1
+            return
+        if int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)) > settings.dead_letter_max_redrives:
+            continue  # kept for the dead-letter alarm and a person
+        try:
+            for bucket, key in object_created_records(message["Body"]):
+                handle_object_created(bucket, key, 1, run.time_left)
+        except Exception:
+            run.report.errors += 1
+            logger.exception("a dead-lettered upload still fails; the next run tries again")
+            continue
+        _sqs().delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        run.report.redriven += 1
 
 
 def _by_provider(jobs: list[Job]) -> list[Job]:
