@@ -349,3 +349,61 @@ def test_an_upload_whose_event_was_dead_lettered_is_run_by_the_reconciler(kie: d
     assert job(job_id).state == JobState.SUBMITTED
     assert len(FakeKie.tasks) == 1
     assert "Messages" not in sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=0)
+
+
+class FakeRunware(BaseHTTPRequestHandler):
+    """Runware's task API as far as a resubmit goes: a taken taskUUID is answered conflictTaskUUID."""
+
+    tasks: list[str] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        tasks = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        task = tasks[-1]
+        status, body = 200, {"data": [{"taskType": task["taskType"], "taskUUID": task["taskUUID"], "status": "processing"}]}
+        if task["taskType"] == "videoInference":
+            with FakeKie.lock:
+                if task["taskUUID"] in self.tasks:
+                    status = 400
+                    body = {"errors": [{"code": "conflictTaskUUID", "message": "taken", "parameter": "taskUUID", "taskUUID": task["taskUUID"]}]}
+                else:
+                    self.tasks.append(task["taskUUID"])
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("task_exists", [False, True], ids=["cut off before sending", "answer lost after the task was created"])
+def test_a_runware_claim_whose_answer_was_never_recorded_is_sent_again_once(kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch, task_exists: bool) -> None:
+    """Found by the 500-job chaos run: such a job was polled, Runware answered taskFailedOrNotFound
+    for a task that was never created, and the job failed as generation_failed."""
+    from aleph_pipeline.providers.runware import task_uuid
+
+    FakeRunware.tasks = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRunware)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoints = {**dict.fromkeys(PROVIDER_IDS, "http://127.0.0.1:9"), "runware": f"http://127.0.0.1:{server.server_address[1]}"}
+        monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps(endpoints))
+        clear_caches()
+        job_id = upload_pair(kie, sidecar={"prompt": "snow", "provider": "runware", "model": "runway:2@1"})
+        info = head(kie["input"], "incoming/team/shot.json")
+        assert info is not None
+        store = JobStore()
+        sidecar = {"inputBucket": kie["input"], "sidecarKey": "incoming/team/shot.json", "sidecarVersion": info.version_marker}
+        store.create(job_id, {**sidecar, "outputPrefix": f"t/{job_id}/"})
+        # The submitting invocation claimed the job and was cut off: before sending, or after Runware took it.
+        assert store.claim_submission(job_id, int(time.time()) + 3600, {"provider": "runware", "model": "runway:2@1"})
+        if task_exists:
+            FakeRunware.tasks.append(task_uuid(job_id))
+        reconcile()
+        assert FakeRunware.tasks == [task_uuid(job_id)]  # one task, whichever it was
+        assert (job(job_id).state, job(job_id).provider_task_id) == (JobState.SUBMITTED, task_uuid(job_id))
+    finally:
+        server.shutdown()
+        server.server_close()

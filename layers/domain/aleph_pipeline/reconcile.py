@@ -198,7 +198,18 @@ def _settle_received(run: _Run, job: Job) -> None:
     claimed_at = _epoch(job.item["submission"].get("claimedAt"))
     if not job.submit_unanswered and claimed_at is not None and run.now - claimed_at < settings.claim_settle_seconds:
         return  # a submit may still be running
-    reference = get_provider(str(job.provider)).own_reference(job.id)
+    provider = get_provider(str(job.provider))
+    if provider.idempotent_submit and not _past_deadline(job, run.now) and run.can_call(provider.id):
+        # The same request again (the task id is the job's own) creates the task or is answered
+        # "already taken": one task either way. A poll could not tell "never created" from
+        # "failed" (Runware answers both with taskFailedOrNotFound).
+        run.store.release_claim(job.id, str(job.item["submission"].get("claimId")), "the submit's answer was never recorded; sent again with the same task id")
+        current = run.store.get(job.id)
+        if current is not None:
+            reconsider(run.store, current, run.time_left)
+        run.report.settled += 1
+        return
+    reference = provider.own_reference(job.id)
     if reference and _poll_and_apply(run, job, reference):
         return
     if _past_deadline(job, run.now):
