@@ -46,6 +46,7 @@ class ResourceNames:
     submit_dlq: str = "aleph-submit-dlq"
     finalize_dlq: str = "aleph-finalize-dlq"
     notify_dlq: str = "aleph-notify-dlq"
+    undelivered_events: str = "aleph-undelivered-job-events"
     jobs_table: str = "aleph-jobs"
     secret_id: str = "aleph/provider-keys"
 
@@ -67,6 +68,8 @@ class Resources:
     secret_arn: str
     notify_dlq_url: str = ""
     notify_dlq_arn: str = ""
+    undelivered_events_url: str = ""
+    undelivered_events_arn: str = ""
     event_bus_name: str = "default"
 
     def role_values(self) -> dict[str, str]:
@@ -80,6 +83,7 @@ class Resources:
             "submit_dlq": self.submit_dlq_url,
             "finalize_dlq": self.finalize_dlq_url,
             "notify_dlq": self.notify_dlq_url,
+            "undelivered_events": self.undelivered_events_url,
         }
 
 
@@ -99,6 +103,8 @@ def provision(
     submit_dlq_url, submit_dlq_arn = _queue(sqs, names.submit_dlq, {"MessageRetentionPeriod": "1209600"})
     finalize_dlq_url, finalize_dlq_arn = _queue(sqs, names.finalize_dlq, {"MessageRetentionPeriod": "1209600"})
     notify_dlq_url, notify_dlq_arn = _queue(sqs, names.notify_dlq, {"MessageRetentionPeriod": "1209600"})
+    # Job events EventBridge did not take, kept whole and re-published by notify (template: UndeliveredJobEventQueue).
+    undelivered_url, undelivered_arn = _queue(sqs, names.undelivered_events, {"MessageRetentionPeriod": "1209600", "VisibilityTimeout": "300"})
     queue: QueueConfig = config.submit_queue
     submit_url, submit_arn = _queue(
         sqs,
@@ -189,6 +195,8 @@ def provision(
         secret_arn=secret["ARN"],
         notify_dlq_url=notify_dlq_url,
         notify_dlq_arn=notify_dlq_arn,
+        undelivered_events_url=undelivered_url,
+        undelivered_events_arn=undelivered_arn,
         event_bus_name=config.event_bus_name,
     )
 

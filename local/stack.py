@@ -461,6 +461,23 @@ class LocalStack:
                     retry_backoff_seconds=self.sqs_retry_backoff,
                 )
             )
+        notify_spec = config.functions.get("notify")
+        if "notify" in self.functions and notify_spec is not None and notify_spec.sqs is not None and resources.undelivered_events_url:
+            # Job events EventBridge did not take come back to notify from their queue.
+            self._start_source(
+                SqsEventSource(
+                    self.functions["notify"],
+                    queue_url=resources.undelivered_events_url,
+                    queue_arn=resources.undelivered_events_arn,
+                    region=REGION,
+                    client_factory=client,
+                    batch_size=notify_spec.sqs.batch_size,
+                    report_batch_item_failures=notify_spec.sqs.report_batch_item_failures,
+                    concurrency=1,
+                    wait_seconds=self.sqs_wait_seconds,
+                    retry_backoff_seconds=self.sqs_retry_backoff,
+                )
+            )
         # Each function with a stream event (finalize, notify) reads the stream on its own, like
         # one event source mapping each; on-failure records go to that function's queue.
         on_failure = {"finalize": resources.finalize_dlq_url, "notify": resources.notify_dlq_url}
@@ -519,6 +536,7 @@ class LocalStack:
             "submit_dlq_url": r.submit_dlq_url,
             "finalize_dlq_url": r.finalize_dlq_url,
             "notify_dlq_url": r.notify_dlq_url,
+            "undelivered_events_url": r.undelivered_events_url,
             "event_bus_name": r.event_bus_name,
             "secret_id": r.names.secret_id,
             "functions": {name: str(f.handler_file) for name, f in self.functions.items()},

@@ -282,6 +282,8 @@ def _find_roles(config: TemplateConfig) -> dict[str, str]:
     notify = config.functions.get("notify")
     if notify and notify.stream and notify.stream.on_failure_ref:
         roles["notify_dlq"] = notify.stream.on_failure_ref
+    if notify and notify.sqs and notify.sqs.queue_ref:
+        roles["undelivered_events"] = notify.sqs.queue_ref
     return roles
 
 

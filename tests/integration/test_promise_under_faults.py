@@ -360,6 +360,8 @@ class FakeRunware(BaseHTTPRequestHandler):
         tasks = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         task = tasks[-1]
         status, body = 200, {"data": [{"taskType": task["taskType"], "taskUUID": task["taskUUID"], "status": "processing"}]}
+        if task["taskType"] == "getResponse" and task["taskUUID"] not in self.tasks:
+            status, body = 400, {"errors": [{"code": "taskFailedOrNotFound", "message": "no such task", "taskUUID": task["taskUUID"]}]}
         if task["taskType"] == "videoInference":
             with FakeKie.lock:
                 if task["taskUUID"] in self.tasks:
@@ -378,8 +380,14 @@ class FakeRunware(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("task_exists", [False, True], ids=["cut off before sending", "answer lost after the task was created"])
-def test_a_runware_claim_whose_answer_was_never_recorded_is_sent_again_once(kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch, task_exists: bool) -> None:
+@pytest.mark.parametrize(
+    ("task_exists", "late"),
+    [(False, False), (True, False), (False, True)],
+    ids=["cut off before sending", "answer lost after the task was created", "past the deadline, no task"],
+)
+def test_a_runware_claim_whose_answer_was_never_recorded_is_sent_again_once(
+    kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch, task_exists: bool, late: bool
+) -> None:
     """Found by the 500-job chaos run: such a job was polled, Runware answered taskFailedOrNotFound
     for a task that was never created, and the job failed as generation_failed."""
     from aleph_pipeline.providers.runware import task_uuid
@@ -401,6 +409,13 @@ def test_a_runware_claim_whose_answer_was_never_recorded_is_sent_again_once(kie:
         assert store.claim_submission(job_id, int(time.time()) + 3600, {"provider": "runware", "model": "runway:2@1"})
         if task_exists:
             FakeRunware.tasks.append(task_uuid(job_id))
+        if late:
+            # Past the deadline it is not sent again, and a poll's "taskFailedOrNotFound" cannot say
+            # whether the task ever existed: the job ends as an ambiguous submit, not a generation failure.
+            late = reconcile(time.time() + 7200)
+            assert late.timed_out == 1 and FakeRunware.tasks == []
+            assert error_json(kie, job_id)["code"] == "submit_ambiguous"
+            return
         reconcile()
         assert FakeRunware.tasks == [task_uuid(job_id)]  # one task, whichever it was
         assert (job(job_id).state, job(job_id).provider_task_id) == (JobState.SUBMITTED, task_uuid(job_id))

@@ -210,7 +210,9 @@ def _settle_received(run: _Run, job: Job) -> None:
         run.report.settled += 1
         return
     reference = provider.own_reference(job.id)
-    if reference and _poll_and_apply(run, job, reference):
+    # Only a success settles an unconfirmed submission: "failed" may mean the task never existed
+    # (Runware answers both with taskFailedOrNotFound), and such a job ends as submit_ambiguous.
+    if reference and _poll_and_apply(run, job, reference, successes_only=True):
         return
     if _past_deadline(job, run.now):
         reason = (job.item["submission"].get("unanswered") or {}).get("reason") or "the submitting invocation ended before the answer was recorded"
@@ -260,13 +262,13 @@ def _idle(job: Job, now: float) -> float:
     return now - updated if updated is not None else 0.0
 
 
-def _poll_and_apply(run: _Run, job: Job, task_id: str) -> bool:
+def _poll_and_apply(run: _Run, job: Job, task_id: str, *, successes_only: bool = False) -> bool:
     """Poll and apply the answer; False when nothing was settled (no answer, still running, or a
     result URL refused), so the job's deadline still applies: a provider that keeps answering
     with a foreign URL, or cannot be asked, must not keep the job open for ever."""
     provider = get_provider(str(job.provider))
     outcome = run.poll(provider, task_id)
-    if outcome is None or outcome.state == "running":
+    if outcome is None or outcome.state == "running" or (successes_only and outcome.state != "succeeded"):
         return False
     result = apply_outcome(run.store, job, provider, outcome)
     run.report.settled += result in SETTLED
