@@ -13,7 +13,8 @@ reconciler runs on a fake clock and finalize runs. After every step it checks th
 - a job's output prefix holds results + job.json or error.json, never both, never two sets;
 - a sidecar version maps to exactly one job, and a replaced sidecar's job is never submitted;
 - a job whose video intake had already found never fails as `pairing_timeout`;
-- no result is copied before the provider's status API confirmed it (confirm-by-polling).
+- no result is copied before the provider's status API confirmed it (confirm-by-polling);
+- a callback to the URL a task was given (its token, its task id) is never refused.
 
 At the end every pending redelivery is made, the clock passes every deadline, and every job must
 be terminal (nothing stuck).
@@ -52,9 +53,9 @@ from .conftest import clear_caches
 
 pytestmark = pytest.mark.timeout(900)
 
-# Short, distinct timings so a few clock steps cross every one of them.
-# Each is 25 s off every sum of clock steps (multiples of 50 s): whether a deadline has passed
-# never depends on the real milliseconds a step took, so every example replays the same way.
+# Short, distinct timings so a few clock steps cross every one of them. Each is 25 s off every
+# sum of clock steps (multiples of 50 s): whether a deadline has passed never depends on the real
+# milliseconds a step took, so every example replays the same way.
 CLOCK_STEPS = (50, 150, 400, 700, 4000)
 TIMINGS = {
     "PAIRING_TIMEOUT_SECONDS": "625",
@@ -73,15 +74,16 @@ SHOTS = ("incoming/shot-a", "incoming/shot-b")
 ACCEPT = "accept"
 SUBMIT_MODES = (
     ACCEPT,
+    "refuse_429",
+    "refuse_455",
     "callback_first",  # the success callback (with task id) arrives before the submit answer
     "bare_callback_first",  # ... without a task id in its body
     "bare_callback_and_finalize_first",  # ... and the stream runs finalize before the answer too
+    "failure_callback_first",  # a failure callback arrives before the submit answer
     "create_then_502_html",
     "create_then_504_html",
     "create_then_500",
     "create_then_reset",  # the request was read, the connection dies without an answer
-    "refuse_429",
-    "refuse_455",
 )
 REFUSALS = {"refuse_429": (429, 429, "rate limited"), "refuse_455": (200, 455, "the service is under maintenance")}
 GATEWAY_ERRORS = {"create_then_502_html": 502, "create_then_504_html": 504}
@@ -111,6 +113,8 @@ class FakeKie:
     # What happened inside request handlers (another thread: hypothesis.note works only in the test's).
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # (task id, how the callback handler answered) for each callback that carried its task id.
+    callback_answers: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: Iterator[int] = field(default_factory=itertools.count)
 
@@ -120,7 +124,9 @@ class FakeKie:
             self.log.clear()
             self.notes.clear()
             self.errors.clear()
+            self.callback_answers.clear()
             self.next_mode = ACCEPT
+            self.ids = itertools.count()
 
     def record(self, text: str) -> None:
         with self.lock:
@@ -171,6 +177,9 @@ def send_callback(fake: FakeKie, task: Task, outcome: str, *, with_task_id: bool
     token = parse_qs(parts.query)["token"][0]
     body = fake.callback_body(task, outcome, with_task_id=with_task_id)
     answer = receive_callback(provider_id, job_id, token, body, {"content-type": "application/json"})
+    if with_task_id:
+        with fake.lock:
+            fake.callback_answers.append((task.task_id, answer.status))
     fake.record(f"callback {outcome}{'' if with_task_id else ' (no task id)'} for {task.task_id} of job {job_id[:8]}: {answer.status} {answer.body}")
 
 
@@ -190,7 +199,8 @@ def fake_kie_handler(fake: FakeKie) -> type[BaseHTTPRequestHandler]:
             try:
                 self._submit()
             except Exception:
-                fake.errors.append(traceback.format_exc())
+                with fake.lock:
+                    fake.errors.append(traceback.format_exc())
                 raise
 
         def _submit(self) -> None:
@@ -202,7 +212,10 @@ def fake_kie_handler(fake: FakeKie) -> type[BaseHTTPRequestHandler]:
                 return
             task = fake.create_task(request["callBackUrl"])
             fake.record(f"{task.task_id} created for job {task.job_id[:8]}; the provider answers {mode}")
-            if mode.endswith("callback_first"):
+            if mode == "failure_callback_first":
+                task.truth = "failure"
+                send_callback(fake, task, "failure")
+            elif mode.endswith("callback_first"):
                 task.truth = "success"
                 send_callback(fake, task, "success", with_task_id=not mode.startswith("bare"))
             if mode == "bare_callback_and_finalize_first":
@@ -485,6 +498,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.one_job_per_sidecar_version(jobs)
         self.a_paired_job_never_times_out_pairing(jobs)
         self.results_are_copied_only_after_the_provider_confirmed_them()
+        self.the_callback_url_a_task_was_given_stays_valid()
 
     def one_task_per_job(self) -> None:
         for job_id in {task.job_id for task in self.fake.tasks}:
@@ -525,6 +539,8 @@ class JobLifecycle(RuleBasedStateMachine):
             state = job["status"]
             if "error.json" in names:
                 assert names == {"error.json"}, f"job {job['jobId']} ({state}) left {sorted(names)}: results beside error.json"
+                assert state == "FAILED", f"job {job['jobId']} has an error.json but is {state}"
+            assert "job.json" not in names or state == "COMPLETED", f"job {job['jobId']} has a job.json but is {state}"
             assert names <= RESULT_SET | {"error.json"}, f"job {job['jobId']} ({state}) left a second set of outputs: {sorted(names)}"
             if state == "COMPLETED":
                 assert names == RESULT_SET, f"completed job {job['jobId']} left {sorted(names)}"
@@ -553,6 +569,11 @@ class JobLifecycle(RuleBasedStateMachine):
                 confirmed.add(task_id)
             else:
                 assert task_id in confirmed, f"the result of {task_id} was copied without asking the provider's status API first"
+
+    def the_callback_url_a_task_was_given_stays_valid(self) -> None:
+        with self.fake.lock:
+            refused = [(task_id, status) for task_id, status in self.fake.callback_answers if status != 200]
+        assert not refused, f"the provider's callbacks (to the URL, token and task id it was given) were refused: {refused}"
 
     # The end: what SQS and the schedule would still do, then nothing may be left waiting.
 
@@ -587,8 +608,8 @@ def test_job_lifecycle_keeps_its_promises(world: World) -> None:
     run_state_machine_as_test(
         JobLifecycle,
         settings=settings(
-            max_examples=30,
-            stateful_step_count=20,
+            max_examples=35,
+            stateful_step_count=25,
             deadline=None,
             # No explain phase: on Python < 3.12 its tracer slows every call of the replay several times over.
             phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
