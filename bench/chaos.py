@@ -219,6 +219,8 @@ def stack_arguments(config: ChaosConfig) -> list[str]:
         "CLAIM_SETTLE_SECONDS": config.claim_settle_seconds,
         "PAIRING_TIMEOUT_SECONDS": max(60, config.job_deadline_seconds),
         "PROVIDER_READ_TIMEOUT_SECONDS": config.read_timeout_seconds,
+        # Provider keys read again every few seconds (300 s in production), so Secrets Manager faults are met.
+        "SECRET_MAX_AGE_SECONDS": 2,
     }
     args = ["--schedule-interval", "1", "--sqs-concurrency", str(config.sqs_concurrency), "--quiet"]
     for name, value in settings.items():
