@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.chaos import (
+    AWS_FAULT_BURST,
     AWS_FAULT_RATES,
     FAULT_RATES,
     ChaosConfig,
@@ -68,7 +69,8 @@ def test_aws_faults_are_passed_to_the_stack_and_their_counts_read_back(tmp_path:
     rates = parse_aws_faults("s3_500=0.05, kill=0.02")
     args = stack_arguments(ChaosConfig(seed=9, aws_faults=rates))
     given = json.loads(args[args.index("--aws-faults") + 1])
-    assert given == {"seed": 9, "rules": [{"fault": "s3_500", "rate": 0.05}, {"fault": "kill", "rate": 0.02}]}
+    # Error faults come in bursts that outlast botocore's retries; a kill is one cut.
+    assert given == {"seed": 9, "rules": [{"fault": "s3_500", "rate": 0.05, "burst": AWS_FAULT_BURST}, {"fault": "kill", "rate": 0.02}]}
     with pytest.raises(argparse.ArgumentTypeError, match="unknown AWS fault 'meteor'"):
         parse_aws_faults("meteor=0.1")
     with pytest.raises(argparse.ArgumentTypeError, match="rate from 0 to 1"):

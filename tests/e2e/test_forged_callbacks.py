@@ -257,12 +257,14 @@ def forged_requests(jobs: dict[str, RealJob], held: RealJob, foreign: ForeignHos
         Forged(
             "allowed host @ foreign host", "kie", on.job_id, on.token, kie_a(on.task_id, f"http://127.0.0.1@localhost:{foreign.port}/r.mp4"), 400, says=OFF_HOST
         ),
+        # The cover is optional (one on a foreign host is dropped, the video still counts: see
+        # tests/integration/test_forged_callbacks.py), but an allowed cover never carries a foreign video.
         Forged(
-            "video on the allowed host, cover on 169.254.169.254",
+            "cover on the allowed host, video on 169.254.169.254",
             "kie",
             on.job_id,
             on.token,
-            kie_a(on.task_id, f"http://{loopback}/r.mp4", metadata),
+            kie_a(on.task_id, metadata, f"http://{loopback}/c.png"),
             400,
             says=OFF_HOST,
         ),

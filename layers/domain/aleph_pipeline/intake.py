@@ -235,8 +235,8 @@ def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage
         if video is None:
             return IntakeFacts(job.state, awaiting=awaiting, attempts_left=attempts_left)
         video_info = VideoInfo(video.extension, video.info.size if video.info else None, partial(storage.read_range, video.info) if video.info else None)
-        video_info.check_container()  # a file that is not a video stops here, before any provider
-        provider.check(sidecar, model, video_info)
+        provider.check(sidecar, model, video_info)  # the provider's formats and limits first: the plainest reason
+        video_info.check_container()  # a file that is not the video its name says stops here, before any provider
         reference_urls = tuple(_image_url(info, ref) for ref in sidecar.reference_images or ())
         frame_urls = tuple(_image_url(info, entry if isinstance(entry, str) else entry.image) for entry in sidecar.frame_images or ())
         provider.api_key()  # read before the claim: a missing key fails here, not after a claim

@@ -114,13 +114,18 @@ def reconcile(now: float | None = None, time_left: Callable[[], float] | None = 
         ((job, _settle_succeeded) for job in store.stale(JobState.SUCCEEDED, _iso(run.now - settings.finalize_grace_seconds), limit)),
         ((job, _repair_failed) for job in store.recent(JobState.FAILED, _iso(run.now - FAILED_REPAIR_SECONDS), limit)),
     )
+    # Dead-lettered uploads first: they have no job yet, nothing else would ever find them.
+    if settings.submit_dead_letter_queue_url:
+        try:
+            _redrive_dead_letters(run, settings.submit_dead_letter_queue_url, needed)
+        except Exception:
+            report.errors += 1
+            logger.exception("the submit dead-letter queue could not be read; the next run tries again")
     for job, settle in work:
         if run.time_left() < needed:
             report.out_of_time += 1
             break
         _guarded(run, job, settle)
-    if settings.submit_dead_letter_queue_url and run.time_left() >= needed:
-        _redrive_dead_letters(run, settings.submit_dead_letter_queue_url, needed)
     logger.info("reconciled", extra=report.as_dict())
     return report
 
@@ -138,7 +143,12 @@ def _redrive_dead_letters(run: _Run, queue_url: str, needed: float) -> None:
     A message is deleted once intake took it; one that fails stays for the next run."""
     settings = get_settings()
     answer = _sqs().receive_message(
-        QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=300, WaitTimeSeconds=0, AttributeNames=["ApproximateReceiveCount"]
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=10,
+        # Hidden only as long as intake may take: a run cut off leaves them for the next one.
+        VisibilityTimeout=int(needed) + 5,
+        WaitTimeSeconds=0,
+        AttributeNames=["ApproximateReceiveCount"],
     )
     for message in answer.get("Messages", []):
         if run.time_left() < needed:
