@@ -445,35 +445,26 @@ class LocalStack:
 
     def _start_sources(self, client: Any) -> None:
         config, resources = _need(self.config), _need(self.resources)
-        submit_spec = config.functions["submit"]
-        if "submit" in self.functions and submit_spec.sqs is not None:
+        # Each function's SQS event, as an event source mapping: submit reads the submit queue;
+        # notify reads the job events EventBridge did not take (UndeliveredJobEventQueue).
+        queues = {
+            "submit": (resources.submit_queue_url, resources.submit_queue_arn, self.sqs_concurrency),
+            "notify": (resources.undelivered_events_url, resources.undelivered_events_arn, 1),
+        }
+        for name, (queue_url, queue_arn, concurrency) in queues.items():
+            spec = config.functions.get(name)
+            if name not in self.functions or spec is None or spec.sqs is None or not queue_url:
+                continue
             self._start_source(
                 SqsEventSource(
-                    self.functions["submit"],
-                    queue_url=resources.submit_queue_url,
-                    queue_arn=resources.submit_queue_arn,
+                    self.functions[name],
+                    queue_url=queue_url,
+                    queue_arn=queue_arn,
                     region=REGION,
                     client_factory=client,
-                    batch_size=submit_spec.sqs.batch_size,
-                    report_batch_item_failures=submit_spec.sqs.report_batch_item_failures,
-                    concurrency=self.sqs_concurrency,
-                    wait_seconds=self.sqs_wait_seconds,
-                    retry_backoff_seconds=self.sqs_retry_backoff,
-                )
-            )
-        notify_spec = config.functions.get("notify")
-        if "notify" in self.functions and notify_spec is not None and notify_spec.sqs is not None and resources.undelivered_events_url:
-            # Job events EventBridge did not take come back to notify from their queue.
-            self._start_source(
-                SqsEventSource(
-                    self.functions["notify"],
-                    queue_url=resources.undelivered_events_url,
-                    queue_arn=resources.undelivered_events_arn,
-                    region=REGION,
-                    client_factory=client,
-                    batch_size=notify_spec.sqs.batch_size,
-                    report_batch_item_failures=notify_spec.sqs.report_batch_item_failures,
-                    concurrency=1,
+                    batch_size=spec.sqs.batch_size,
+                    report_batch_item_failures=spec.sqs.report_batch_item_failures,
+                    concurrency=concurrency,
                     wait_seconds=self.sqs_wait_seconds,
                     retry_backoff_seconds=self.sqs_retry_backoff,
                 )
