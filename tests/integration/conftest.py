@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from aleph_pipeline import jobs, storage
+from aleph_pipeline import clients, jobs, storage
 from aleph_pipeline.config import get_settings
 from aleph_pipeline.providers import PROVIDER_IDS, get_provider
 
@@ -18,7 +18,7 @@ from aleph_pipeline.providers import PROVIDER_IDS, get_provider
 def clear_caches() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    for cached in (get_settings, storage.s3_client, jobs._table, get_provider):
+    for cached in (get_settings, storage.s3_client, jobs._table, get_provider, clients.client):
         cached.cache_clear()
     parameters.clear_caches()
     parameters.base.DEFAULT_PROVIDERS.clear()

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
-from aleph_pipeline import notifications
+from aleph_pipeline import clients, notifications
 from aleph_pipeline.config import get_settings
 from aleph_pipeline.notifications import (
     EVENT_BUDGET_BYTES,
@@ -178,7 +178,7 @@ def notify_handler() -> Any:
 
 
 def clear_clients() -> None:
-    for cached in (get_settings, notifications._events_client, notifications._sqs_client):
+    for cached in (get_settings, notifications._events_client, clients.client):
         cached.cache_clear()
 
 

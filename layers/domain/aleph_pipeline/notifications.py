@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .clients import client
 from .config import get_settings
 from .errors import HINTS
 from .jobs import TERMINAL, Job, JobState
@@ -207,13 +208,6 @@ def _events_client() -> Any:
     return boto3.client("events")
 
 
-@lru_cache(maxsize=1)
-def _sqs_client() -> Any:
-    import boto3
-
-    return boto3.client("sqs")
-
-
 def _calls(entries: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     """The entries in PutEvents calls of at most 10 entries and ``MAX_ENTRY_BYTES`` in all."""
     call: list[dict[str, Any]] = []
@@ -260,7 +254,7 @@ def publish_or_keep(entry: dict[str, Any]) -> bool:
             raise
         reason = f"{type(exc).__name__}: {exc}"[:1000]
         job_id = _job_id(entry) or "unknown"
-        _sqs_client().send_message(
+        client("sqs").send_message(
             QueueUrl=queue_url,
             MessageBody=json.dumps(entry, ensure_ascii=False),
             DelaySeconds=REPUBLISH_DELAY_SECONDS,

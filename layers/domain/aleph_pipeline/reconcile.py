@@ -28,12 +28,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from itertools import chain, zip_longest
-from typing import Any
 
 from . import storage
 from .callbacks import apply_outcome
+from .clients import client
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_INTAKE, STAGE_PROVIDER, STAGE_SUBMIT, JobError
 from .intake import handle_object_created, object_created_records, reconsider
@@ -130,19 +129,12 @@ def reconcile(now: float | None = None, time_left: Callable[[], float] | None = 
     return report
 
 
-@lru_cache(maxsize=1)
-def _sqs() -> Any:
-    import boto3
-
-    return boto3.client("sqs")
-
-
 def _redrive_dead_letters(run: _Run, queue_url: str, needed: float) -> None:
     """Run intake for the uploads whose events met an error on every delivery (they are in the
     submit queue's dead-letter queue): the same claim protects them, so nothing is sent twice.
     A message is deleted once intake took it; one that fails stays for the next run."""
     settings = get_settings()
-    answer = _sqs().receive_message(
+    answer = client("sqs").receive_message(
         QueueUrl=queue_url,
         MaxNumberOfMessages=10,
         # Hidden only as long as intake may take: a run cut off leaves them for the next one.
@@ -163,7 +155,7 @@ def _redrive_dead_letters(run: _Run, queue_url: str, needed: float) -> None:
             run.report.errors += 1
             logger.exception("a dead-lettered upload still fails; the next run tries again")
             continue
-        _sqs().delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        client("sqs").delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         run.report.redriven += 1
 
 
@@ -217,7 +209,8 @@ def _settle_received(run: _Run, job: Job) -> None:
         current = run.store.get(job.id)
         if current is not None:
             reconsider(run.store, current, run.time_left)
-        run.report.settled += 1
+            after = run.store.get(job.id)
+            run.report.settled += after is not None and after.state != JobState.RECEIVED
         return
     reference = provider.own_reference(job.id)
     # Only a success settles an unconfirmed submission: "failed" may mean the task never existed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from .config import get_settings
@@ -19,9 +20,10 @@ def _provider_entry(provider_id: str) -> Any:
     try:
         secret = parameters.get_secret(settings.provider_secret_id, transform="json", max_age=settings.secret_max_age_seconds)
     except parameters.exceptions.GetParameterError as exc:
-        code = _aws_error_code(exc)
-        if code not in SETUP_ERRORS and not _caused_by(exc, "ParamValidationError"):
-            raise TransientError(f"the provider secret could not be read just now ({code or type(exc.__cause__).__name__}); retrying") from exc
+        causes = list(_causes(exc))
+        code = next((_error_code(cause) for cause in causes if _error_code(cause)), None)
+        if code not in SETUP_ERRORS and not any(type(cause).__name__ == "ParamValidationError" for cause in causes):
+            raise TransientError(f"the provider secret could not be read just now ({code or type(causes[-1]).__name__}); retrying") from exc
         raise JobError("provider_not_configured", f"the provider secret could not be read ({code})", STAGE_SUBMIT, retryable=True) from exc
     except parameters.exceptions.TransformParameterError as exc:
         raise JobError("provider_not_configured", "the provider secret is not a JSON object", STAGE_SUBMIT, retryable=True) from exc
@@ -46,22 +48,16 @@ def provider_webhook_key(provider_id: str) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def _aws_error_code(exc: BaseException) -> str | None:
-    """The AWS error code behind a Powertools parameter error (it wraps botocore's ClientError)."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or while handling (Powertools wraps botocore's error)."""
     cause: BaseException | None = exc
     while cause is not None:
-        response = getattr(cause, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            return str(code) if code else None
+        yield cause
         cause = cause.__cause__ or cause.__context__
-    return None
 
 
-def _caused_by(exc: BaseException, type_name: str) -> bool:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if type(cause).__name__ == type_name:
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+def _error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError (None for anything else)."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return str(code) if code else None
