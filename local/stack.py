@@ -354,9 +354,10 @@ class LocalStack:
             logical_id = config.logical_id(role)
             if logical_id:
                 refs[logical_id] = value
-        from_template, problems = config.resolve_environment(refs)
-        env.update(from_template)
-        self.warnings.extend(message for name, message in problems.items() if name not in _LOCAL_ONLY)
+        for function in config.functions:
+            from_template, problems = config.resolve_environment(function, refs)
+            env.update(from_template)
+            self.warnings.extend(message for name, message in problems.items() if name not in _LOCAL_ONLY)
 
         base = self.simulator_url or UNREACHABLE_PROVIDER_URL
         env.update(

@@ -51,6 +51,7 @@ class HttpRouteConfig:
     method: str
     path: str
     payload_format_version: str = "2.0"
+    authorizer: str | None = None  # "AWS_IAM" when the route asks for SigV4; None: open
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class FunctionConfig:
     stream: StreamSourceConfig | None = None
     routes: tuple[HttpRouteConfig, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
+    # The function's environment as the template writes it (Globals merged with its own), unresolved.
+    environment: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def handler_file(self) -> str:
@@ -98,7 +101,7 @@ class TemplateConfig:
     jobs_table: dict[str, Any] | None = None  # AWS::DynamoDB::Table properties usable as API args
     input_bucket_versioning: bool = False
     functions: dict[str, FunctionConfig] = field(default_factory=dict)
-    environment: dict[str, Any] = field(default_factory=dict)  # Globals + every function's
+    global_environment: dict[str, Any] = field(default_factory=dict)  # Globals.Function's
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -111,19 +114,22 @@ class TemplateConfig:
         """Logical id of a contract resource found by its role (see ``_find_roles``)."""
         return _find_roles(self).get(kind)
 
-    def resolve_environment(self, refs: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-        """The functions' environment with ``!Ref``/``!Sub`` resolved against local values.
+    def resolve_environment(self, function: str, refs: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """One function's environment with ``!Ref``/``!Sub`` resolved against local values.
 
-        ``refs`` maps logical ids (and pseudo parameters like ``AWS::Region``) to local values;
-        template parameters resolve to their defaults. Returns the values that could be resolved
-        and, by variable name, a warning for each that could not.
+        Only what the template gives that function (Globals and its own ``Environment``), like
+        Lambda. ``refs`` maps logical ids (and pseudo parameters like ``AWS::Region``) to local
+        values; template parameters resolve to their defaults. Returns the values that could be
+        resolved and, by variable name, a warning for each that could not.
         """
+        spec = self.functions.get(function)
+        raw = dict(spec.environment) if spec is not None else dict(self.global_environment)
         values: dict[str, str] = {}
         problems: dict[str, str] = {}
-        for name, raw in self.environment.items():
-            resolved = _resolve(raw, refs, self.parameters)
+        for name, value in raw.items():
+            resolved = _resolve(value, refs, self.parameters)
             if resolved is None:
-                problems[name] = f"template sets {name} to {json.dumps(raw)}, which the local stack cannot resolve"
+                problems[name] = f"template sets {name} to {json.dumps(value)} for {function}, which the local stack cannot resolve"
             else:
                 values[name] = resolved
         return values, problems
@@ -297,7 +303,7 @@ def _from_template(path: Path, template: dict[str, Any]) -> TemplateConfig:
     }
     config.resources = {lid: r for lid, r in (template.get("Resources") or {}).items() if isinstance(r, dict)}
     globals_fn = (template.get("Globals") or {}).get("Function") or {}
-    config.environment = dict(((globals_fn.get("Environment") or {}).get("Variables")) or {})
+    config.global_environment = dict(((globals_fn.get("Environment") or {}).get("Variables")) or {})
     for lid, resource in config.resources.items():
         if resource.get("Type") == "AWS::Serverless::Function":
             function = _function_config(lid, resource.get("Properties") or {}, globals_fn, config)
@@ -332,7 +338,7 @@ def _function_config(lid: str, props: dict[str, Any], globals_fn: dict[str, Any]
         return None
     code_uri = code_uri.removeprefix("./").rstrip("/") + "/"
     name = code_uri.rstrip("/").rsplit("/", 1)[-1]
-    config.environment.update((props.get("Environment") or {}).get("Variables") or {})
+    environment = {**config.global_environment, **((props.get("Environment") or {}).get("Variables") or {})}
     params = config.parameters
     handler = props.get("Handler", globals_fn.get("Handler", "app.lambda_handler"))
     sqs: SqsSourceConfig | None = None
@@ -357,6 +363,7 @@ def _function_config(lid: str, props: dict[str, Any], globals_fn: dict[str, Any]
                     method=str(eprops.get("Method", "ANY")).upper(),
                     path=str(eprops.get("Path", "/")),
                     payload_format_version=str(eprops.get("PayloadFormatVersion", "2.0")),
+                    authorizer=_route_authorizer(eprops.get("Auth")),
                 )
             )
         elif kind in ("Schedule", "ScheduleV2"):
@@ -376,7 +383,15 @@ def _function_config(lid: str, props: dict[str, Any], globals_fn: dict[str, Any]
         stream=stream,
         routes=tuple(routes),
         schedules=tuple(schedules),
+        environment=environment,
     )
+
+
+def _route_authorizer(auth: Any) -> str | None:
+    """``AWS_IAM`` for a route whose ``Auth.Authorizer`` asks for it; None for an open route."""
+    if isinstance(auth, dict) and isinstance(auth.get("Authorizer"), str) and auth["Authorizer"] != "NONE":
+        return str(auth["Authorizer"])
+    return None
 
 
 def _with(function: FunctionConfig, **changes: Any) -> FunctionConfig:

@@ -643,6 +643,18 @@ def test_template_filter_and_settings_are_read_from_template_yaml() -> None:
     assert config.jobs_table is not None and config.jobs_table["GlobalSecondaryIndexes"][0]["IndexName"] == "by-status"
 
 
+def test_each_function_gets_only_its_own_environment_and_routes_their_auth() -> None:
+    config = load_template_config(REPO_ROOT / "template.yaml")
+    refs = {"CallbackApi": "api1", "AWS::Region": "us-east-1", "AWS::URLSuffix": "amazonaws.com", "SubmitDeadLetterQueue": "q"}
+    submit, _ = config.resolve_environment("submit", refs)
+    finalize, _ = config.resolve_environment("finalize", refs)
+    assert submit["CALLBACK_API_URL"] == "https://api1.execute-api.us-east-1.amazonaws.com"
+    assert "CALLBACK_API_URL" not in finalize and "SUBMIT_DEAD_LETTER_QUEUE_URL" not in submit
+    assert submit["POWERTOOLS_SERVICE_NAME"] == finalize["POWERTOOLS_SERVICE_NAME"] == "aleph-pipeline"  # Globals
+    assert [r.authorizer for r in config.functions["status"].routes] == ["AWS_IAM"]
+    assert [r.authorizer for r in config.functions["callback"].routes] == [None]
+
+
 def test_missing_template_falls_back_to_the_contract(tmp_path: Path) -> None:
     config = load_template_config(tmp_path / "template.yaml")
     assert config.source is None and config.warnings
