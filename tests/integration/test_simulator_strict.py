@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -15,6 +15,11 @@ import pytest
 
 from aleph_pipeline.finalize import finalize_job
 from aleph_pipeline.jobs import JobStore
+from aleph_pipeline.providers import Provider, ProviderError, SubmitRequest
+from aleph_pipeline.providers.crun import CrunProtocol
+from aleph_pipeline.providers.kie import KieProtocol
+from aleph_pipeline.providers.runware import RunwareProtocol
+from aleph_pipeline.sidecar import parse_sidecar
 from local.media import make_clip
 from local.simulator.server import SimulatorServer
 
@@ -284,3 +289,58 @@ def test_finalize_names_a_webm_result_result_webm(runware_env: dict[str, Any], c
     copied = runware_env["s3"].get_object(Bucket=runware_env["output"], Key=prefix + "result.webm")
     assert copied["Body"].read() == content
     assert copied["ContentType"] == "video/webm"
+
+
+# ---- the pipeline's own clients: documented requests pass, an escape hatch the provider refuses fails clearly
+
+
+def adapter(provider_id: str, server: SimulatorServer, http: httpx.Client) -> Provider:
+    constructor: dict[str, Callable[..., Provider]] = {"kie": KieProtocol, "apikley": KieProtocol, "runware": RunwareProtocol, "crun": CrunProtocol}
+    return constructor[provider_id](
+        id=provider_id,
+        base_url=f"{server.url}/{provider_id}",
+        api_key=lambda: KEYS[provider_id],
+        http=http,
+        models=MODELS[provider_id],
+        default_result_hosts=("127.0.0.1",),
+    )
+
+
+MODELS = {"kie": ("aleph",), "apikley": ("aleph",), "runware": ("runway:aleph@2.0", "runway:2@1"), "crun": ("runway/gen-4-aleph",)}
+# Per provider: a sidecar using every field the adapter maps, and an undocumented field passed through providerOptions.
+SIDECARS = {
+    "kie": ({"aspectRatio": "16:9", "seed": 7, "watermark": ""}, {"watermark": "w"}),
+    "apikley": ({"aspectRatio": "1:1", "seed": 7}, {"numberResults": 2}),
+    "runware": ({"outputFormat": "WEBM", "seed": 7, "publicFigureThreshold": "low", "outputQuality": 50}, {"watermark": True}),
+    "crun": ({"aspectRatio": "16:9", "seed": 7}, {"duration": 5}),
+}
+
+
+def submit_request(provider_id: str, sink: CallbackSink, media_url: str, document: dict[str, Any]) -> SubmitRequest:
+    sidecar, _ = parse_sidecar(json.dumps({"prompt": "make it snow", "provider": provider_id, **document}).encode())
+    return SubmitRequest(uuid.uuid4().hex, sidecar, MODELS[provider_id][0], f"{media_url}/clip.mp4", (), f"{sink.url}/callbacks/{provider_id}/job?token=t")
+
+
+@pytest.mark.parametrize("provider_id", ["kie", "apikley", "runware", "crun"])
+def test_the_clients_documented_request_is_accepted(
+    server: SimulatorServer, client: httpx.Client, media_url: str, sink: CallbackSink, provider_id: str
+) -> None:
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        provider = adapter(provider_id, server, http)
+        task_id = provider.submit(submit_request(provider_id, sink, media_url, SIDECARS[provider_id][0]))
+    assert [task["taskId"] for task in tasks(client)] == [task_id]
+    sink.wait_for(task_id)
+
+
+@pytest.mark.parametrize("provider_id", ["kie", "apikley", "runware", "crun"])
+def test_an_undocumented_provider_option_is_a_clear_refusal(
+    server: SimulatorServer, client: httpx.Client, media_url: str, sink: CallbackSink, provider_id: str
+) -> None:
+    extra = SIDECARS[provider_id][1]
+    with httpx.Client(timeout=10, trust_env=False) as http, pytest.raises(ProviderError) as caught:
+        adapter(provider_id, server, http).submit(submit_request(provider_id, sink, media_url, {"providerOptions": extra}))
+    error = caught.value.to_job_error()
+    assert (caught.value.kind, error.code, error.retryable) == ("refused", "provider_rejected", False)
+    [name] = extra
+    assert name in error.message
+    assert tasks(client) == []
