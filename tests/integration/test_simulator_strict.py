@@ -25,6 +25,7 @@ from local.simulator.server import SimulatorServer
 
 from .conftest import clear_caches
 from .sim_servers import CallbackSink, QuietFiles, serve, sink_handler
+from .test_simulator import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -222,6 +223,27 @@ def test_runware_wrong_container_fault_sends_mp4_for_webm(client: httpx.Client, 
     url, content = runware_result(client, media_url, sink, outputFormat="WEBM")
     assert url.endswith(".webm")
     assert (content[4:8], content[8:12]) == (b"ftyp", b"isom")
+
+
+@pytest.mark.parametrize("provider", ["kie", "crun"])
+def test_wrong_container_fault_sends_webm_for_an_mp4_result(client: httpx.Client, media_url: str, provider: str) -> None:
+    client.post("/_sim/faults", json=[{"fault": "wrong_container", "provider": provider}]).raise_for_status()
+    if provider == "kie":
+        answer = kie_generate(client, "kie", kie_body(media_url))
+    else:
+        body = {"model": "runway/gen-4-aleph", "input": {"prompt": "make it snow", "video_url": f"{media_url}/clip.mp4"}}
+        answer = client.post("/crun/api/v1/client/job/CreateTask", json=body, headers={"x-api-key": KEYS["crun"]})
+    assert answer.json()["code"] == 200, answer.text
+
+    def done() -> dict[str, Any] | None:
+        [task] = tasks(client)
+        return task if task["state"] in ("success", "failed") else None
+
+    task = wait_until(done, "the task to end")
+    assert (task["state"], task["faults"]) == ("success", ["wrong_container"])
+    url = task["result_urls"]["video"]
+    assert url.endswith(".mp4")
+    assert client.get(url).content[:4] == b"\x1a\x45\xdf\xa3"  # WebM's EBML header under an .mp4 name
 
 
 # ---- finalize refuses a result in another container (moto server, the simulator's result) -----
