@@ -157,7 +157,7 @@ class SimContext:
             source = workdir / "input"
             try:
                 fetch_input(video_url, source)
-                edit_video(source, workdir / VIDEO_FILE, workdir / COVER_FILE, aspect_ratio=aspect_ratio)
+                edit_video(source, workdir / VIDEO_FILE, workdir / COVER_FILE, aspect_ratio=aspect_ratio, wrong_container="wrong_container" in rules)
             finally:
                 source.unlink(missing_ok=True)
         except EditFailure as failure:

@@ -16,9 +16,13 @@ Wire facts implemented here:
   by default, or wrapped in ``{code, message, data}`` when the ``crun_callback_wrapped`` setting
   is on (the docs leave it open, so the client must take both).
 
-The ``input`` fields of this model are undocumented. Checked: ``prompt`` (required, at most 1000
-characters, Runway's limit), ``video_url`` (required), ``img_urls`` (list of URLs),
-``aspect_ratio``, ``seed``; any other field is kept as received (visible in ``/_sim/tasks``).
+The top-level body holds exactly ``model``, ``callback_url`` (optional) and ``input``: any other
+field (``callBackUrl``, ``webhook_url``: no callback would ever come) is refused with the 422.
+The ``input`` fields of this model are undocumented; the simulator accepts the ones providers.md
+assumes, listed once in ``INPUT_FIELDS`` -- ``prompt`` (required, at most 1000 characters,
+Runway's limit), ``video_url`` (required), ``img_urls`` (list of URLs), ``aspect_ratio``,
+``seed`` -- and refuses any other with the 422 too (crun's own client sends only the fields the
+model's ``input_schema`` permits), so a sidecar's ``providerOptions`` that adds one is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from urllib.parse import urlsplit
 
 from local.simulator.context import VIDEO_FILE, SimContext
 from local.simulator.faults import FOREIGN_RESULT_URL, FaultRule
+from local.simulator.fields import unknown_fields
 from local.simulator.store import Task
 from local.simulator.web import Request, Response, json_response
 
@@ -41,6 +46,9 @@ log = logging.getLogger("local.simulator")
 CREATE_PATH = "/api/v1/client/job/CreateTask"
 TASK_INFO_PATH = "/api/v1/client/job/TaskInfo"
 MODEL = "runway/gen-4-aleph"
+BODY_FIELDS = frozenset({"model", "callback_url", "input"})
+# The simulator's reading of the model's undocumented ``input`` (see the module docstring).
+INPUT_FIELDS = frozenset({"prompt", "video_url", "img_urls", "aspect_ratio", "seed"})
 ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 4294967295
@@ -77,7 +85,7 @@ def validate_create(body: dict[str, Any]) -> list[str]:
 
     Plain http is accepted for URLs because locally the presigned URLs point at 127.0.0.1.
     """
-    problems: list[str] = []
+    problems = unknown_fields(body, BODY_FIELDS)
     model = body.get("model")
     if model is None:
         problems.append("model is required")
@@ -93,6 +101,7 @@ def validate_create(body: dict[str, Any]) -> list[str]:
     if not isinstance(given, dict):
         problems.append("input must be an object")
         return problems
+    problems.extend(unknown_fields(given, INPUT_FIELDS, where="input."))
     prompt = given.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         problems.append("input.prompt is required and must be a non-empty string")

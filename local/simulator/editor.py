@@ -22,6 +22,9 @@ FETCH_TIMEOUT_SECONDS = 60.0
 FFMPEG_TIMEOUT_SECONDS = 300.0
 MAX_OUTPUT_WIDTH = 1280  # keeps big inputs from making the edit slow
 
+# The container the ``wrong_container`` fault writes instead of the one a result's suffix names.
+WRONG_CONTAINER = {".webm": ".mp4", ".mov": ".mp4", ".mp4": ".webm"}
+
 MSG_FETCH_FAILED = "Failed to fetch the video. Kindly verify any access limits set by you or your service provider."
 MSG_TOO_LARGE = "The video file is too large: the maximum file size is 10MB."
 MSG_BAD_VIDEO = "Incorrect video format: the input could not be decoded as a video."
@@ -95,10 +98,14 @@ def edit_video(
     size: tuple[int, int] | None = None,
     variant: int = 0,
     quality: int | None = None,
+    wrong_container: bool = False,
 ) -> None:
     """Write the edited video (video only; container by ``video_out``'s suffix) and a PNG of its
     first frame. ``variant`` shifts the hue further, so several results of one task differ;
-    ``size`` scales and centre-crops to exactly that many pixels."""
+    ``size`` scales and centre-crops to exactly that many pixels. ``wrong_container`` (the fault
+    of that name) writes another container than the suffix names (``WRONG_CONTAINER``) under
+    the same name, as a provider that ignores the format asked for would."""
+    encoded = video_out.with_name(f"{video_out.stem}.wrong{WRONG_CONTAINER[video_out.suffix.lower()]}") if wrong_container else video_out
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     scale = (
         [f"scale={size[0]}:{size[1]}:force_original_aspect_ratio=increase", f"crop={size[0]}:{size[1]}", "setsar=1"]
@@ -120,19 +127,23 @@ def edit_video(
         "-map", "0:v:0",
         "-vf", ",".join(filters),
         "-an",
-        *_codec(video_out, quality),
-        str(video_out),
+        *_codec(encoded, quality),
+        str(encoded),
     ]  # fmt: skip
-    commands = [edit]
+    _ffmpeg(edit)
+    if encoded != video_out:
+        encoded.replace(video_out)
     if cover_out is not None:
-        commands.append([*base, "-i", str(video_out), "-frames:v", "1", "-update", "1", str(cover_out)])
-    for command in commands:
-        try:
-            subprocess.run(command, check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SECONDS)
-        except subprocess.CalledProcessError as exc:
-            raise EditFailure(400, MSG_BAD_VIDEO) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise EditFailure(500, MSG_SERVER_ERROR) from exc
+        _ffmpeg([*base, "-i", str(video_out), "-frames:v", "1", "-update", "1", str(cover_out)])
+
+
+def _ffmpeg(command: list[str]) -> None:
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=FFMPEG_TIMEOUT_SECONDS)
+    except subprocess.CalledProcessError as exc:
+        raise EditFailure(400, MSG_BAD_VIDEO) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise EditFailure(500, MSG_SERVER_ERROR) from exc
 
 
 def probe_seconds(path: Path) -> float | None:

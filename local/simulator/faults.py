@@ -64,6 +64,10 @@ TASK_FAULTS: dict[str, str] = {
     # Out of order: the callback outruns the submit answer, or a stale one follows the final one.
     "early_callback": "the task runs at once and its callback is sent before the submit answer, which waits for it",
     "stale_callback": "after the final callback a stale one follows: kie/apikley a failure (code 500), crun a running task, Runware a processing item",
+    "wrong_container": (
+        "the result is in another container than asked, under the asked-for name: Runware MP4 for WEBM or MOV (WebM for MP4), "
+        "kie/apikley/crun WebM for their MP4"
+    ),
 }
 
 KNOWN_FAULTS = tuple(SUBMIT_FAULTS) + tuple(ANSWER_FAULTS) + tuple(TASK_FAULTS)

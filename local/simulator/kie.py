@@ -10,6 +10,13 @@ Wire facts implemented here:
   status is 200 except for rate-limit / server-error faults (429 / 500) and the gateway's own
   HTML pages (502 / 504, ``submit_5xx_after_create``).
 - ``GET /api/v1/aleph/record-info?taskId=`` for polling; ``paramJson`` is a JSON *string*.
+  apikley too: its generate page names ``record-detail``, which providers.md reads as the page's
+  error (that path belongs to another model), so ``record-detail`` is answered like any path the
+  API does not have: HTTP 404 with ``{"code": 404, ...}`` (apikley's OpenAPI lists body code 404,
+  "the requested resource or endpoint does not exist").
+- A generate body may carry only the documented fields (``GENERATE_FIELDS``); any other is
+  refused with ``{"code": 422, "msg": ..., "data": null}`` naming it (and, for a near miss such as
+  ``watermark``, the documented ``waterMark``), as the documents' "Validation Error" reads. No task.
 - Callbacks come in two documented shapes (A and B), chosen by the ``callback_shape`` setting.
 """
 
@@ -27,6 +34,7 @@ from urllib.parse import urlsplit
 from local.simulator.context import COVER_FILE, VIDEO_FILE, SimContext
 from local.simulator.editor import MSG_SERVER_ERROR
 from local.simulator.faults import FOREIGN_RESULT_URL, SUBMIT_FAULTS, FaultRule
+from local.simulator.fields import unknown_fields
 from local.simulator.store import Task, iso
 from local.simulator.web import Request, Response, json_response
 
@@ -34,10 +42,8 @@ log = logging.getLogger("local.simulator")
 
 GENERATE_PATH = "/api/v1/aleph/generate"
 RECORD_INFO_PATH = "/api/v1/aleph/record-info"
-# apikley's generate page tells clients to poll this path; providers.md says that is the page's
-# error (record-detail belongs to another model). Served on apikley only, answering like
-# record-info, so a client following the page still works here -- the product must use record-info.
-RECORD_DETAIL_PATH = "/api/v1/aleph/record-detail"
+# The generate body's fields, as kie's and apikley's pages (and apikley's OpenAPI) list them.
+GENERATE_FIELDS = frozenset({"prompt", "videoUrl", "callBackUrl", "waterMark", "uploadCn", "aspectRatio", "seed", "referenceImage"})
 
 ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
 MAX_PROMPT_CHARS = 2048
@@ -55,7 +61,7 @@ def validate_generate(body: dict[str, Any]) -> list[str]:
     Optional fields may be absent or null; when present they must have the documented type.
     Plain http is accepted for URLs because locally the presigned URLs point at 127.0.0.1.
     """
-    problems: list[str] = []
+    problems = unknown_fields(body, GENERATE_FIELDS)
     prompt = body.get("prompt")
     if prompt is None:
         problems.append("prompt is required")
@@ -98,10 +104,9 @@ def validate_generate(body: dict[str, Any]) -> list[str]:
 class KieProtocol:
     """One kie-protocol provider served under ``/<name>`` (``/kie``, ``/apikley``)."""
 
-    def __init__(self, name: str, ctx: SimContext, *, serve_record_detail: bool = False, signs_callbacks: bool = False) -> None:
+    def __init__(self, name: str, ctx: SimContext, *, signs_callbacks: bool = False) -> None:
         self.name = name
         self.ctx = ctx
-        self.serve_record_detail = serve_record_detail
         # Only kie documents webhook signing (X-Webhook-Timestamp / X-Webhook-Signature).
         self.signs_callbacks = signs_callbacks
 
@@ -113,8 +118,6 @@ class KieProtocol:
 
     def handle(self, request: Request) -> Response:
         routes = {GENERATE_PATH: ("POST", self._generate), RECORD_INFO_PATH: ("GET", self._record_info)}
-        if self.serve_record_detail:
-            routes[RECORD_DETAIL_PATH] = ("GET", self._record_info)
         route = routes.get(request.path)
         if route is None:
             return json_response({"code": 404, "msg": f"Not Found: {request.path}", "data": None}, 404)

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from local.simulator.context import SimContext
 from local.simulator.editor import MSG_SERVER_ERROR, EditFailure, edit_video, fetch_input, probe_seconds
 from local.simulator.faults import FOREIGN_RESULT_URL, FaultRule
+from local.simulator.fields import documented_name
 from local.simulator.store import Task, utc_now
 from local.simulator.web import Request, Response, json_response
 
@@ -56,6 +57,9 @@ COMMON_FIELDS = {
 }  # fmt: skip
 MODEL_FIELDS = {ALEPH_1: COMMON_FIELDS | {"width", "height"}, ALEPH_2: COMMON_FIELDS}
 MODEL_INPUTS = {ALEPH_1: {"video", "referenceImages"}, ALEPH_2: {"video", "frameImages"}}
+# The one documented provider setting of both Aleph models, as its object path.
+PROVIDER_SETTINGS_PATH = ("runway", "contentModeration", "publicFigureThreshold")
+PUBLIC_FIGURE_THRESHOLDS = ("auto", "low")
 
 # Submit-time faults, answered the Runware way: (HTTP status, error code, message).
 SUBMIT_FAULTS: dict[str, tuple[int, str, str]] = {
@@ -127,7 +131,7 @@ def validate_video_inference(task: dict[str, Any]) -> list[dict[str, Any]]:
         bad("invalidModel", "model", f"Invalid model. Supported video-to-video models here: {ALEPH_1}, {ALEPH_2}.")
         return problems
     for name in sorted(set(task) - MODEL_FIELDS[model]):
-        bad("unsupportedParameter", name, f"Parameter {name} is not supported by model {model}.")
+        bad("unsupportedParameter", name, f"Parameter {name} is not supported by model {model}{_did_you_mean(name, MODEL_FIELDS[model])}.")
     prompt = task.get("positivePrompt")
     if prompt is None:
         bad("missingPositivePrompt", "positivePrompt", "positivePrompt is required.")
@@ -144,7 +148,7 @@ def _validate_inputs(task: dict[str, Any], model: str, bad: Callable[[str, str, 
         bad("missingInputs", "inputs", "inputs is required and must be an object.")
     else:
         for name in sorted(set(inputs) - MODEL_INPUTS[model]):
-            bad("unsupportedParameter", f"inputs.{name}", f"Input {name} is not supported by model {model}.")
+            bad("unsupportedParameter", f"inputs.{name}", f"Input {name} is not supported by model {model}{_did_you_mean(name, MODEL_INPUTS[model])}.")
         video = inputs.get("video")
         if video is None:
             bad("missingVideo", "inputs.video", "inputs.video is required.")
@@ -196,11 +200,31 @@ def _validate_options(task: dict[str, Any], model: str, bad: Callable[[str, str,
     if model == ALEPH_1 and ("width" in task or "height" in task) and (task.get("width"), task.get("height")) not in ALEPH_1_SIZES:
         sizes = ", ".join(f"{w}x{h}" for w, h in ALEPH_1_SIZES)
         bad("invalidDimensions", "width", f"width and height must be one of: {sizes}.")
-    settings = task.get("providerSettings")
-    if settings is not None:
-        moderation = settings.get("runway", {}).get("contentModeration", {}) if isinstance(settings, dict) else None
-        if not isinstance(moderation, dict) or moderation.get("publicFigureThreshold", "auto") not in ("auto", "low"):
-            bad("invalidProviderSettings", "providerSettings.runway.contentModeration.publicFigureThreshold", "publicFigureThreshold must be auto or low.")
+    if "providerSettings" in task:
+        _validate_provider_settings(task["providerSettings"], bad)
+
+
+def _did_you_mean(name: str, documented: frozenset[str] | set[str]) -> str:
+    suggestion = documented_name(name, documented)
+    return f" (did you mean {suggestion}?)" if suggestion else ""
+
+
+def _validate_provider_settings(settings: Any, bad: Callable[[str, str, str], None]) -> None:
+    """``providerSettings`` holds only what the Aleph pages document: an object path
+    ``runway.contentModeration.publicFigureThreshold`` (auto|low); every other key is refused."""
+    level, path = settings, "providerSettings"
+    for step in PROVIDER_SETTINGS_PATH:
+        if not isinstance(level, dict):
+            bad("invalidProviderSettings", path, f"{path} must be an object.")
+            return
+        for name in sorted(set(level) - {step}):
+            bad("unsupportedParameter", f"{path}.{name}", f"Parameter {path}.{name} is not supported{_did_you_mean(name, {step})}.")
+        path = f"{path}.{step}"
+        if step not in level:
+            return  # the default applies
+        level = level[step]
+    if level not in PUBLIC_FIGURE_THRESHOLDS:
+        bad("invalidProviderSettings", path, "publicFigureThreshold must be auto or low.")
 
 
 def _frame_ok(frame: Any) -> bool:
@@ -348,6 +372,7 @@ class RunwareProtocol:
                     size=size,
                     variant=index,
                     quality=body.get("outputQuality"),
+                    wrong_container="wrong_container" in rules,
                 )
                 seed = (base_seed + index) % 2**32  # each result its own seed, the first the one asked for
                 result: dict[str, Any] = {

@@ -37,7 +37,7 @@ FILE_CHUNK = 256 * 1024
 def _build_providers(ctx: SimContext) -> list[Provider]:
     return [
         KieProtocol("kie", ctx, signs_callbacks=True),
-        KieProtocol("apikley", ctx, serve_record_detail=True),
+        KieProtocol("apikley", ctx),
         RunwareProtocol(ctx),
         CrunProtocol(ctx),
     ]

@@ -150,7 +150,7 @@ def test_validation_errors_use_crun_error_body(crun: Crun, change: dict[str, Any
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_task_runs_edits_and_calls_back_bare_or_wrapped(crun: Crun, wrapped: bool, tmp_path: Path) -> None:
     crun.control("POST", "config", {"crun_callback_wrapped": wrapped})
-    task_id = crun.create_ok(aspect_ratio="16:9", seed=7, duration=5)
+    task_id = crun.create_ok(aspect_ratio="16:9", seed=7)
     assert task_id.startswith("task_")
     task = crun.wait_done(task_id)
     assert task["callback_shape"] == ("wrapped" if wrapped else "bare")
@@ -161,7 +161,7 @@ def test_task_runs_edits_and_calls_back_bare_or_wrapped(crun: Crun, wrapped: boo
     else:
         assert "code" not in body
     assert (data["task_id"], data["status"]) == (task_id, "success")
-    assert data["param"]["input"]["duration"] == 5  # extra fields kept as received
+    assert data["param"]["input"] == {**crun.body(True)["input"], "aspect_ratio": "16:9", "seed": 7}
     [video_url] = data["result"]["media_urls"]
     assert crun.info(task_id)["data"] == data  # the callback is the status query's data object
     result = tmp_path / "result.mp4"
@@ -170,10 +170,10 @@ def test_task_runs_edits_and_calls_back_bare_or_wrapped(crun: Crun, wrapped: boo
 
 
 def test_sim_tasks_records_the_request_body_as_received_without_the_key(crun: Crun) -> None:
-    task_id = crun.create_ok(callback=False, img_urls=[f"{crun.media}/input.mp4"], custom_option={"a": 1})
+    task_id = crun.create_ok(callback=False, img_urls=[f"{crun.media}/input.mp4"])
     recorded = crun.sim_task(task_id)
     assert recorded["provider"] == "crun"
-    assert recorded["request"] == crun.body(False, img_urls=[f"{crun.media}/input.mp4"], custom_option={"a": 1})
+    assert recorded["request"] == crun.body(False, img_urls=[f"{crun.media}/input.mp4"])
     assert KEY not in json.dumps(recorded)
     assert wait_until(lambda: crun.info(task_id)["data"]["status"] == "success", "success")
 

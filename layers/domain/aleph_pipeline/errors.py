@@ -29,6 +29,10 @@ HINTS: dict[str, str] = {
     "generation_failed": "The provider could not make the edit; adjust the prompt or input.",
     "result_unavailable": "The provider's result could not be fetched; it may have expired.",
     "result_rejected": "The provider's result URL was not on its allowed hosts.",
+    "result_format_mismatch": (
+        "The provider sent another container than `outputFormat` asked for (error.json says which); "
+        "nothing was kept. Ask for the format it sends (leave `outputFormat` out for MP4), or report it to the provider."
+    ),
     "deadline_exceeded": "The provider did not finish in time; upload the sidecar again to retry.",
     "submit_ambiguous": (
         "The provider may have run and charged this task. Look for it in the provider's task list or dashboard "
@@ -60,6 +64,7 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "submit_ambiguous": (STAGE_SUBMIT, "the submit got no clear answer (a 5xx, a timeout after sending) and no callback or poll settled it by the deadline"),
     "result_unavailable": (STAGE_FINALIZE, "the result expired, vanished or exceeded `MaxResultBytes`"),
     "result_rejected": (STAGE_FINALIZE, "the result URL was not https on the provider's own hosts"),
+    "result_format_mismatch": (STAGE_FINALIZE, "the result's bytes are not the container asked for (MP4 for a WEBM or MOV request, ...)"),
 }
 
 

@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 
 import httpx
 
-from . import storage
+from . import media, storage
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
 from .jobs import Job, JobState, JobStore, now_iso
 from .log import logger
-from .outputs import clear_outputs, cover_name, fail_job, manifest, result_names, write_error_json
+from .outputs import clear_outputs, cover_name, fail_job, manifest, result_extension, result_names, write_error_json
 from .providers import Provider, ProviderError, get_provider
+
+DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
 @lru_cache(maxsize=1)
 def _download_client() -> httpx.Client:
     # Redirects are followed by hand so that each hop's host is checked.
-    return httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
+    return httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False)
+
+
+def _result_client(extension: str, name: str) -> httpx.Client:
+    """A download client whose 200 answers are checked to start the container ``extension``
+    names: a result is refused at its first bytes, before any of it is written to S3."""
+
+    def check(response: httpx.Response) -> None:
+        if response.status_code == 200 and isinstance(response.stream, httpx.SyncByteStream):
+            response.stream = _ContainerChecked(response.stream, extension, name)
+
+    return httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False, event_hooks={"response": [check]})
+
+
+class _ContainerChecked(httpx.SyncByteStream):
+    """A result's byte stream that checks its first bytes -- bytes the copy reads anyway, so
+    nothing is downloaded twice -- before passing any on."""
+
+    def __init__(self, stream: httpx.SyncByteStream, extension: str, name: str) -> None:
+        self._stream = stream
+        self._extension = extension
+        self._name = name
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._stream)
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= media.MAGIC_BYTES:
+                break
+        check_result_container(self._extension, head, self._name)
+        if head:
+            yield head
+        yield from chunks
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def check_result_container(extension: str, head: bytes, name: str) -> None:
+    """Refuse a result whose first bytes are not the container its name (and the request) says:
+    ``result.webm`` holds WebM, ``result.mov`` QuickTime, ``result.mp4`` MP4."""
+    received = media.container_of(head)
+    if received == extension:
+        return
+    asked = media.CONTAINER_NAMES.get(extension, extension.upper())
+    came = media.CONTAINER_NAMES[received] if received else ("an empty file" if not head else "no video container we know")
+    raise JobError(
+        "result_format_mismatch",
+        f"the provider sent {came} where {asked} was asked for ({name}); nothing was kept",
+        STAGE_FINALIZE,
+        details={"requestedFormat": extension.upper(), "receivedFormat": received.upper() if received else "unknown", "firstBytes": head[:16].hex()},
+    )
 
 
 def finalize_job(job_id: str) -> None:
@@ -61,10 +116,12 @@ def finalize_job(job_id: str) -> None:
         "max_seconds": settings.max_result_seconds,
     }
     outputs = []
+    extension = result_extension(job)
     try:
         for url, name in zip(videos, result_names(job, len(videos)), strict=True):
             key = job.output_prefix + name
-            size = storage.copy_url_to_s3(_download_client(), url, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]
+            with _result_client(extension, name) as http:
+                size = storage.copy_url_to_s3(http, url, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]
             outputs.append({"key": key, "size": size})
     except JobError as error:
         fail_job(store, job_id, error)  # removes the results already copied: error.json stands alone

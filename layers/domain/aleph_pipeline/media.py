@@ -95,6 +95,27 @@ def is_container(extension: str, head: bytes) -> bool:
     return False
 
 
+# The container names ``container_of`` answers, with how an error message shows them.
+CONTAINER_NAMES = {"mp4": "MP4", "mov": "QuickTime (MOV)", "webm": "WebM/Matroska", "avi": "AVI"}
+QUICKTIME_BRAND = b"qt  "
+
+
+def container_of(head: bytes) -> str | None:
+    """Which container ``head`` (a file's first ``MAGIC_BYTES`` or more) starts: ``webm`` (EBML, so
+    WebM or Matroska), ``mov`` (ISO base media whose ``ftyp`` major brand is QuickTime's ``qt  ``,
+    or a classic QuickTime file without ``ftyp``), ``mp4`` (any other ``ftyp`` brand), ``avi``; None
+    for anything else (an HTML error page, a PNG, ...)."""
+    if is_container("webm", head):
+        return "webm"
+    if is_container("avi", head):
+        return "avi"
+    if is_container("mp4", head):
+        if head[4:8] != b"ftyp":
+            return "mov"
+        return "mov" if head[8:12] == QUICKTIME_BRAND else "mp4"
+    return None
+
+
 def probe(extension: str, size: int, read: ReadRange) -> float | None:
     """Check a video's container before anything is spent: raises ``DurationUnknown`` when the file
     is not the container its extension names; answers the duration where the header gives one."""

@@ -16,11 +16,15 @@ VIDEO_EXTENSIONS = {"mp4", "webm", "mov"}
 IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
 
 
+def result_extension(job: Job) -> str:
+    """The results' container as the sidecar asked for it (``outputFormat``), MP4 by default."""
+    requested = (job.sidecar_document or {}).get("outputFormat")
+    return requested.lower() if isinstance(requested, str) and requested.lower() in VIDEO_EXTENSIONS else "mp4"
+
+
 def result_names(job: Job, count: int) -> list[str]:
     """``result.<ext>``, or ``result-1.<ext>`` ... when a job has several results."""
-    document = job.sidecar_document or {}
-    requested = document.get("outputFormat")
-    extension = requested.lower() if isinstance(requested, str) and requested.lower() in VIDEO_EXTENSIONS else "mp4"
+    extension = result_extension(job)
     if count == 1:
         return [f"result.{extension}"]
     return [f"result-{index}.{extension}" for index in range(1, count + 1)]
