@@ -58,8 +58,14 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy layers/domain/aleph_pipeline functions local aleph_cli tools
 
+# The template after the SAM transform (samtranslator from .venv-sam): the roles, event source
+# mappings, schedule and API that CloudFormation really creates.
+TRANSFORMED := .local/template.transformed.json
+
 template-lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml
+	$(SAM_VENV)/bin/python tools/sam_expand.py template.yaml -o $(TRANSFORMED)
+	$(VENV)/bin/cfn-lint $(TRANSFORMED)
 	$(SAM) validate --lint --template template.yaml --region us-east-1
 	# --skip-download and BC_SKIP_MAPPING keep checkov off the network; skips and reasons: .checkov.yaml
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --skip-download -f template.yaml

@@ -1,21 +1,34 @@
-"""Lambda event filtering (the EventBridge pattern syntax), the subset event source mappings use.
+"""Lambda event filtering (the EventBridge pattern syntax), matched by moto's own pattern engine.
 
 A pattern is a JSON object. Each key names a field of the record; its value is either a nested
-pattern (the field must be an object that matches it) or a list of allowed values. A list
-matches when the record's value (or any element of it, if it is a list) equals one of the exact
-values, or satisfies one of the operators ``prefix``, ``suffix``, ``equals-ignore-case``,
-``anything-but``, ``numeric`` and ``exists``. A record matches a mapping's FilterCriteria when it
-matches any of its filters.
+pattern (the field must be an object that matches it) or a list of allowed values: exact values
+or the operators ``prefix``, ``suffix``, ``equals-ignore-case``, ``anything-but``, ``numeric`` and
+``exists``; ``{"$or": [pattern, ...]}`` matches when any of its patterns does. Those are what
+Lambda's filter syntax documents; ``load_pattern`` refuses the rest (EventBridge's ``wildcard`` and
+``cidr`` among them). A record matches a mapping's FilterCriteria when it matches any of its filters.
+Matching is ``moto.events.models.EventPattern`` (what moto's EventBridge runs), not our own code.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from moto.events.models import EventPattern
+
 OPERATORS = frozenset({"prefix", "suffix", "equals-ignore-case", "anything-but", "numeric", "exists"})
+OR = "$or"
 _NUMERIC_OPS = frozenset({"=", "<", "<=", ">", ">="})
+
+
+class _LambdaEventPattern(EventPattern):
+    """moto's engine, with JSON's types kept apart: ``true`` is not ``1`` (in Python, True == 1)."""
+
+    def _does_item_match_filters(self, item: Any, filters: list[Any]) -> bool:
+        if not isinstance(item, list):
+            filters = [f for f in filters if isinstance(f, Mapping) or isinstance(f, bool) == isinstance(item, bool)]
+        return bool(super()._does_item_match_filters(item, filters))
 
 
 def load_pattern(pattern: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -31,15 +44,8 @@ def matches(pattern: Mapping[str, Any], record: Any) -> bool:
     """Whether ``record`` matches ``pattern``."""
     if not isinstance(record, Mapping):
         return False
-    for key, rule in pattern.items():
-        present = key in record
-        value = record.get(key)
-        if isinstance(rule, Mapping):
-            if not present or not matches(rule, value):
-                return False
-        elif not _field_matches(rule, present, value):
-            return False
-    return True
+    plain = json.loads(json.dumps(record, default=str))  # the JSON Lambda filters (moto re-encodes it too)
+    return bool(_LambdaEventPattern(None, dict(pattern)).matches_event(plain))
 
 
 def matches_any(patterns: Iterable[Mapping[str, Any]], record: Any) -> bool:
@@ -51,7 +57,12 @@ def matches_any(patterns: Iterable[Mapping[str, Any]], record: Any) -> bool:
 def _validate(pattern: Mapping[str, Any], path: str) -> None:
     for key, rule in pattern.items():
         where = f"{path}.{key}" if path else str(key)
-        if isinstance(rule, Mapping):
+        if key == OR:
+            if not isinstance(rule, list) or len(rule) < 2 or not all(isinstance(p, Mapping) for p in rule):
+                raise ValueError(f"{where}: $or takes a list of two or more patterns")
+            for index, alternative in enumerate(rule):
+                _validate(alternative, f"{where}[{index}]")
+        elif isinstance(rule, Mapping):
             _validate(rule, where)
         elif isinstance(rule, list):
             for item in rule:
@@ -87,54 +98,6 @@ def _validate_operator(item: Mapping[str, Any], where: str) -> None:
                 raise ValueError(f"{where}: anything-but takes values")
         elif not _is_scalar(arg):
             raise ValueError(f"{where}: anything-but takes a value, a list or an operator")
-
-
-def _field_matches(rules: Sequence[Any], present: bool, value: Any) -> bool:
-    values = value if isinstance(value, list) else [value]
-    for rule in rules:
-        if isinstance(rule, Mapping) and "exists" in rule:
-            if rule["exists"] is (present and not isinstance(value, Mapping)):
-                return True
-            continue
-        if present and any(_value_matches(rule, v) for v in values):
-            return True
-    return False
-
-
-def _value_matches(rule: Any, value: Any) -> bool:
-    if isinstance(rule, Mapping):
-        ((name, arg),) = rule.items()
-        if name == "prefix":
-            return isinstance(value, str) and value.startswith(arg)
-        if name == "suffix":
-            return isinstance(value, str) and value.endswith(arg)
-        if name == "equals-ignore-case":
-            return isinstance(value, str) and value.casefold() == arg.casefold()
-        if name == "numeric":
-            return _is_number(value) and all(_compare(value, op, number) for op, number in zip(arg[::2], arg[1::2], strict=True))
-        if name == "anything-but":
-            if isinstance(arg, Mapping):
-                return isinstance(value, str) and not _value_matches(arg, value)
-            excluded = arg if isinstance(arg, list) else [arg]
-            return not any(_value_matches(x, value) for x in excluded)
-        return False
-    if rule is None or isinstance(rule, bool):
-        return value is rule
-    if _is_number(rule):
-        return _is_number(value) and float(value) == float(rule)
-    return isinstance(value, str) and value == rule
-
-
-def _compare(value: float, op: str, number: float) -> bool:
-    if op == "=":
-        return float(value) == float(number)
-    if op == "<":
-        return value < number
-    if op == "<=":
-        return value <= number
-    if op == ">":
-        return value > number
-    return value >= number
 
 
 def _is_number(value: Any) -> bool:

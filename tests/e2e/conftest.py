@@ -143,9 +143,26 @@ def open_stack(workdir: Path, *stack_args: str) -> Iterator[Stack]:
         process.wait(timeout=30)
 
 
+RECORD_AWS_CALLS = "--record-aws-calls"
+LEAST_PRIVILEGE_MODULE = "test_least_privilege.py"
+
+
+def _recording_args() -> tuple[str, ...]:
+    """The flag that logs every AWS call of the handlers (audited last), if this stack has it yet."""
+    from local.stack import _parser
+
+    known = {option for action in _parser()._actions for option in action.option_strings}
+    return (RECORD_AWS_CALLS,) if RECORD_AWS_CALLS in known else ()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The least-privilege audit runs after every other e2e test: it checks the calls they made."""
+    items.sort(key=lambda item: item.path.name == LEAST_PRIVILEGE_MODULE)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with open_stack(tmp_path_factory.mktemp("stack")) as opened:
+    with open_stack(tmp_path_factory.mktemp("stack"), *_recording_args()) as opened:
         yield opened
 
 

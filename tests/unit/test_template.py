@@ -110,11 +110,114 @@ def _event_source(template: dict[str, Any], function: str, kind: str) -> dict[st
     return events[0]["Properties"]
 
 
-# ------------------------------------------------------------------ lint
+# ------------------------------------------------------------------ lint and the SAM expansion
+
+
+@pytest.fixture(scope="module")
+def expanded() -> dict[str, Any]:
+    """The template as SAM expands it (samtranslator in .venv-sam)."""
+    from tools.sam_expand import SAM_PYTHON, expand_template
+
+    if not SAM_PYTHON.is_file():
+        pytest.skip(f"{SAM_PYTHON} not installed (make .venv-sam/.installed)")
+    return expand_template(TEMPLATE_PATH)
+
+
+def test_the_description_names_every_provider(template: dict[str, Any]) -> None:
+    from aleph_pipeline.providers import PROVIDER_IDS
+
+    description = template["Description"]
+    named = {"kie": "kie.ai", "apikley": "apikley", "runware": "Runware", "crun": "crun.ai"}
+    assert set(PROVIDER_IDS) == set(named)
+    assert all(name in description for name in named.values()), description
 
 
 def test_cfn_lint_reports_nothing() -> None:
     matches = lint_file(TEMPLATE_PATH, ManualArgs(regions=["us-east-1"]))
+    assert not matches, "\n".join(str(m) for m in matches)
+
+
+# The property that names each kind of resource, where a fixed value would collide with the same
+# resource of a second stack in the account and region. Resource kinds with no name of their own
+# (or one unique only inside its parent) are listed in UNNAMED_TYPES; any other kind fails the
+# test until it is put in one of the two.
+NAME_PROPERTIES = {
+    "AWS::Serverless::Function": "FunctionName",
+    "AWS::Lambda::Function": "FunctionName",
+    "AWS::Serverless::LayerVersion": "LayerName",
+    "AWS::Lambda::LayerVersion": "LayerName",
+    "AWS::DynamoDB::Table": "TableName",
+    "AWS::SQS::Queue": "QueueName",
+    "AWS::S3::Bucket": "BucketName",
+    "AWS::IAM::Role": "RoleName",
+    "AWS::IAM::ManagedPolicy": "ManagedPolicyName",
+    "AWS::Events::Rule": "Name",
+    "AWS::Scheduler::Schedule": "Name",
+    "AWS::SNS::Topic": "TopicName",
+    "AWS::SecretsManager::Secret": "Name",
+    "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::CloudWatch::Alarm": "AlarmName",
+    "AWS::Serverless::HttpApi": "Name",
+    "AWS::ApiGatewayV2::Api": "Name",
+}
+UNNAMED_TYPES = {
+    "AWS::S3::BucketPolicy",
+    "AWS::SQS::QueuePolicy",
+    "AWS::SNS::TopicPolicy",
+    "AWS::SNS::Subscription",
+    "AWS::Lambda::Permission",
+    "AWS::Lambda::EventSourceMapping",
+    "AWS::ApiGatewayV2::Stage",  # $default, unique within its API
+}
+STACK_PSEUDO_PARAMETERS = {"AWS::StackName", "AWS::StackId"}
+
+
+def _fixed_names(template: dict[str, Any]) -> dict[str, str]:
+    """Resources whose name is the same in every stack: logical id -> why."""
+    resources = template["Resources"]
+    fixed: dict[str, str] = {}
+    for logical_id, resource in resources.items():
+        kind = resource["Type"]
+        assert kind in NAME_PROPERTIES or kind in UNNAMED_TYPES, f"{logical_id}: decide how a {kind} is named (NAME_PROPERTIES or UNNAMED_TYPES)"
+        if kind not in NAME_PROPERTIES:
+            continue
+        props = resource.get("Properties") or {}
+        name = props.get(NAME_PROPERTIES[kind])
+        if kind == "AWS::ApiGatewayV2::Api" and name is None:
+            name = (props.get("Body") or {}).get("info", {}).get("title")  # SAM names an HttpApi by its OpenAPI title
+        if name is None:
+            continue
+        # Unique per stack when built from the stack's name or id, or from a resource CloudFormation names.
+        if not _references(name) & (STACK_PSEUDO_PARAMETERS | set(resources)):
+            fixed[logical_id] = f"{NAME_PROPERTIES[kind]} {json.dumps(name)}"
+    return fixed
+
+
+def test_no_resource_has_a_fixed_name_so_two_stacks_can_coexist(template: dict[str, Any]) -> None:
+    assert _fixed_names(template) == {}
+
+
+def test_no_resource_sam_generates_has_a_fixed_name(expanded: dict[str, Any]) -> None:
+    assert _fixed_names(expanded) == {}
+    assert any(r["Type"] == "AWS::Scheduler::Schedule" for r in expanded["Resources"].values())
+
+
+def test_a_fixed_name_is_caught() -> None:
+    template = {
+        "Resources": {
+            "Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "jobs"}},
+            "Rule": {"Type": "AWS::Scheduler::Schedule", "Properties": {"Name": {"Fn::Sub": "sweep-${Env}"}}},
+            "Group": {"Type": "AWS::Logs::LogGroup", "Properties": {"LogGroupName": {"Fn::Sub": "/aws/${AWS::StackName}/x"}}},
+            "Topic": {"Type": "AWS::SNS::Topic", "Properties": {}},
+        }
+    }
+    assert set(_fixed_names(template)) == {"Queue", "Rule"}
+
+
+def test_the_transformed_template_lints_clean(expanded: dict[str, Any], tmp_path: Path) -> None:
+    transformed = tmp_path / "template.transformed.json"
+    transformed.write_text(json.dumps(expanded), encoding="utf-8")
+    matches = lint_file(transformed, ManualArgs(regions=["us-east-1"]))
     assert not matches, "\n".join(str(m) for m in matches)
 
 
@@ -277,7 +380,8 @@ def test_functions_run_python312_or_later_on_arm64_with_the_layer(template: dict
 def test_layer_is_built_by_sam_for_arm64(resources: dict[str, Any]) -> None:
     layer = resources["SharedLayer"]
     assert layer["Properties"]["ContentUri"] == "layers/domain/"
-    assert "python3.12" in layer["Properties"]["CompatibleRuntimes"]
+    # Only what it is built for: BuildMethod python3.12 gives cp312 wheels (pydantic_core).
+    assert layer["Properties"]["CompatibleRuntimes"] == [layer["Metadata"]["BuildMethod"]] == ["python3.12"]
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
     assert layer["Metadata"] == {"BuildMethod": "python3.12", "BuildArchitecture": "arm64"}
 
