@@ -70,6 +70,7 @@ FAULT_RATES: dict[str, float] = {
     "generation_failure": 0.06,
     "expired_result": 0.05,
     "foreign_result_host": 0.06,
+    "wrong_container": 0.03,  # the result is not in the container asked for: FAILED result_format_mismatch
 }
 # provider, model, extra sidecar fields; picked round-robin so every provider gets its share.
 JOB_KINDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (

@@ -75,15 +75,22 @@ def test_crun_job_completes_from_a_bare_or_wrapped_callback(crun_stack: Stack, u
 
 def test_provider_options_reach_the_request_body(crun_stack: Stack, unique: str) -> None:
     stack = crun_stack
-    options = {"duration": 5, "aspect_ratio": "1:1", "style": {"name": "noir"}}
-    key = run_pair(stack, f"incoming/crun-opts-{unique}", f"opts {unique}", aspectRatio="16:9", providerOptions=options)
+    key = run_pair(stack, f"incoming/crun-opts-{unique}", f"opts {unique}", aspectRatio="16:9", providerOptions={"aspect_ratio": "1:1"})
     assert_completed(stack, key, f"crun-opts-{unique}")
     [task] = stack.sim_tasks(unique)
-    sent_input = task["request"]["input"]
-    assert sent_input["duration"] == 5
-    assert sent_input["style"] == {"name": "noir"}
-    assert sent_input["aspect_ratio"] == "1:1"  # the option overrides the mapped field
+    assert task["request"]["input"]["aspect_ratio"] == "1:1"  # the option overrides the mapped field
     assert set(task["request"]) == {"model", "callback_url", "input"}
+
+
+def test_an_option_crun_does_not_take_is_its_refusal_not_a_retry(crun_stack: Stack, unique: str) -> None:
+    stack = crun_stack
+    key = run_pair(stack, f"incoming/crun-bad-opt-{unique}", f"bad opt {unique}", providerOptions={"duration": 5})
+    job = stack.wait_for_job(key)
+    assert job["status"] == "FAILED"
+    error = stack.output_json(f"crun-bad-opt-{unique}/{job['jobId']}/error.json")
+    assert (error["code"], error["stage"], error["retryable"]) == ("provider_rejected", "submit", False)
+    assert "input.duration" in error["message"]
+    assert stack.sim_tasks(unique) == []
 
 
 def test_insufficient_credits_fails_the_job_without_a_retry(crun_stack: Stack, unique: str) -> None:

@@ -14,6 +14,8 @@ from aleph_pipeline import clients, jobs, storage
 from aleph_pipeline.config import get_settings
 from aleph_pipeline.providers import PROVIDER_IDS, get_provider
 
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom"  # the start of an MP4: what finalize checks a result against
+
 
 def clear_caches() -> None:
     from aws_lambda_powertools.utilities import parameters

@@ -14,7 +14,7 @@ import pytest
 from aleph_pipeline.finalize import finalize_job
 from aleph_pipeline.jobs import JobStore
 
-from .conftest import clear_caches
+from .conftest import MP4_HEAD, clear_caches
 
 JOB_ID = "1234567890abcdef1234567890abcdef"
 
@@ -32,7 +32,7 @@ class FakeKie(BaseHTTPRequestHandler):
             body = json.dumps({"code": 200, "msg": "success", "data": {"taskId": "task-1", **FakeKie.record}}).encode()
         else:
             FakeKie.fetched.append(url.path)
-            body = url.path.encode() * 100
+            body = MP4_HEAD + url.path.encode() * 100
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -75,7 +75,7 @@ def test_the_providers_own_answer_is_copied(aws: dict[str, Any], provider_url: s
     finalize_job(JOB_ID)
     assert FakeKie.fetched == ["/true.mp4"]
     body = aws["s3"].get_object(Bucket=aws["output"], Key=f"shot/{JOB_ID}/result.mp4")["Body"].read()
-    assert body == b"/true.mp4" * 100
+    assert body == MP4_HEAD + b"/true.mp4" * 100
     job = JobStore().get(JOB_ID)
     assert job is not None
     assert job.state.value == "COMPLETED"

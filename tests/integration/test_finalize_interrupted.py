@@ -19,7 +19,7 @@ import pytest
 from aleph_pipeline.finalize import finalize_job
 from aleph_pipeline.jobs import JobStore
 
-from .conftest import clear_caches
+from .conftest import MP4_HEAD, clear_caches
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -40,7 +40,10 @@ class SlowResult(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for index in range(SIZE_MIB):
-                self.wfile.write(bytes([index % 256]) * MIB)
+                chunk = bytes([index % 256]) * MIB
+                if index == 0:  # a real MP4 header: finalize checks the container it was asked for
+                    chunk = MP4_HEAD + chunk[len(MP4_HEAD) :]
+                self.wfile.write(chunk)
                 if index >= 20:
                     SlowResult.sent_enough.set()
                 if SlowResult.slow.is_set():

@@ -49,7 +49,7 @@ from aleph_pipeline.intake import handle_object_created
 from aleph_pipeline.reconcile import reconcile
 from local.media import make_clip
 
-from .conftest import clear_caches
+from .conftest import MP4_HEAD, clear_caches
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -259,7 +259,7 @@ def fake_kie_handler(fake: FakeKie) -> type[BaseHTTPRequestHandler]:
                     return
                 with fake.lock:
                     fake.log.append(("download", task.task_id))
-                self._answer(200, b"edited video of " + task.task_id.encode() * 64, "video/mp4")
+                self._answer(200, MP4_HEAD + b"edited video of " + task.task_id.encode() * 64, "video/mp4")
                 return
             self._answer(404, b"not found", "text/plain")
 
