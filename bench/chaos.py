@@ -132,6 +132,9 @@ class ChaosConfig:
     clip_seconds: float = 2.5  # Runware Aleph 2.0 takes 2-30 s
     clip_size: str = "160x90"
     sqs_concurrency: int = 6
+    # Queue visibility timeouts scaled like the pipeline's clocks: a failed submit message comes
+    # back after 720 s x 0.01 = 7 s (the template's timeout, not a shortcut the real poller lacks).
+    sqs_time_scale: float = 0.01
 
     @property
     def settle_seconds(self) -> float:
@@ -223,7 +226,7 @@ def stack_arguments(config: ChaosConfig) -> list[str]:
         # Provider keys read again every few seconds (300 s in production), so Secrets Manager faults are met.
         "SECRET_MAX_AGE_SECONDS": 2,
     }
-    args = ["--schedule-interval", "1", "--sqs-concurrency", str(config.sqs_concurrency), "--quiet"]
+    args = ["--schedule-interval", "1", "--sqs-concurrency", str(config.sqs_concurrency), "--sqs-time-scale", str(config.sqs_time_scale), "--quiet"]
     for name, value in settings.items():
         args += ["--env", f"{name}={value}"]
     if config.aws_faults:

@@ -1,8 +1,9 @@
 """Lambda's event source mappings, emulated against moto server.
 
 - ``SqsEventSource``: long-polls the queue and invokes the function with the exact Lambda SQS
-  event; honours ``batchItemFailures`` (successes deleted, failures made visible again after a
-  short backoff; the queue's redrive policy moves them to the DLQ after maxReceiveCount).
+  event; honours ``batchItemFailures``: successes are deleted, failures left alone, so they come
+  back when the queue's visibility timeout ends, like Lambda's poller (the queue's redrive policy
+  moves them to the DLQ after maxReceiveCount).
 - ``StreamEventSource``: reads every shard of the table's stream, applies the mapping's
   FilterCriteria, invokes with the exact DynamoDB Streams event in batches, in order per item,
   honours ``batchItemFailures`` / bisect-on-error / MaximumRetryAttempts and sends exhausted
@@ -209,7 +210,6 @@ class SqsEventSource:
         report_batch_item_failures: bool = True,
         concurrency: int = 4,
         wait_seconds: int = 1,
-        retry_backoff_seconds: float = 1.0,
     ) -> None:
         self.function = function
         self.queue_url = queue_url
@@ -219,7 +219,6 @@ class SqsEventSource:
         self.report_batch_item_failures = report_batch_item_failures
         self.concurrency = max(1, concurrency)
         self.wait_seconds = wait_seconds
-        self.retry_backoff_seconds = retry_backoff_seconds
         self._client_factory = client_factory
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -267,29 +266,13 @@ class SqsEventSource:
         else:
             failed = set()
         done = [m for m in messages if m["MessageId"] not in failed]
-        retry = [m for m in messages if m["MessageId"] in failed]
-        _log_invocation(self.function, invocation, f"{len(messages)} SQS message(s)", f"{len(retry)} to retry" if retry else "")
+        # The failed ones are left as they are: they come back when the queue's visibility timeout ends.
+        left = len(messages) - len(done)
+        _log_invocation(self.function, invocation, f"{len(messages)} SQS message(s)", f"{left} back after the visibility timeout" if left else "")
         for chunk in _chunks(done, 10):
             self._call(
                 sqs.delete_message_batch, QueueUrl=self.queue_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
             )
-        for chunk in _chunks(retry, 10):
-            self._call(
-                sqs.change_message_visibility_batch,
-                QueueUrl=self.queue_url,
-                Entries=[
-                    {
-                        "Id": str(i),
-                        "ReceiptHandle": m["ReceiptHandle"],
-                        "VisibilityTimeout": self._backoff(m),
-                    }
-                    for i, m in enumerate(chunk)
-                ],
-            )
-
-    def _backoff(self, message: Mapping[str, Any]) -> int:
-        count = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", "1"))
-        return max(0, min(43200, round(self.retry_backoff_seconds * count)))
 
     def _call(self, method: Callable[..., Any], **kwargs: Any) -> None:
         try:

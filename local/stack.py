@@ -88,7 +88,7 @@ class LocalStack:
         template: str | Path | None = DEFAULT_TEMPLATE,
         sqs_concurrency: int = 4,
         sqs_wait_seconds: int = 1,
-        sqs_retry_backoff: float = 1.0,
+        sqs_time_scale: float | None = None,
         stream_lanes: int = 4,
         stream_retry_backoff: float = 0.2,
         stream_max_retries: int | None = None,
@@ -109,7 +109,11 @@ class LocalStack:
         self.template_path = Path(template) if template else None
         self.sqs_concurrency = sqs_concurrency
         self.sqs_wait_seconds = sqs_wait_seconds
-        self.sqs_retry_backoff = sqs_retry_backoff
+        # Each queue's VisibilityTimeout from the template times this (ALEPH_SQS_TIME_SCALE, else 1):
+        # the time a received message that was not deleted takes to come back.
+        self.sqs_time_scale = sqs_time_scale if sqs_time_scale is not None else float(os.environ.get("ALEPH_SQS_TIME_SCALE") or 1.0)
+        if not self.sqs_time_scale > 0:
+            raise ValueError(f"sqs_time_scale must be above 0, got {self.sqs_time_scale}")
         self.stream_lanes = stream_lanes
         self.stream_retry_backoff = stream_retry_backoff
         self.stream_max_retries = stream_max_retries
@@ -445,17 +449,30 @@ class LocalStack:
             self.functions[name] = function
 
     def _start_sources(self, client: Any) -> None:
-        config, resources = _need(self.config), _need(self.resources)
+        config, resources, api = _need(self.config), _need(self.resources), _need(self.api)
+        # The HTTP API's routes with the authorizer the template gives each (AWS_IAM: SigV4 only).
+        api.routes = [Route(r.method, r.path, f.name, r.authorizer) for f in config.functions.values() for r in f.routes]
         # Each function's SQS event, as an event source mapping: submit reads the submit queue;
         # notify reads the job events EventBridge did not take (UndeliveredJobEventQueue).
+        undelivered_visibility = (config.resources.get(config.logical_id("undelivered_events") or "", {}).get("Properties") or {}).get("VisibilityTimeout")
         queues = {
-            "submit": (resources.submit_queue_url, resources.submit_queue_arn, self.sqs_concurrency),
-            "notify": (resources.undelivered_events_url, resources.undelivered_events_arn, 1),
+            "submit": (resources.submit_queue_url, resources.submit_queue_arn, self.sqs_concurrency, config.submit_queue.visibility_timeout),
+            "notify": (resources.undelivered_events_url, resources.undelivered_events_arn, 1, undelivered_visibility),
         }
-        for name, (queue_url, queue_arn, concurrency) in queues.items():
+        for name, (queue_url, queue_arn, concurrency, visibility) in queues.items():
             spec = config.functions.get(name)
             if name not in self.functions or spec is None or spec.sqs is None or not queue_url:
                 continue
+            # Like Lambda's poller, the source does nothing to a message whose invocation failed:
+            # it comes back when the queue's visibility timeout ends, whatever happened to the
+            # invocation (an error, batchItemFailures, a kill). So the queue itself gets the scaled
+            # visibility timeout (VisibilityTimeout x sqs_time_scale, at least 1 s).
+            if isinstance(visibility, int | str) and str(visibility).isdigit():
+                scaled = max(1, round(int(visibility) * self.sqs_time_scale))
+                client("sqs").set_queue_attributes(QueueUrl=queue_url, Attributes={"VisibilityTimeout": str(scaled)})
+                log.info("%s: visibility timeout %s s (template %s s x %g)", queue_url.rsplit("/", 1)[-1], scaled, visibility, self.sqs_time_scale)
+            else:
+                self.warnings.append(f"{name}: the template gives its queue no readable VisibilityTimeout: the provisioned one applies, unscaled")
             self._start_source(
                 SqsEventSource(
                     self.functions[name],
@@ -467,7 +484,6 @@ class LocalStack:
                     report_batch_item_failures=spec.sqs.report_batch_item_failures,
                     concurrency=concurrency,
                     wait_seconds=self.sqs_wait_seconds,
-                    retry_backoff_seconds=self.sqs_retry_backoff,
                 )
             )
         # Each function with a stream event (finalize, notify) reads the stream on its own, like
@@ -751,7 +767,12 @@ def _parser() -> argparse.ArgumentParser:
         "--handler", action="append", type=_handler_arg, default=[], metavar="NAME=PATH", help="use this handler file for a function (repeatable)"
     )
     parser.add_argument("--sqs-concurrency", type=int, default=4, help="SQS batches in parallel (default 4)")
-    parser.add_argument("--sqs-retry-backoff", type=float, default=1.0, help="seconds x receive count before a failed message is visible again (default 1)")
+    parser.add_argument(
+        "--sqs-time-scale",
+        type=float,
+        default=None,
+        help="scale each queue's VisibilityTimeout from the template, e.g. 0.01: 720 s -> 7 s (default $ALEPH_SQS_TIME_SCALE or 1)",
+    )
     parser.add_argument("--stream-retry-backoff", type=float, default=0.2, help="first stream retry delay in seconds, doubling up to 2 s (default 0.2)")
     parser.add_argument("--stream-max-retries", type=int, default=None, help="override the template's MaximumRetryAttempts")
     parser.add_argument("--schedule-interval", type=float, default=None, help="run scheduled functions every N seconds instead of the template's rate")
@@ -789,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handlers=dict(args.handler),
         template=args.template,
         sqs_concurrency=args.sqs_concurrency,
-        sqs_retry_backoff=args.sqs_retry_backoff,
+        sqs_time_scale=args.sqs_time_scale,
         stream_retry_backoff=args.stream_retry_backoff,
         stream_max_retries=args.stream_max_retries,
         schedule_interval=args.schedule_interval,
