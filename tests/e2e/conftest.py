@@ -122,7 +122,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 @contextlib.contextmanager
 def open_stack(workdir: Path, *stack_args: str) -> Iterator[Stack]:
     """A local stack subprocess (``stack_args`` go to ``python -m local.stack``) and clients for it."""
-    process, info = spawn(workdir, *stack_args)
+    # SQS redelivers after the queue's visibility timeout x 0.01 (SubmitQueue: 720 s -> 7 s).
+    process, info = spawn(workdir, "--sqs-time-scale", "0.01", *stack_args)
     try:
         session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=info["region"])
         endpoint = info["s3_endpoint"]
