@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import socket
-import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
