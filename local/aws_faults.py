@@ -4,7 +4,9 @@ Real AWS fails now and then: S3 answers 500 InternalError or 503 SlowDown, Dynam
 Secrets Manager has an internal error, and a Lambda invocation is cut off (a timeout, a crash)
 at any point of its work. This module makes the local stack do the same, at a seeded rate, to
 the calls the *handlers* make, and never to the stack's own plumbing (provisioning, the SQS and
-stream pollers, a test's clients), so the harness stays reliable.
+stream pollers, a test's clients), so the harness stays reliable: each function runs in a
+process of its own (``local.lambda_worker``), which installs an injector for that function; the
+stack's process installs none.
 
 Usage::
 
@@ -20,7 +22,7 @@ or ``LocalStack(..., aws_faults={...})``. The stack writes ``<workdir>/aws-fault
     {"seed": 7, "rules": [{"fault": "s3_slowdown", "rate": 0.05, "applied": 12, "eligible": 240}, ...]}
 
 ``applied`` counts the injected faults (every failed attempt), ``eligible`` the attempts the rule
-was drawn for.
+was drawn for, added up over the functions' processes.
 
 A rule: ``fault`` (below), ``rate`` (0 to 1, per HTTP attempt), and optionally ``services``
 (botocore service names; for ``kill`` also ``http``, the handlers' own HTTP calls to providers
@@ -47,17 +49,18 @@ How: the error faults answer botocore's ``before-send`` event with a fabricated 
 the service's real error shape, so botocore parses and retries it exactly as a real one; every
 botocore client created while the faults are installed gets the hooks (``Session.create_client``
 is wrapped, which covers boto3's default session and Powertools' own sessions). Only threads
-inside ``invocation()`` (set by ``local.lambda_runtime`` around each handler call, and carried
-into the thread pools the handler starts, e.g. s3transfer's) are ever faulted; ``kill`` fires
-only in the invocation's own thread.
+inside ``invocation()`` (set by ``local.lambda_worker`` around each handler call, and carried
+into the thread pools the handler starts, e.g. s3transfer's) are faulted: a burst belongs to one
+invocation; ``kill`` fires only in the invocation's own thread.
 
 Not modelled: DynamoDB conditional-check races. A faithful race needs a second writer that
 really changes the item between the handler's read and its conditional write, and the only
 such writers are the pipeline's own handlers; a "harmless touch" cannot make a status
 condition fail, and a fabricated ConditionalCheckFailedException without a changed item is not
 what a race looks like. Duplicate events and the property test exercise the real races.
-One random.Random seeded from ``seed`` draws every fault: the same seed and the same sequence of
-calls give the same faults (threads make the sequence vary between runs).
+In each function's process one random.Random, seeded from ``seed`` and the function's name
+(``rng_for``), draws every fault: the same seed and the same sequence of that function's calls
+give the same faults (threads make the sequence vary between runs).
 """
 
 from __future__ import annotations
@@ -139,6 +142,10 @@ class FaultRule:
 class FaultConfig:
     seed: int
     rules: tuple[FaultRule, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as ``parse_config`` reads it."""
+        return {"seed": self.seed, "rules": [rule.to_json() for rule in self.rules]}
 
     @property
     def functions(self) -> set[str]:
@@ -261,12 +268,23 @@ class _RuleState:
     eligible: int = 0
 
 
-class FaultInjector:
-    """The stack's faults: one seeded random.Random, the rules and what they did."""
+def rng_for(seed: int, function: str | None) -> random.Random:
+    """The generator a function's injector draws from: seeded from the seed and the function's
+    name, so each function's faults repeat with the seed whatever the others do."""
+    return random.Random(seed if function is None else f"{seed}/{function}")
 
-    def __init__(self, config: FaultConfig) -> None:
+
+class FaultInjector:
+    """One process's faults: a seeded random.Random, the rules and what they did.
+
+    In the local stack, each function's process has one (``function`` names it: its generator
+    is ``rng_for(seed, function)``); the stack adds their reports up.
+    """
+
+    def __init__(self, config: FaultConfig, function: str | None = None) -> None:
         self.config = config
-        self._rng = random.Random(config.seed)
+        self.function = function
+        self._rng = rng_for(config.seed, function)
         self._lock = threading.Lock()
         self._rules = [_RuleState(rule) for rule in config.rules]
 
@@ -297,11 +315,6 @@ class FaultInjector:
         with self._lock:
             rules = [{**state.rule.to_json(), "applied": state.applied, "eligible": state.eligible} for state in self._rules]
         return {"seed": self.config.seed, "rules": rules}
-
-    def write_report(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(self.report(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
 
     # ------------------------------------------------------------------------ draws
 
@@ -526,17 +539,17 @@ def _unpatch() -> None:
 
 
 class ReportWriter:
-    """Writes the injector's report to ``path`` every ``interval`` seconds and once at ``stop()``."""
+    """Writes ``report()`` to ``path`` (as JSON, atomically) every ``interval`` seconds and once at ``stop()``."""
 
-    def __init__(self, injector: FaultInjector, path: Path, interval: float = 2.0) -> None:
-        self.injector = injector
+    def __init__(self, report: Callable[[], Mapping[str, Any] | None], path: Path, interval: float = 2.0) -> None:
+        self.report = report
         self.path = path
         self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="aws-faults-report", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"report-{path.stem}", daemon=True)
 
     def start(self) -> None:
-        self.injector.write_report(self.path)
+        self._write()
         self._thread.start()
 
     def stop(self) -> None:
@@ -553,7 +566,12 @@ class ReportWriter:
             self._write()
 
     def _write(self) -> None:
+        report = self.report()
+        if report is None:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            self.injector.write_report(self.path)
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(self.path)
         except OSError as exc:
             log.warning("writing %s failed: %s", self.path, exc)

@@ -1,44 +1,53 @@
-"""Run a handler module the way the Lambda Python runtime does, in this process.
+"""Run a handler the way Lambda does: each function in a process of its own.
 
-Each function is loaded from its file (``functions/<name>/app.py`` by default) under a unique
-module name. Lambda runs concurrent invocations in separate sandboxes, each with its own copy of
-the module's globals; so does this: up to ``max_concurrency`` copies are loaded on demand (the
-first at start, like a cold start) and each copy serves one invocation at a time. Events and
-answers go through JSON like Lambda's, and the context object has the runtime's attributes.
+``LambdaFunction`` starts ``local.lambda_worker`` in a new process whose environment is exactly
+the function's (``LambdaFunction.process_environment``): what its template entry gives it with
+local values, the Lambda runtime's own variables, and ``PYTHONPATH`` = its code directory and the
+layer. Nothing of the stack's environment, modules or caches reaches it, so a variable or a
+grant the template forgets fails here as it would on AWS. Inside the process, concurrent
+invocations run in separate sandboxes (copies of the handler module), loaded on demand, each
+serving one invocation at a time; events and answers go through JSON like Lambda's, and the
+context object has the runtime's attributes.
 
 An invocation cut off by the ``kill`` fault of ``local.aws_faults`` fails like a Lambda timeout
-(``Task timed out``), and its sandbox is discarded: the next invocation loads a fresh copy of
-the handler module, like a new Lambda sandbox. (The domain package is imported once per
-process and shared by every sandbox, as before.)
+(``Task timed out``) and its sandbox is discarded. The process's output goes to the stack's
+stdout/stderr, every line tagged with its function (``tag_line``).
+
+Why one process per function, not one per sandbox: the functions must not share anything, and
+they do not; a process per sandbox would also separate the domain package's caches of two
+sandboxes of one function, at one Python start (~0.5 s CPU, ~60 MB) per sandbox, and the stack
+runs up to 29 of them. The 2-core CI runs many stacks at once: six processes keep a stack's
+start within its budget, 29 would not.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import json
 import logging
+import os
+import socket
+import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
-from local import aws_faults
+from local.aws_faults import FaultConfig
+from local.client import LOCAL_CREDENTIALS, REPO_ROOT
 
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 
-log = logging.getLogger("local.lambda")
+LAYER_PATHS = (REPO_ROOT / "layers" / "domain",)  # the domain layer, /opt/python on Lambda
 
-_LOAD_LOCK = threading.Lock()
-_MODULE_NUMBERS = itertools.count(1)
+log = logging.getLogger("local.lambda")
 
 
 class LambdaContext:
@@ -87,14 +96,190 @@ class HandlerInitError(RuntimeError):
     """The handler module could not be loaded (Lambda's Runtime.ImportModuleError / init error)."""
 
 
+class WorkerGone(RuntimeError):
+    """The function's process exited (or could not start) before it answered."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the function's process is told first (``local.lambda_worker``)."""
+
+    name: str
+    handler_file: str
+    handler_attr: str
+    function_name: str
+    timeout_seconds: float
+    memory_mb: int
+    max_concurrency: int
+    region: str
+    account_id: str
+    aws_faults: dict[str, Any] | None = None
+    record_aws_calls: str | None = None
+    strict_env: bool = False
+    log_level: int = logging.INFO
+
+
+# The worker is started with the repository on sys.path for ``local`` only, then takes it off:
+# the handler sees its code directory and the layer, like /var/task and /opt/python.
+_BOOT = (
+    "import sys; root = sys.argv[1]; sys.path.insert(0, root); import local.lambda_worker as worker; "
+    "sys.path.remove(root); sys.argv[1:] = sys.argv[2:]; worker.main()"
+)
+# Lambda's own PATH, after the directory of this interpreter (the venv stands in for the runtime).
+_LAMBDA_PATH = "/usr/local/bin:/usr/bin/:/bin:/opt/bin"
+# How long past its timeout an invocation may go unanswered before its process is ended.
+INVOKE_GRACE_SECONDS = 30.0
+WORKER_START_TIMEOUT = 60.0
+WORKER_STOP_TIMEOUT = 10.0
+_OUTPUT_LOCK = threading.Lock()  # one line at a time from every function's output
+
+
+def tag_line(function: str, line: str) -> str:
+    """A line of a function's output, tagged with the function: a JSON log line gets a
+    ``function`` key first (it stays one JSON object), any other line a ``[function]`` prefix."""
+    text = line.rstrip("\r\n")
+    if text.startswith("{") and text.endswith("}"):
+        rest = text[1:].lstrip()
+        return '{"function": ' + json.dumps(function) + ("}" if rest == "}" else ", " + rest)
+    return f"[{function}] {text}"
+
+
 @dataclass
-class _Sandbox:
-    module: ModuleType
-    handler: Callable[[Any, Any], Any]
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: dict[str, Any] | None = None
+    gone: str | None = None
+
+
+class _Worker:
+    """One process running the function's handler (``local.lambda_worker``) and its connection."""
+
+    def __init__(self, function: LambdaFunction) -> None:
+        self.function = function
+        ours, theirs = socket.socketpair()
+        code_dir = function.handler_file.resolve().parent
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(REPO_ROOT), str(theirs.fileno())],
+                cwd=code_dir,
+                env=function.process_environment(),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # Ctrl-C reaches the stack, which stops its functions in order
+            )
+        finally:
+            theirs.close()
+        self.connection = Connection(ours.detach())
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.stats: dict[str, Any] = {}
+        self.gone: str | None = None
+        self._stderr_tail: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._read, name=f"lambda-{function.name}-answers", daemon=True),
+            threading.Thread(target=self._forward, args=(self.process.stdout, False), name=f"lambda-{function.name}-stdout", daemon=True),
+            threading.Thread(target=self._forward, args=(self.process.stderr, True), name=f"lambda-{function.name}-stderr", daemon=True),
+        ]
+        self.send(asdict(function.worker_config()))
+        for thread in self.threads:
+            thread.start()
+
+    def alive(self) -> bool:
+        return self.gone is None
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self.connection.send(message)
+
+    def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``message`` and wait for its answer; WorkerGone if the process ends first,
+        TimeoutError after ``timeout``."""
+        pending = _Pending()
+        with self._pending_lock:
+            if self.gone is not None:
+                raise WorkerGone(self.gone)
+            request_id = next(self._ids)
+            self._pending[request_id] = pending
+        with contextlib.suppress(OSError, ValueError):  # the reader sees the process go and fails the request
+            self.send({**message, "id": request_id})
+        if not pending.done.wait(timeout):
+            with self._pending_lock:
+                self._pending.pop(request_id, None)
+            raise TimeoutError(f"{self.function.name} did not answer within {timeout:g} s")
+        if pending.answer is None:
+            raise WorkerGone(pending.gone or "the function's process exited")
+        return pending.answer
+
+    def stop(self) -> None:
+        """Ask the process to stop (it sends its final counts), wait, then kill if it must."""
+        with contextlib.suppress(OSError, ValueError):
+            self.send({"op": "stop"})
+        try:
+            self.process.wait(WORKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: the function's process did not stop: killing it", self.function.name)
+            self.kill()
+        for thread in self.threads:
+            thread.join(WORKER_STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(WORKER_STOP_TIMEOUT)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                answer: dict[str, Any] = self.connection.recv()
+            except (EOFError, OSError):
+                break
+            if "stats" in answer:
+                self.stats = answer["stats"]
+            with self._pending_lock:
+                pending = self._pending.pop(answer.get("id", 0), None)
+            if pending is not None:
+                pending.answer = answer
+                pending.done.set()
+        code = self.process.wait(WORKER_STOP_TIMEOUT) if self.process.poll() is None else self.process.returncode
+        tail = "".join(self._stderr_tail[-5:]).strip()
+        reason = f"the function's process exited with code {code}" + (f": {tail[-500:]}" if tail and code else "")
+        with self._pending_lock:
+            self.gone = reason
+            pending_requests, self._pending = list(self._pending.values()), {}
+        for pending in pending_requests:
+            pending.gone = reason
+            pending.done.set()
+        self.connection.close()
+
+    def _forward(self, pipe: IO[bytes] | None, is_stderr: bool) -> None:
+        if pipe is None:
+            return
+        name = self.function.name
+        for raw in iter(pipe.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            if is_stderr:
+                self._stderr_tail = [*self._stderr_tail[-19:], line]
+            target = sys.stderr if is_stderr else sys.stdout
+            with _OUTPUT_LOCK:
+                target.write(tag_line(name, line) + "\n")
+                target.flush()
+        pipe.close()
 
 
 class LambdaFunction:
-    """One function: its handler file, run in up to ``max_concurrency`` warm sandboxes."""
+    """One function: its handler file, run in a process of its own with its own environment.
+
+    ``environment`` is the function's configuration (its template environment with local
+    values, plus the stack's local settings); the process gets it, the Lambda runtime's own
+    variables and ``PYTHONPATH`` (the handler's directory, then ``layer_paths``), nothing else.
+    Inside, up to ``max_concurrency`` sandboxes (see ``local.lambda_worker``). The process starts
+    with ``start()`` or the first ``warm()``/``invoke()``; if it ever exits, the next call starts
+    a new one (a crashed process is a lost set of sandboxes, as on Lambda).
+    """
 
     def __init__(
         self,
@@ -108,6 +293,11 @@ class LambdaFunction:
         max_concurrency: int = 4,
         region: str = "us-east-1",
         account_id: str = LOCAL_ACCOUNT_ID,
+        environment: Mapping[str, str] | None = None,
+        layer_paths: Sequence[Path] = LAYER_PATHS,
+        aws_faults: FaultConfig | None = None,
+        record_aws_calls: Path | None = None,
+        strict_env: bool = False,
     ) -> None:
         self.name = name
         self.handler_file = Path(handler_file)
@@ -118,9 +308,15 @@ class LambdaFunction:
         self.max_concurrency = max(1, max_concurrency)
         self.region = region
         self.account_id = account_id
-        self._cond = threading.Condition()
-        self._idle: list[_Sandbox] = []
-        self._created = 0
+        self.environment = dict(environment or {})
+        self.layer_paths = tuple(layer_paths)
+        self.aws_faults = aws_faults
+        self.record_aws_calls = record_aws_calls
+        self.strict_env = strict_env
+        self._lock = threading.Lock()
+        self._worker: _Worker | None = None
+        self._past_stats: list[dict[str, Any]] = []  # of processes that exited
+        self._closed = False
 
     @property
     def arn(self) -> str:
@@ -129,131 +325,145 @@ class LambdaFunction:
     def exists(self) -> bool:
         return self.handler_file.is_file()
 
+    def process_environment(self) -> dict[str, str]:
+        """Exactly what the function's process gets (Lambda's runtime variables, then its own)."""
+        code_dir = self.handler_file.resolve().parent
+        runtime = {
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
+            "_HANDLER": f"{self.handler_file.stem}.{self.handler_attr}",
+            "LAMBDA_TASK_ROOT": str(code_dir),
+            # The role's credentials on Lambda; moto's test credentials here.
+            "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+            "AWS_EC2_METADATA_DISABLED": "true",  # never look for an instance role
+            "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon locally
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), _LAMBDA_PATH]),
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+            "PYTHONPATH": os.pathsep.join([str(code_dir), *(str(path) for path in self.layer_paths)]),
+            "PYTHONUNBUFFERED": "1",  # log lines reach the stack's log as they are written
+        }
+        return {**runtime, **self.environment}
+
+    def worker_config(self) -> WorkerConfig:
+        faults = self.aws_faults
+        return WorkerConfig(
+            name=self.name,
+            handler_file=str(self.handler_file.resolve()),
+            handler_attr=self.handler_attr,
+            function_name=self.function_name,
+            timeout_seconds=self.timeout_seconds,
+            memory_mb=self.memory_mb,
+            max_concurrency=self.max_concurrency,
+            region=self.region,
+            account_id=self.account_id,
+            aws_faults=faults.to_json() if faults is not None else None,
+            record_aws_calls=str(self.record_aws_calls) if self.record_aws_calls else None,
+            strict_env=self.strict_env,
+            log_level=logging.getLogger("local").getEffectiveLevel(),
+        )
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the function's process now (without waiting for it): several start in parallel."""
+        self._ensure_worker()
+
+    def close(self) -> None:
+        """Stop the function's process (its final counts are kept); idempotent."""
+        with self._lock:
+            self._closed = True
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+            self._past_stats.append(worker.stats)
+
+    def _ensure_worker(self) -> _Worker:
+        with self._lock:
+            if self._closed:
+                raise WorkerGone(f"{self.name} is stopped")
+            worker = self._worker
+            if worker is not None and worker.alive():
+                return worker
+            if worker is not None:
+                log.warning("%s: %s; starting a new process (fresh sandboxes)", self.name, worker.gone)
+                self._past_stats.append(worker.stats)
+            self._worker = _Worker(self)
+            return self._worker
+
+    # ----------------------------------------------------------------------- invocation
+
     def warm(self) -> bool:
         """Load one sandbox now (the cold start); log and return False if the module fails."""
         try:
-            sandbox = self._acquire()
-        except HandlerInitError:
+            answer = self._ensure_worker().request({"op": "warm"}, WORKER_START_TIMEOUT)
+        except (WorkerGone, TimeoutError, OSError) as exc:
+            log.error("%s: the function could not start: %s", self.name, exc)
             return False
-        self._release(sandbox)
-        return True
+        return bool(answer.get("ok"))
 
     def invoke(self, event: Any) -> Invocation:
         """Invoke the handler with a JSON copy of ``event``; never raises."""
         request_id = str(uuid.uuid4())
         started = time.monotonic()
         try:
-            sandbox = self._acquire()
-        except HandlerInitError as exc:
-            return Invocation(request_id, ok=False, error=f"Runtime.ImportModuleError: {exc}")
-        keep_sandbox = True
+            event_json = json.dumps(event)
+        except (TypeError, ValueError) as exc:
+            return Invocation(request_id, ok=False, error=f"Runtime.MarshalError: the event is not JSON: {exc}")
         try:
-            payload = json.loads(json.dumps(event))
-            context = LambdaContext(
-                function_name=self.function_name,
-                memory_limit_in_mb=self.memory_mb,
-                timeout_seconds=self.timeout_seconds,
-                region=self.region,
-                account_id=self.account_id,
-                aws_request_id=request_id,
-            )
-            with aws_faults.invocation(self.name):
-                result = sandbox.handler(payload, context)
-            try:
-                result = json.loads(json.dumps(result))
-            except (TypeError, ValueError) as exc:
-                log.error("%s: the answer is not JSON serializable (Runtime.MarshalError): %s", self.name, exc)
-                return Invocation(request_id, ok=False, error=f"Runtime.MarshalError: {exc}", duration=time.monotonic() - started)
-        except aws_faults.InvocationKilled as exc:
-            # Lambda reports a cut-off invocation as a timeout, and never reuses its sandbox.
-            keep_sandbox = False
-            duration = time.monotonic() - started
-            log.error("%s: request %s was cut off (%s): reported as timed out, sandbox discarded", self.name, request_id, exc)
-            return Invocation(request_id, ok=False, error=f"Task timed out after {self.timeout_seconds:.2f} seconds ({exc})", duration=duration)
-        except (Exception, SystemExit) as exc:  # a handler's failure is reported, never fatal
-            log.error(
-                "%s handler raised (request %s):\n%s",
-                self.name,
-                request_id,
-                "".join(traceback.format_exception(exc)).rstrip(),
-            )
-            return Invocation(request_id, ok=False, error=f"{type(exc).__name__}: {exc}", duration=time.monotonic() - started)
-        finally:
-            if keep_sandbox:
-                self._release(sandbox)
-            else:
-                self._discard(sandbox)
-        duration = time.monotonic() - started
-        if duration > self.timeout_seconds:
-            log.error(
-                "%s: request %s took %.1f s, over the function's %s s timeout: AWS would have failed it",
-                self.name,
-                request_id,
-                duration,
-                self.timeout_seconds,
-            )
-            return Invocation(request_id, ok=False, error="Task timed out", duration=duration)
-        return Invocation(request_id, ok=True, result=result, duration=duration)
+            worker = self._ensure_worker()
+            answer = worker.request({"op": "invoke", "request_id": request_id, "event_json": event_json}, self.timeout_seconds + INVOKE_GRACE_SECONDS)
+        except (WorkerGone, OSError) as exc:
+            log.error("%s: request %s failed: %s", self.name, request_id, exc)
+            return Invocation(request_id, ok=False, error=f"Runtime.ExitError: {exc}", duration=time.monotonic() - started)
+        except TimeoutError:
+            # A handler hanging well past its timeout: Lambda would have ended its sandbox; here
+            # that is the function's process (its other sandboxes go with it).
+            log.error("%s: request %s hangs past the %s s timeout: ending the function's process", self.name, request_id, self.timeout_seconds)
+            worker.kill()
+            return Invocation(request_id, ok=False, error=f"Task timed out after {self.timeout_seconds:.2f} seconds", duration=time.monotonic() - started)
+        outcome = answer["invocation"]
+        result_json = outcome.get("result_json")
+        return Invocation(
+            request_id,
+            ok=bool(outcome["ok"]),
+            result=json.loads(result_json) if outcome["ok"] and result_json is not None else None,
+            error=outcome.get("error"),
+            duration=float(outcome["duration"]),
+        )
 
-    # ------------------------------------------------------------------------- sandboxes
+    # ---------------------------------------------------------------------------- stats
 
-    def _acquire(self) -> _Sandbox:
-        with self._cond:
-            while not self._idle and self._created >= self.max_concurrency:
-                self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
-            self._created += 1
-        try:
-            return self._load()
-        except BaseException:
-            with self._cond:
-                self._created -= 1
-                self._cond.notify()
-            raise
+    def _all_stats(self) -> list[dict[str, Any]]:
+        with self._lock:
+            current = [self._worker.stats] if self._worker is not None else []
+            return [*self._past_stats, *current]
 
-    def _release(self, sandbox: _Sandbox) -> None:
-        with self._cond:
-            self._idle.append(sandbox)
-            self._cond.notify()
+    def fault_report(self) -> dict[str, Any] | None:
+        """This function's AWS faults so far (``aws_faults.FaultInjector.report()``'s shape)."""
+        if self.aws_faults is None:
+            return None
+        return merge_fault_reports(self.aws_faults, [stats.get("faults") for stats in self._all_stats()])
 
-    def _discard(self, sandbox: _Sandbox) -> None:
-        """Drop a broken sandbox; the next invocation that needs one loads a fresh copy."""
-        sys.modules.pop(sandbox.module.__name__, None)
-        with self._cond:
-            self._created -= 1
-            self._cond.notify()
+    def env_reads(self) -> list[dict[str, Any]]:
+        """The ``Settings`` fields this function read with no variable set (their default)."""
+        reads: dict[str, dict[str, Any]] = {}
+        for stats in self._all_stats():
+            for read in stats.get("env_reads") or ():
+                reads.setdefault(read["field"], read)
+        return sorted(reads.values(), key=lambda read: str(read["variable"]))
 
-    def _load(self) -> _Sandbox:
-        path = self.handler_file.resolve()
-        if not path.is_file():
-            log.error("%s: handler file %s does not exist", self.name, path)
-            raise HandlerInitError(f"no handler file {path}")
-        with _LOAD_LOCK:
-            module_name = f"_aleph_local_{self.name}_{next(_MODULE_NUMBERS)}"
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            if spec is None or spec.loader is None:
-                raise HandlerInitError(f"cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            # Like the function's code directory on Lambda: siblings of app.py are importable.
-            sys.path.insert(0, str(path.parent))
-            sys.modules[module_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException as exc:
-                sys.modules.pop(module_name, None)
-                log.error(
-                    "%s: loading %s failed (init error):\n%s",
-                    self.name,
-                    path,
-                    "".join(traceback.format_exception(exc)).rstrip(),
-                )
-                raise HandlerInitError(f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                with contextlib.suppress(ValueError):
-                    sys.path.remove(str(path.parent))
-        handler = getattr(module, self.handler_attr, None)
-        if not callable(handler):
-            log.error("%s: %s has no callable %s", self.name, path, self.handler_attr)
-            raise HandlerInitError(f"{path} has no handler {self.handler_attr}")
-        return _Sandbox(module=module, handler=handler)
+
+def merge_fault_reports(config: FaultConfig, reports: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """Several injectors' reports of the same rules as one: the counts added up."""
+    rules = [{**rule.to_json(), "applied": 0, "eligible": 0} for rule in config.rules]
+    for report in reports:
+        for total, counted in zip(rules, (report or {}).get("rules", ()), strict=False):
+            total["applied"] += counted["applied"]
+            total["eligible"] += counted["eligible"]
+    return {"seed": config.seed, "rules": rules}

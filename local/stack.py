@@ -7,12 +7,28 @@ environment, and runs the event sources: SQS -> submit, the jobs table's stream 
 HTTP API v2 emulator -> callback (and any Schedule event of the template). It writes
 ``.local/stack.json`` and runs until SIGINT/SIGTERM.
 
+Each function runs in a process of its own (``local.lambda_runtime``) whose environment is
+exactly what its template entry gives it (Globals and its own ``Environment``) with local values,
+the Lambda runtime's variables, and the local-only settings: ``AWS_ENDPOINT_URL``,
+``PROVIDER_ENDPOINTS``, ``RESULT_HOSTS``, ``ALLOW_HTTP_RESULT_URLS``, and ``CALLBACK_API_URL`` for the
+functions whose entry defines it. ``--env NAME=VALUE`` (``handler_env=``) adds to every function's.
+
 ``--aws-faults JSON`` (or ``aws_faults=``) makes AWS fail the handlers' calls at a seeded rate
 and cuts invocations off, as described in ``local.aws_faults``; what was injected goes to
 ``<workdir>/aws-faults.json``. Without it nothing is injected.
 
-The handlers' environment is process-wide, so a process runs one stack. Tests start it as a
-subprocess with ``spawn()`` (or ``spawned()``) and stop it with ``terminate()``.
+``<workdir>/env-reads.json`` lists, by function, the domain's settings a handler read whose
+variable its environment lacks (the default was used); ``wiring`` marks a resource name or URL,
+which the template must give. ``--strict-env`` fails such a read, naming function and variable.
+``--record-aws-calls`` writes every AWS API call a handler makes to ``<workdir>/aws-calls.jsonl``
+(``stack.json``: ``aws_calls_log``), one JSON object a line with the resource-naming parameters.
+
+``--provider-url URL --provider-keys FILE`` (or ``ALEPH_PROVIDER_URL``/``ALEPH_PROVIDER_KEYS``)
+points every provider at ``URL/<provider>`` instead of the stack's own simulator (not started),
+with the keys file's JSON object (keyed by provider id) as the provider-keys secret.
+
+Tests start the stack as a subprocess with ``spawn()`` (or ``spawned()``) and stop it with
+``terminate()``.
 """
 
 from __future__ import annotations
@@ -29,16 +45,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from local.apigw import HttpApiEmulator, Route
-from local.aws_faults import AwsFaultsError, FaultConfig, FaultInjector, ReportWriter, parse_config
+from local.aws_faults import AwsFaultsError, FaultConfig, ReportWriter, parse_config
 from local.client import DEFAULT_WORKDIR, REPO_ROOT, STACK_JSON, answers, aws_client, free_port, stack_json_path, wait_for
 from local.dispatcher import ScheduleEventSource, SqsEventSource, StreamEventSource
-from local.lambda_runtime import LOCAL_ACCOUNT_ID, LambdaFunction
+from local.lambda_runtime import LAYER_PATHS, LOCAL_ACCOUNT_ID, LambdaFunction, merge_fault_reports
 from local.provision import ResourceNames, Resources, provision
 from local.template_config import TemplateConfig, load_template_config
 
@@ -48,7 +65,6 @@ _T = TypeVar("_T")
 REGION = "us-east-1"
 LOCAL_PROVIDERS = ("kie", "apikley", "runware", "crun")
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
-LAYER_PATHS = (REPO_ROOT / "layers" / "domain",)
 UNREACHABLE_PROVIDER_URL = "http://127.0.0.1:9"  # the discard port: refused at once
 STARTUP_TIMEOUT = 30.0
 SUBPROCESS_STOP_TIMEOUT = 10.0
@@ -56,8 +72,54 @@ THREAD_JOIN_TIMEOUT = 10.0
 
 # Set by the local stack whatever the template says (local configuration, not code paths).
 _LOCAL_ONLY = ("CALLBACK_API_URL", "PROVIDER_ENDPOINTS", "RESULT_HOSTS", "ALLOW_HTTP_RESULT_URLS")
-# Variables of the outer environment that would send boto3 elsewhere than moto.
-_AWS_VARIABLES_TO_DROP = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+# When there is no template: the contract's variables, given to every function.
+_CONTRACT_ENVIRONMENT = {
+    "INPUT_PREFIX": "incoming/",
+    "DEFAULT_PROVIDER": "kie",
+    "PRESIGNED_URL_TTL_SECONDS": "3600",
+    "PAIRING_TIMEOUT_SECONDS": "3600",
+    "JOB_DEADLINE_SECONDS": "86400",
+    "MAX_RESULT_BYTES": "2147483648",
+    "POWERTOOLS_SERVICE_NAME": "aleph-pipeline",
+    "POWERTOOLS_METRICS_NAMESPACE": "AlephPipeline",
+}
+ENV_READS_FILE = "env-reads.json"
+AWS_CALLS_FILE = "aws-calls.jsonl"
+PROVIDER_URL_ENV, PROVIDER_KEYS_ENV = "ALEPH_PROVIDER_URL", "ALEPH_PROVIDER_KEYS"
+
+
+class ProviderKeysError(ValueError):
+    """The provider keys file is missing or not a JSON object of keys by provider id (never shows a key)."""
+
+
+def load_provider_keys(path: Path) -> dict[str, Any]:
+    """The keys file's object, keyed by provider id; ProviderKeysError says what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProviderKeysError(f"provider keys file {path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        keys = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # The position only: the parser's message could quote the file's text.
+        raise ProviderKeysError(f"provider keys file {path}: not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(keys, dict) or not keys:
+        raise ProviderKeysError(f'provider keys file {path}: expected a JSON object keyed by provider id, like {{"kie": "<key>"}}, got a {type(keys).__name__}')
+    unknown = sorted(set(keys) - set(LOCAL_PROVIDERS))
+    if unknown:
+        raise ProviderKeysError(f"provider keys file {path}: unknown provider id(s) {', '.join(map(repr, unknown))} (known: {', '.join(LOCAL_PROVIDERS)})")
+    empty = sorted(name for name, key in keys.items() if key in (None, "", {}, []))
+    if empty:
+        raise ProviderKeysError(f"provider keys file {path}: no key for {', '.join(empty)}")
+    return keys
+
+
+def provider_base_url(url: str) -> str:
+    """``url`` without a trailing slash, if it is an http(s) URL with a host."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"provider URL must be http(s)://host[:port][/path], got {url.strip()[:200]!r}")
+    return url.strip().rstrip("/")
 
 
 class _Stoppable(Protocol):
@@ -96,12 +158,21 @@ class LocalStack:
         api_concurrency: int = 8,
         handler_env: Mapping[str, str] | None = None,
         aws_faults: str | Mapping[str, Any] | FaultConfig | None = None,
+        record_aws_calls: bool = False,
+        strict_env: bool = False,
+        provider_url: str | None = None,
+        provider_keys: str | Path | None = None,
     ) -> None:
         self.workdir = Path(workdir) if workdir else DEFAULT_WORKDIR
         self.moto_port = moto_port if moto_port is not None else _env_port("ALEPH_MOTO_PORT")
         self.api_port = api_port if api_port is not None else _env_port("ALEPH_API_PORT")
         self.simulator_port = simulator_port if simulator_port is not None else _env_port("ALEPH_SIMULATOR_PORT")
-        self.simulator_enabled = simulator and simulator_url is None
+        # Another provider implementation: every provider at <url>/<provider>, with these keys.
+        self.provider_url = provider_base_url(provider_url) if provider_url else None
+        if (provider_url is None) != (provider_keys is None):
+            raise ProviderKeysError("a provider URL and a provider keys file go together (--provider-url and --provider-keys)")
+        self.provider_keys = load_provider_keys(Path(provider_keys)) if provider_keys is not None else None
+        self.simulator_enabled = simulator and simulator_url is None and self.provider_url is None
         self.simulator_url: str | None = simulator_url.rstrip("/") if simulator_url else None
         self.handler_overrides = {k: Path(v) for k, v in (handlers or {}).items()}
         # Settings a test or a user changes for the handlers (e.g. shorter grace periods).
@@ -121,7 +192,8 @@ class LocalStack:
         self.api_concurrency = api_concurrency
         # Parsed now: a bad configuration is refused before anything starts.
         self.aws_faults = aws_faults if isinstance(aws_faults, FaultConfig) or aws_faults is None else parse_config(aws_faults)
-        self.fault_injector: FaultInjector | None = None
+        self.record_aws_calls = record_aws_calls
+        self.strict_env = strict_env
 
         self.config: TemplateConfig | None = None
         self.resources: Resources | None = None
@@ -129,14 +201,12 @@ class LocalStack:
         self.moto_url: str | None = None
         self.api: HttpApiEmulator | None = None
         self.warnings: list[str] = []
-        self._env: dict[str, str] = {}
+        self._function_envs: dict[str, dict[str, str]] = {}
         self._info: dict[str, Any] | None = None
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._log_files: list[Any] = []
         self._sources: list[_Stoppable] = []
-        self._fault_report: ReportWriter | None = None
-        self._saved_environ: dict[str, str | None] = {}
-        self._added_sys_path: list[str] = []
+        self._reports: list[ReportWriter] = []
         self._started = False
 
     # ------------------------------------------------------------------------- public API
@@ -150,10 +220,14 @@ class LocalStack:
 
     @property
     def env(self) -> dict[str, str]:
-        """The handlers' environment (after ``start()``)."""
-        if not self._env:
+        """Every function's environment in one (after ``start()``; each function gets its own)."""
+        if not self._function_envs:
             raise RuntimeError("the stack is not started")
-        return dict(self._env)
+        return {name: value for env in self._function_envs.values() for name, value in env.items()}
+
+    def function_env(self, function: str) -> dict[str, str]:
+        """What the stack gives ``function`` on top of the Lambda runtime's variables."""
+        return dict(self._function_envs[function])
 
     @property
     def stack_json(self) -> Path:
@@ -193,13 +267,16 @@ class LocalStack:
             if stuck:
                 log.warning("threads still busy at shutdown (left behind): %s", ", ".join(stuck))
         self._sources.clear()
-        if self._fault_report is not None:
-            self._fault_report.stop()
-            self._fault_report.join(THREAD_JOIN_TIMEOUT)  # writes the final counts
-            self._fault_report = None
-        if self.fault_injector is not None:
-            self.fault_injector.uninstall()
-            self.fault_injector = None
+        # The functions' processes stop in parallel (each sends its final counts first).
+        closing = [threading.Thread(target=f.close, name=f"close-{f.name}", daemon=True) for f in self.functions.values()]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join(THREAD_JOIN_TIMEOUT)
+        for report in self._reports:
+            report.stop()
+            report.join(THREAD_JOIN_TIMEOUT)  # writes the final counts
+        self._reports.clear()
         for name, process in reversed(self._processes):
             _stop_process(name, process)
         self._processes.clear()
@@ -211,7 +288,6 @@ class LocalStack:
                 current = json.loads(self.stack_json.read_text(encoding="utf-8"))
                 if current.get("pid") == os.getpid():
                     self.stack_json.unlink()
-        self._restore_environ()
         self._info = None
         log.info("local stack stopped")
 
@@ -243,16 +319,16 @@ class LocalStack:
         def client(service: str) -> Any:
             return aws_client(service, endpoint_url=self.moto_url, region=REGION)
 
-        self.resources = provision(client, self.config, region=REGION, names=ResourceNames())
+        self.resources = provision(client, self.config, region=REGION, names=ResourceNames(), secret_value=self.provider_keys)
 
-        # Every function's HttpApi routes, each to its own function (callback, status, ...).
-        routes = [Route(r.method, r.path, f.name) for f in self.config.functions.values() for r in f.routes]
+        # Every function's HttpApi routes, each to its own function, with its authorizer (AWS_IAM: SigV4 only).
+        routes = [Route(r.method, r.path, f.name, r.authorizer) for f in self.config.functions.values() for r in f.routes]
         self.api = HttpApiEmulator(routes, None, port=self.api_port or 0)
 
-        self._env = self._handler_environment()
-        self._apply_environ(self._env)
-        self._install_aws_faults()  # before the handlers load, so every client they make has the hooks
+        self._function_envs = self._handler_environments()
+        self._check_aws_faults()
         self._build_functions()
+        self._start_reports()
         self.api.function = self.functions.get("callback")
         self.api.functions = self.functions
         self._start_sources(client)
@@ -330,23 +406,10 @@ class LocalStack:
         self._processes.append((name, process))
         return process
 
-    def _handler_environment(self) -> dict[str, str]:
+    def _handler_environments(self) -> dict[str, dict[str, str]]:
+        """Each function's own environment: its template entry resolved with local values, and the
+        local-only settings (``CALLBACK_API_URL`` only where the entry defines it)."""
         config, resources, api = _need(self.config), _need(self.resources), _need(self.api)
-        env: dict[str, str] = {
-            # The contract's table, with the local values.
-            "JOBS_TABLE_NAME": resources.names.jobs_table,
-            "INPUT_BUCKET_NAME": resources.names.input_bucket,
-            "OUTPUT_BUCKET_NAME": resources.names.output_bucket,
-            "INPUT_PREFIX": resources.input_prefix,
-            "DEFAULT_PROVIDER": "kie",
-            "PROVIDER_SECRET_ID": resources.names.secret_id,
-            "PRESIGNED_URL_TTL_SECONDS": "3600",
-            "PAIRING_TIMEOUT_SECONDS": "3600",
-            "JOB_DEADLINE_SECONDS": "86400",
-            "MAX_RESULT_BYTES": "2147483648",
-            "POWERTOOLS_SERVICE_NAME": "aleph-pipeline",
-            "POWERTOOLS_METRICS_NAMESPACE": "AlephPipeline",
-        }
         refs: dict[str, str] = {
             "AWS::Region": REGION,
             "AWS::AccountId": LOCAL_ACCOUNT_ID,
@@ -358,79 +421,85 @@ class LocalStack:
             logical_id = config.logical_id(role)
             if logical_id:
                 refs[logical_id] = value
+        if self.provider_url is not None:
+            base, result_host = self.provider_url, urlsplit(self.provider_url).hostname or ""
+        else:
+            base, result_host = self.simulator_url or UNREACHABLE_PROVIDER_URL, "127.0.0.1"
+        local_only = {
+            "PROVIDER_ENDPOINTS": json.dumps({p: f"{base}/{p}" for p in LOCAL_PROVIDERS}),
+            "RESULT_HOSTS": json.dumps({p: [result_host] for p in LOCAL_PROVIDERS}),
+            "ALLOW_HTTP_RESULT_URLS": "true",
+            "AWS_ENDPOINT_URL": str(self.moto_url),
+        }
+        contract = {
+            # No template: the contract's table, with the local values, for every function.
+            "JOBS_TABLE_NAME": resources.names.jobs_table,
+            "INPUT_BUCKET_NAME": resources.names.input_bucket,
+            "OUTPUT_BUCKET_NAME": resources.names.output_bucket,
+            "PROVIDER_SECRET_ID": resources.names.secret_id,
+            "CALLBACK_API_URL": api.url,
+            **_CONTRACT_ENVIRONMENT,
+            "INPUT_PREFIX": resources.input_prefix,
+        }
+        environments: dict[str, dict[str, str]] = {}
         for function in config.functions:
-            from_template, problems = config.resolve_environment(function, refs)
-            env.update(from_template)
-            self.warnings.extend(message for name, message in problems.items() if name not in _LOCAL_ONLY)
-
-        base = self.simulator_url or UNREACHABLE_PROVIDER_URL
-        env.update(
-            {
-                "CALLBACK_API_URL": api.url,
-                "PROVIDER_ENDPOINTS": json.dumps({p: f"{base}/{p}" for p in LOCAL_PROVIDERS}),
-                "RESULT_HOSTS": json.dumps({p: ["127.0.0.1"] for p in LOCAL_PROVIDERS}),
-                "ALLOW_HTTP_RESULT_URLS": "true",
-                "AWS_ENDPOINT_URL": str(self.moto_url),
-                "AWS_DEFAULT_REGION": REGION,
-                "AWS_REGION": REGION,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-            }
-        )
-        env.update(self.handler_env_overrides)
-        return env
-
-    def _apply_environ(self, env: Mapping[str, str]) -> None:
-        drop = [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL_") or k in _AWS_VARIABLES_TO_DROP]
-        for key in [*env, *drop]:
-            self._saved_environ.setdefault(key, os.environ.get(key))
-        for key in drop:
-            os.environ.pop(key, None)
-        os.environ.update(env)
-        no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
-        if "127.0.0.1" not in no_proxy:
-            for key in ("NO_PROXY", "no_proxy"):
-                self._saved_environ.setdefault(key, os.environ.get(key))
-                os.environ[key] = ",".join(filter(None, [no_proxy, "127.0.0.1", "localhost"]))
-        # Like the layer on Lambda (/opt/python): the domain package is importable.
-        for path in (str(p) for p in LAYER_PATHS):
-            if path not in sys.path:
-                sys.path.insert(0, path)
-                self._added_sys_path.append(path)
-
-    def _restore_environ(self) -> None:
-        for key, value in self._saved_environ.items():
-            if value is None:
-                os.environ.pop(key, None)
+            if config.source is None:
+                env = dict(contract)
             else:
-                os.environ[key] = value
-        self._saved_environ.clear()
-        for path in self._added_sys_path:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(path)
-        self._added_sys_path.clear()
+                env, problems = config.resolve_environment(function, refs)
+                self.warnings.extend(message for name, message in problems.items() if name not in _LOCAL_ONLY)
+                if "CALLBACK_API_URL" in problems or "CALLBACK_API_URL" in env:
+                    env["CALLBACK_API_URL"] = api.url
+            env.update(local_only)
+            env.update(self.handler_env_overrides)
+            environments[function] = env
+        return environments
 
     @property
     def aws_faults_report(self) -> Path:
         return self.workdir / "aws-faults.json"
 
-    def _install_aws_faults(self) -> None:
+    @property
+    def env_reads_report(self) -> Path:
+        return self.workdir / ENV_READS_FILE
+
+    @property
+    def aws_calls_log(self) -> Path:
+        return self.workdir / AWS_CALLS_FILE
+
+    def _check_aws_faults(self) -> None:
         if self.aws_faults is None:
             return
         unknown = sorted(self.aws_faults.functions - set(_need(self.config).functions))
         if unknown:
             known = ", ".join(sorted(_need(self.config).functions))
             raise AwsFaultsError(f"aws-faults: rules name unknown function(s) {', '.join(unknown)} (the stack runs: {known})")
-        self.fault_injector = FaultInjector(self.aws_faults).install()
-        self._fault_report = ReportWriter(self.fault_injector, self.aws_faults_report)
-        self._fault_report.start()
         log.info("aws-faults: seed %s, %d rule(s); counts in %s", self.aws_faults.seed, len(self.aws_faults.rules), self.aws_faults_report)
+
+    def fault_report(self) -> dict[str, Any] | None:
+        """The AWS faults injected so far, every function's added up (``aws-faults.json``)."""
+        if self.aws_faults is None:
+            return None
+        return merge_fault_reports(self.aws_faults, [f.fault_report() for f in self.functions.values()])
+
+    def env_reads(self) -> dict[str, Any]:
+        """By function, the settings read with no variable set (``env-reads.json``)."""
+        return {"strict": self.strict_env, "functions": {name: f.env_reads() for name, f in self.functions.items()}}
+
+    def _start_reports(self) -> None:
+        reports: list[tuple[Callable[[], Mapping[str, Any] | None], Path]] = [(self.env_reads, self.env_reads_report)]
+        if self.aws_faults is not None:
+            reports.append((self.fault_report, self.aws_faults_report))
+        for report, path in reports:
+            writer = ReportWriter(report, path)
+            writer.start()
+            self._reports.append(writer)
 
     def _build_functions(self) -> None:
         lanes, api = self.stream_lanes, self.api_concurrency
         concurrency = {"submit": self.sqs_concurrency, "finalize": lanes, "notify": lanes, "callback": api, "status": api}
+        if self.record_aws_calls:
+            self.aws_calls_log.write_bytes(b"")
         for name, spec in _need(self.config).functions.items():
             path = self.handler_overrides.get(name, REPO_ROOT / spec.handler_file)
             function = LambdaFunction(
@@ -441,17 +510,22 @@ class LocalStack:
                 memory_mb=spec.memory_mb,
                 max_concurrency=concurrency.get(name, 1),
                 region=REGION,
+                environment=self._function_envs[name],
+                layer_paths=LAYER_PATHS,
+                aws_faults=self.aws_faults,
+                record_aws_calls=self.aws_calls_log if self.record_aws_calls else None,
+                strict_env=self.strict_env,
             )
             if not function.exists():
                 self.warnings.append(f"{name}: handler {path} not found: its events are not delivered")
                 continue
-            function.warm()  # the cold start: import errors show now, with their traceback
+            function.start()  # every function's process starts at once; the cold starts overlap
             self.functions[name] = function
+        for function in self.functions.values():
+            function.warm()  # the cold start: import errors show now, with their traceback
 
     def _start_sources(self, client: Any) -> None:
-        config, resources, api = _need(self.config), _need(self.resources), _need(self.api)
-        # The HTTP API's routes with the authorizer the template gives each (AWS_IAM: SigV4 only).
-        api.routes = [Route(r.method, r.path, f.name, r.authorizer) for f in config.functions.values() for r in f.routes]
+        config, resources = _need(self.config), _need(self.resources)
         # Each function's SQS event, as an event source mapping: submit reads the submit queue;
         # notify reads the job events EventBridge did not take (UndeliveredJobEventQueue).
         undelivered_visibility = (config.resources.get(config.logical_id("undelivered_events") or "", {}).get("Properties") or {}).get("VisibilityTimeout")
@@ -548,11 +622,16 @@ class LocalStack:
             "event_bus_name": r.event_bus_name,
             "secret_id": r.names.secret_id,
             "functions": {name: str(f.handler_file) for name, f in self.functions.items()},
-            "handler_env": dict(self._env),
+            # What every function gets in one, and each function's own (its process has only that).
+            "handler_env": self.env,
+            "function_env": {name: self.function_env(name) for name in self.functions},
             "template": str(self.config.source) if self.config and self.config.source else None,
             "logs": {name: str(self.workdir / f"{name}.log") for name, _ in self._processes},
             "pid": os.getpid(),
             "aws_faults_report": str(self.aws_faults_report) if self.aws_faults is not None else None,
+            "env_reads_report": str(self.env_reads_report),
+            "aws_calls_log": str(self.aws_calls_log) if self.record_aws_calls else None,
+            "provider_url": self.provider_url,
         }
 
 
@@ -711,6 +790,8 @@ def _banner(stack: LocalStack) -> str:
     info = stack.info
     endpoint = info["s3_endpoint"]
     simulator = info["simulator_url"] or "(disabled: provider calls fail fast)"
+    if info.get("provider_url"):
+        simulator = f"not started: every provider at {info['provider_url']}/<provider>, keys from the keys file"
     lines = [
         "",
         "aleph local stack is running",
@@ -721,7 +802,7 @@ def _banner(stack: LocalStack) -> str:
         f"  output                      s3://{info['output_bucket']}/",
         f"  jobs table                  {info['jobs_table']}",
         f"  stack info                  {stack.stack_json}",
-        f"  logs                        handlers: here; moto and simulator: {stack.workdir}/*.log",
+        f"  logs                        handlers: here, each line tagged with its function; moto and simulator: {stack.workdir}/*.log",
         "",
         "Use it with the AWS CLI:",
         "  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1",
@@ -784,6 +865,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='AWS-side faults for the handlers\' calls, e.g. \'{"seed": 7, "rules": [{"fault": "s3_slowdown", "rate": 0.05}]}\' (see local/aws_faults.py)',
     )
+    parser.add_argument(
+        "--strict-env", action="store_true", help="fail an invocation that reads a resource name or URL its function's template entry does not define"
+    )
+    parser.add_argument("--record-aws-calls", action="store_true", help=f"write every AWS call a handler makes to <workdir>/{AWS_CALLS_FILE}")
+    parser.add_argument(
+        "--provider-url",
+        default=os.environ.get(PROVIDER_URL_ENV) or None,
+        metavar="URL",
+        help=f"reach every provider at URL/<provider> instead of the stack's simulator (env {PROVIDER_URL_ENV}); needs --provider-keys",
+    )
+    parser.add_argument(
+        "--provider-keys",
+        type=Path,
+        default=os.environ.get(PROVIDER_KEYS_ENV) or None,
+        metavar="FILE",
+        help=f'a JSON object of API keys by provider id, e.g. {{"kie": "..."}}, for --provider-url (env {PROVIDER_KEYS_ENV})',
+    )
     parser.add_argument("--quiet", action="store_true", help="no banner, warnings and errors only")
     return parser
 
@@ -803,20 +901,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack = LocalStack(
-        args.workdir,
-        simulator=not args.no_simulator,
-        simulator_url=args.simulator_url,
-        handlers=dict(args.handler),
-        template=args.template,
-        sqs_concurrency=args.sqs_concurrency,
-        sqs_time_scale=args.sqs_time_scale,
-        stream_retry_backoff=args.stream_retry_backoff,
-        stream_max_retries=args.stream_max_retries,
-        schedule_interval=args.schedule_interval,
-        handler_env=dict(args.env),
-        aws_faults=args.aws_faults,
-    )
+    try:
+        stack = LocalStack(
+            args.workdir,
+            simulator=not args.no_simulator,
+            simulator_url=args.simulator_url,
+            handlers=dict(args.handler),
+            template=args.template,
+            sqs_concurrency=args.sqs_concurrency,
+            sqs_time_scale=args.sqs_time_scale,
+            stream_retry_backoff=args.stream_retry_backoff,
+            stream_max_retries=args.stream_max_retries,
+            schedule_interval=args.schedule_interval,
+            handler_env=dict(args.env),
+            aws_faults=args.aws_faults,
+            record_aws_calls=args.record_aws_calls,
+            strict_env=args.strict_env,
+            provider_url=args.provider_url,
+            provider_keys=args.provider_keys,
+        )
+    except ValueError as exc:  # a bad provider URL or keys file: the message names it, never a key
+        log.error("%s", exc)
+        return 2
     try:
         stack.start()
         running = True

@@ -123,7 +123,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 def open_stack(workdir: Path, *stack_args: str) -> Iterator[Stack]:
     """A local stack subprocess (``stack_args`` go to ``python -m local.stack``) and clients for it."""
     # SQS redelivers after the queue's visibility timeout x 0.01 (SubmitQueue: 720 s -> 7 s).
-    process, info = spawn(workdir, "--sqs-time-scale", "0.01", *stack_args)
+    # --strict-env: a handler that reads a resource name or URL its template entry does not define fails.
+    process, info = spawn(workdir, "--sqs-time-scale", "0.01", "--strict-env", *stack_args)
     try:
         session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=info["region"])
         endpoint = info["s3_endpoint"]
@@ -144,16 +145,7 @@ def open_stack(workdir: Path, *stack_args: str) -> Iterator[Stack]:
         process.wait(timeout=30)
 
 
-RECORD_AWS_CALLS = "--record-aws-calls"
 LEAST_PRIVILEGE_MODULE = "test_least_privilege.py"
-
-
-def _recording_args() -> tuple[str, ...]:
-    """The flag that logs every AWS call of the handlers (audited last), if this stack has it yet."""
-    from local.stack import _parser
-
-    known = {option for action in _parser()._actions for option in action.option_strings}
-    return (RECORD_AWS_CALLS,) if RECORD_AWS_CALLS in known else ()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -163,7 +155,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with open_stack(tmp_path_factory.mktemp("stack"), *_recording_args()) as opened:
+    # Every AWS call of the handlers is logged (audited last, by test_least_privilege.py).
+    with open_stack(tmp_path_factory.mktemp("stack"), "--record-aws-calls") as opened:
         yield opened
 
 

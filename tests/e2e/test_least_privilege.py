@@ -30,8 +30,7 @@ def _whole_suite_ran(session: pytest.Session) -> bool:
 
 def test_every_recorded_aws_call_is_allowed_by_its_role(stack: Stack, request: pytest.FixtureRequest) -> None:
     log = stack.info.get("aws_calls_log")
-    if not log:
-        pytest.skip("the stack records no AWS calls: stack.json has no aws_calls_log (local.stack lacks --record-aws-calls)")
+    assert log, "the session stack records no AWS calls: stack.json has no aws_calls_log (start it with --record-aws-calls)"
     whole_run = _whole_suite_ran(request.session)
     report = audit_stack(stack.info, Path(stack.info.get("template") or REPO_ROOT / "template.yaml"), check_unused=whole_run)
     assert report.calls > 0, f"{log} is empty: the handlers' AWS calls were not recorded"

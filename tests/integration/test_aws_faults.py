@@ -1,27 +1,27 @@
 """AWS-side faults of the local stack (local/aws_faults.py), over a real moto server.
 
-A small handler (run through ``LambdaFunction``, like the stack runs the real ones) makes the
-AWS calls an event asks for and reports what botocore made of them: the error code, the HTTP
-status and the retries. One test runs a whole stack subprocess with ``--aws-faults``.
+A small handler (run through ``LambdaFunction`` in a process of its own, like the stack runs
+the real ones, with the faults installed there for that function) makes the AWS calls an event
+asks for and reports what botocore made of them: the error code, the HTTP status and the
+retries. One test runs a whole stack subprocess with ``--aws-faults``.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
 
-from local.aws_faults import AwsFaultsError, FaultInjector, parse_config
+from local.aws_faults import AwsFaultsError, parse_config, rng_for
 from local.client import aws_client, wait_for
 from local.lambda_runtime import LambdaFunction
 from local.stack import spawn, terminate
-from tests.integration.test_local_stack import _function
+from tests.integration.test_local_stack import _function, _stop_functions  # noqa: F401 - the fixture stops the functions
 
 WAIT = 30.0  # seconds; every wait below is bounded by this
 BUCKET = "faults-bucket"
@@ -88,18 +88,26 @@ def resources(moto_server: str) -> str:
     return moto_server
 
 
+CALLER_NAME = "caller"
+Caller = Callable[..., LambdaFunction]
+
+
 @pytest.fixture
-def caller(tmp_path: Path, resources: str) -> LambdaFunction:
-    return _function(tmp_path, f"caller_{uuid.uuid4().hex[:6]}", CALLER.format(endpoint=resources))
+def caller(tmp_path: Path, resources: str) -> Caller:
+    """``caller(*rules, seed=7)``: a new function running CALLER with those faults (none: no faults)."""
+
+    def make(*rules: dict[str, Any], seed: int = 7, name: str = CALLER_NAME) -> LambdaFunction:
+        config = parse_config({"seed": seed, "rules": list(rules)}) if rules else None
+        code_dir = tmp_path / uuid.uuid4().hex[:8]
+        code_dir.mkdir()
+        return _function(code_dir, name, CALLER.format(endpoint=resources), aws_faults=config)
+
+    return make
 
 
 @pytest.fixture
 def objects(resources: str) -> Any:
     return aws_client("s3", endpoint_url=resources)
-
-
-def faults(*rules: dict[str, Any], seed: int = 7) -> FaultInjector:
-    return FaultInjector(parse_config({"seed": seed, "rules": list(rules)}))
 
 
 def run(function: LambdaFunction, **event: Any) -> dict[str, Any]:
@@ -120,9 +128,9 @@ def put(key: str) -> dict[str, Any]:
 
 
 def seed_hitting_first_only(rate: float, misses: int) -> int:
-    """A seed whose first draw is under ``rate`` and the next ``misses`` draws are not."""
+    """A seed whose first draw (in CALLER's process) is under ``rate`` and the next ``misses`` are not."""
     for seed in range(100_000):
-        rng = random.Random(seed)  # noqa: S311 - the generator the faults draw from
+        rng = rng_for(seed, CALLER_NAME)
         if rng.random() < rate and all(rng.random() >= rate for _ in range(misses)):
             return seed
     raise AssertionError("no such seed")
@@ -167,10 +175,10 @@ def test_a_bad_configuration_is_refused_naming_the_field(config: dict[str, Any],
     ],
 )
 def test_each_fault_reaches_the_handler_as_the_services_error_once_retries_are_exhausted(
-    caller: LambdaFunction, fault: str, call: dict[str, Any], codes: set[str], status: int | None
+    caller: Caller, fault: str, call: dict[str, Any], codes: set[str], status: int | None
 ) -> None:
-    with faults({"fault": fault, "rate": 0.5, "burst": 10}, seed=seed_hitting_first_only(0.5, 0)):
-        (outcome,) = run(caller, calls=[{**call, "retries": 2}])["outcomes"]
+    function = caller({"fault": fault, "rate": 0.5, "burst": 10}, seed=seed_hitting_first_only(0.5, 0))
+    (outcome,) = run(function, calls=[{**call, "retries": 2}])["outcomes"]
     assert outcome["code"] in codes
     assert outcome["retries"] == 2  # botocore took it for a real error and retried it
     expected_status = status or {"InternalServiceError": 500, "ThrottlingException": 400}[outcome["code"]]
@@ -181,76 +189,82 @@ def test_each_fault_reaches_the_handler_as_the_services_error_once_retries_are_e
         assert outcome["message"] == "We encountered an internal error. Please try again."
 
 
-def test_retries_absorb_a_single_fault_and_a_burst_gets_through(caller: LambdaFunction, objects: Any) -> None:
+def test_retries_absorb_a_single_fault_and_a_burst_gets_through(caller: Caller, objects: Any) -> None:
     seed = seed_hitting_first_only(0.3, 10)
-    with faults({"fault": "s3_slowdown", "rate": 0.3}, seed=seed) as injector:
-        (absorbed,) = run(caller, calls=[put("absorbed")])["outcomes"]
+    absorbing = caller({"fault": "s3_slowdown", "rate": 0.3}, seed=seed)
+    (absorbed,) = run(absorbing, calls=[put("absorbed")])["outcomes"]
     assert absorbed == {"code": None, "status": 200, "retries": 1}
-    assert injector.report()["rules"][0]["applied"] == 1
-    with faults({"fault": "s3_slowdown", "rate": 0.3, "burst": 1}, seed=seed) as injector:
-        (surfaced,) = run(caller, calls=[put("burst")])["outcomes"]
+    assert report(absorbing)["rules"][0]["applied"] == 1
+    bursting = caller({"fault": "s3_slowdown", "rate": 0.3, "burst": 1}, seed=seed)
+    (surfaced,) = run(bursting, calls=[put("burst")])["outcomes"]
     assert surfaced["code"] == "SlowDown" and surfaced["retries"] == 1
-    assert injector.report()["rules"][0] == {"fault": "s3_slowdown", "rate": 0.3, "burst": 1, "applied": 2, "eligible": 1}
+    assert report(bursting)["rules"][0] == {"fault": "s3_slowdown", "rate": 0.3, "burst": 1, "applied": 2, "eligible": 1}
     with pytest.raises(objects.exceptions.ClientError, match="Not Found"):
         objects.head_object(Bucket=BUCKET, Key="burst")  # an injected error never reaches moto
 
 
-def test_the_same_seed_gives_the_same_faults(caller: LambdaFunction) -> None:
+def report(function: LambdaFunction) -> dict[str, Any]:
+    counts = function.fault_report()
+    assert counts is not None
+    return counts
+
+
+def test_the_same_seed_gives_the_same_faults(caller: Caller) -> None:
     calls = [{**put(f"seeded-{n}"), "retries": 0} for n in range(24)]
 
-    def codes(seed: int) -> list[str | None]:
-        with faults({"fault": "s3_500", "rate": 0.5}, seed=seed):
-            return [outcome["code"] for outcome in run(caller, calls=calls)["outcomes"]]
+    def codes(seed: int, name: str = CALLER_NAME) -> list[str | None]:
+        function = caller({"fault": "s3_500", "rate": 0.5}, seed=seed, name=name)
+        return [outcome["code"] for outcome in run(function, calls=calls)["outcomes"]]
 
     first = codes(7)
     assert first == codes(7)
     assert first != codes(8)
+    assert first != codes(7, name="other")  # each function draws from its own generator
     assert set(first) == {None, "InternalError"}
 
 
-def test_faults_reach_the_threads_a_handler_starts(caller: LambdaFunction) -> None:
-    with faults({"fault": "s3_500", "rate": 1.0}):
-        outcomes = run(caller, threaded=True, calls=[put("thread-1"), put("thread-2")])["outcomes"]
+def test_faults_reach_the_threads_a_handler_starts(caller: Caller) -> None:
+    outcomes = run(caller({"fault": "s3_500", "rate": 1.0}), threaded=True, calls=[put("thread-1"), put("thread-2")])["outcomes"]
     assert [o["code"] for o in outcomes] == ["InternalError", "InternalError"]
 
 
-def test_faults_never_hit_the_harness_or_other_functions(caller: LambdaFunction, resources: str, tmp_path: Path) -> None:
-    every_fault = [{"fault": name, "rate": 1.0} for name in ("s3_500", "dynamodb_500", "secrets_error", "kill")]
-    other = _function(tmp_path, "other", CALLER.format(endpoint=resources))
-    with faults(*[{**rule, "functions": [caller.name]} for rule in every_fault]) as injector:
-        # The test's own clients, made while the faults are installed, in a thread that is no handler.
-        aws_client("s3", endpoint_url=resources).head_object(Bucket=BUCKET, Key="present")
-        aws_client("dynamodb", endpoint_url=resources).describe_table(TableName=TABLE)
-        aws_client("secretsmanager", endpoint_url=resources).get_secret_value(SecretId=SECRET)
-        outcomes = run(other, calls=[GET, PUT_ITEM, GET_SECRET])["outcomes"]
-        assert [o["code"] for o in outcomes] == [None, None, None]
-        assert not caller.invoke({"calls": [GET]}).ok
-    assert sum(rule["eligible"] for rule in injector.report()["rules"]) > 0
+def test_faults_never_hit_the_harness_or_other_functions(caller: Caller, resources: str) -> None:
+    every_fault = [{"fault": name, "rate": 1.0, "functions": [CALLER_NAME]} for name in ("s3_500", "dynamodb_500", "secrets_error", "kill")]
+    target, other = caller(*every_fault), caller(*every_fault, name="other")
+    assert not target.invoke({"calls": [GET]}).ok
+    # The test's own clients, while the functions' processes inject faults.
+    aws_client("s3", endpoint_url=resources).head_object(Bucket=BUCKET, Key="present")
+    aws_client("dynamodb", endpoint_url=resources).describe_table(TableName=TABLE)
+    aws_client("secretsmanager", endpoint_url=resources).get_secret_value(SecretId=SECRET)
+    outcomes = run(other, calls=[GET, PUT_ITEM, GET_SECRET])["outcomes"]
+    assert [o["code"] for o in outcomes] == [None, None, None]
+    assert sum(rule["eligible"] for rule in report(target)["rules"]) > 0
+    assert sum(rule["eligible"] for rule in report(other)["rules"]) == 0
 
 
 # ------------------------------------------------------------------------------ kills
 
 
-def test_a_killed_invocation_fails_like_a_timeout_and_its_sandbox_is_replaced(caller: LambdaFunction, objects: Any) -> None:
-    before = run(caller)["sandbox"]
-    assert run(caller)["sandbox"] == before  # a warm sandbox is reused
+def test_a_killed_invocation_fails_like_a_timeout_and_its_sandbox_is_replaced(caller: Caller, objects: Any) -> None:
+    function = caller({"fault": "kill", "rate": 1.0, "services": ["s3"]})
+    before = run(function)["sandbox"]
+    assert run(function)["sandbox"] == before  # a warm sandbox is reused
     key, cleanup = f"killed-{uuid.uuid4().hex}", f"cleanup-{uuid.uuid4().hex}"
-    with faults({"fault": "kill", "rate": 1.0, "services": ["s3"]}) as injector:
-        invocation = caller.invoke({"calls": [put(key)], "finally": put(cleanup)})
+    invocation = function.invoke({"calls": [put(key)], "finally": put(cleanup)})
     assert not invocation.ok
     assert invocation.error is not None and invocation.error.startswith("Task timed out after 60.00 seconds")
     assert "s3.PutObject" in invocation.error
     objects.head_object(Bucket=BUCKET, Key=key)  # the call was made; the handler never saw its answer
     with pytest.raises(objects.exceptions.ClientError, match="Not Found"):
         objects.head_object(Bucket=BUCKET, Key=cleanup)  # a dead invocation makes no more calls
-    assert injector.report()["rules"][0]["applied"] == 1
-    assert run(caller)["sandbox"] != before
+    assert report(function)["rules"][0]["applied"] == 1
+    assert run(function)["sandbox"] != before
 
 
-def test_a_kill_after_a_provider_http_call(caller: LambdaFunction, resources: str) -> None:
-    with faults({"fault": "kill", "rate": 1.0, "services": ["http"]}):
-        assert run(caller, calls=[GET])["outcomes"][0]["code"] is None  # AWS calls are not in the rule
-        invocation = caller.invoke({"http": f"{resources}/moto-api/"})
+def test_a_kill_after_a_provider_http_call(caller: Caller, resources: str) -> None:
+    function = caller({"fault": "kill", "rate": 1.0, "services": ["http"]})
+    assert run(function, calls=[GET])["outcomes"][0]["code"] is None  # AWS calls are not in the rule
+    invocation = function.invoke({"http": f"{resources}/moto-api/"})
     assert not invocation.ok and invocation.error is not None and "HTTP GET 127.0.0.1" in invocation.error
 
 
@@ -269,6 +283,8 @@ SANDBOX = uuid.uuid4().hex
 def lambda_handler(event, context):
     s3 = boto3.client("s3")
     for record in event["Records"]:
+        if "s3:TestEvent" in record["body"]:  # S3's check of the notification, not an upload
+            continue
         key = f"seen/{record['messageId']}/{record['attributes']['ApproximateReceiveCount']}-{SANDBOX}"
         s3.put_object(Bucket=os.environ["OUTPUT_BUCKET_NAME"], Key=key, Body=b"")
     return {"batchItemFailures": []}
@@ -276,7 +292,7 @@ def lambda_handler(event, context):
     )
     rules = {"seed": 3, "rules": [{"fault": "kill", "rate": 1.0, "functions": ["submit"], "services": ["s3"]}]}
     workdir = tmp_path / "work"
-    args = ["--no-simulator", "--quiet", "--sqs-retry-backoff", "0.2", "--handler", f"submit={handler}", "--aws-faults", json.dumps(rules)]
+    args = ["--no-simulator", "--quiet", "--sqs-time-scale", "0.002", "--handler", f"submit={handler}", "--aws-faults", json.dumps(rules)]
     process, info = spawn(workdir, *args, timeout=60)
     try:
         yield info, workdir

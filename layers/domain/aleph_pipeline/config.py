@@ -1,23 +1,31 @@
-"""Settings read once from the environment (the template's Globals, or the local stack)."""
+"""Settings read once from the environment (the template's Globals, or the local stack).
+
+A *wiring* field (``WIRING``) names a resource or a URL of the stack: its default is no value a
+deployed function could work with, so the template must give each function that reads it the
+variable. The local stack watches for wiring fields read with their default and names them.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WIRING: dict[str, Any] = {"wiring": True}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    jobs_table_name: str
-    input_bucket_name: str
-    output_bucket_name: str
+    jobs_table_name: str = Field(json_schema_extra=WIRING)
+    input_bucket_name: str = Field(json_schema_extra=WIRING)
+    output_bucket_name: str = Field(json_schema_extra=WIRING)
     input_prefix: str = "incoming/"
     default_provider: str = "kie"
-    callback_api_url: str = ""
-    provider_secret_id: str = ""
+    callback_api_url: str = Field(default="", json_schema_extra=WIRING)
+    provider_secret_id: str = Field(default="", json_schema_extra=WIRING)
     presigned_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     pairing_timeout_seconds: int = Field(default=3600, ge=1)
     job_deadline_seconds: int = Field(default=86400, ge=1)
@@ -50,11 +58,13 @@ class Settings(BaseSettings):
     # The submit queue's dead-letter queue: the reconciler runs intake again for what it holds (an
     # event that met AWS errors on every delivery), so no upload is lost; a message that keeps
     # failing there is left for the alarm after ``dead_letter_max_redrives`` tries.
-    submit_dead_letter_queue_url: str = ""
+    submit_dead_letter_queue_url: str = Field(default="", json_schema_extra=WIRING)
     dead_letter_max_redrives: int = Field(default=20, ge=1)
     # Where job notifications go (EventBridge), and the stack they name.
-    event_bus_name: str = "default"
-    stack_name: str = "aleph"
+    event_bus_name: str = Field(default="default", json_schema_extra=WIRING)
+    stack_name: str = Field(default="aleph", json_schema_extra=WIRING)
+    # Where the notify function keeps the events EventBridge did not take (UndeliveredJobEventQueue).
+    undelivered_event_queue_url: str = Field(default="", json_schema_extra=WIRING)
 
     @field_validator("input_prefix")
     @classmethod

@@ -12,7 +12,6 @@ EventBridge's 256 KB limit, whatever the job's error message, keys or URL hold.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
@@ -249,7 +248,7 @@ def publish_or_keep(entry: dict[str, Any]) -> bool:
     try:
         publish([entry])
     except Exception as exc:  # whatever kept EventBridge from taking it, the event is kept
-        queue_url = os.environ.get(UNDELIVERED_QUEUE_ENV, "")
+        queue_url = get_settings().undelivered_event_queue_url
         if not queue_url:
             raise
         reason = f"{type(exc).__name__}: {exc}"[:1000]
