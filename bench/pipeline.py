@@ -11,11 +11,13 @@ before the sidecar's PUT (client clock) to the COMPLETED entry of the job's hist
 handler's clock, the same machine). Jobs per second: 200 over the time from the first upload to
 the last COMPLETED.
 
-Compute and requests are measured in the stack process by ``bench/instrument/sitecustomize.py``:
-the wall time of every handler invocation (what Lambda bills; here an upper bound, since the
-handlers share two cores with moto, the simulator and ffmpeg) and every AWS API call the handlers
-make (the dispatcher's own SQS polling and stream reading stand in for AWS's event sources and are
-not counted). The stack process's CPU time is printed as a cross-check. From those and the prices
+Compute is measured in the stack process by ``bench/instrument/sitecustomize.py``: the wall time
+of every handler invocation (what Lambda bills; here an upper bound, since the handlers share two
+cores with moto, the simulator and ffmpeg). Requests are the AWS API calls the handlers make, from
+the stack's call log (``--record-aws-calls``, written by the functions' own processes; the
+dispatcher's SQS polling and stream reading stand in for AWS's event sources and are not in it;
+presigned URLs are not requests). The CPU time of the stack and of each function's process is
+printed as a cross-check. From those and the prices
 below comes the AWS cost per 1,000 jobs.
 """
 
@@ -84,17 +86,22 @@ def _proc_cpu_seconds(pid: int, *, children: bool = False) -> float:
 
 
 def _children(pid: int) -> dict[str, int]:
-    """The stack's subprocesses by name (moto server, simulator)."""
+    """The stack's subprocesses by name (moto server, simulator, each function's process)."""
     found: dict[str, int] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            found["moto server" if "moto.server" in command else "simulator (with ffmpeg)" if "local.simulator" in command else command[:40]] = int(child)
+            if "local.lambda_worker" in command:
+                environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                function = next((v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"AWS_LAMBDA_FUNCTION_NAME=")), command[:40])
+                found[f"function {function}"] = int(child)
+            else:
+                found["moto server" if "moto.server" in command else "simulator (with ffmpeg)" if "local.simulator" in command else command[:40]] = int(child)
     return found
 
 
 def _cpu_all(pid: int) -> dict[str, float]:
-    cpu = {"stack (handlers, dispatcher)": _proc_cpu_seconds(pid)}
+    cpu = {"stack (dispatcher, API)": _proc_cpu_seconds(pid)}
     for name, child in _children(pid).items():
         cpu[name] = _proc_cpu_seconds(child, children=True)
     return cpu
@@ -110,7 +117,8 @@ def run(workdir: Path) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "bench" / "instrument"), env.get("PYTHONPATH", "")]))
     env["BENCH_AWS_CALLS_FILE"] = str(calls_file)
     clip = make_clip(workdir / "clip.mp4", seconds=1, size="160x90", rate=24).read_bytes()
-    process, info = spawn(workdir / "stack", "--quiet", env=env)
+    process, info = spawn(workdir / "stack", "--quiet", "--record-aws-calls", env=env)
+    calls_log = Path(info["aws_calls_log"])
     try:
         httpx.post(f"{info['simulator_url']}/_sim/config", json={"delay_seconds": 0}, timeout=10).raise_for_status()
         s3, table_client = aws_client("s3", info), aws_client("dynamodb", info)
@@ -149,17 +157,17 @@ def run(workdir: Path) -> dict[str, Any]:
 
         # Then all of them at once: throughput, and latency with the queue.
         cpu_before = _cpu_all(process.pid)
-        calls_before = _read_counts(calls_file, process.pid)
+        calls_before = _read_counts(calls_file, calls_log, process.pid)
         started = time.time()
         with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
             list(pool.map(upload, range(JOBS)))
         total = JOBS + SOLO_JOBS + 1
         wait_for(lambda: finished() >= total, timeout=TIMEOUT_SECONDS, interval=1.0, message=f"{JOBS} jobs to finish")
         cpu_after = _cpu_all(process.pid)
+        counts = _read_counts(calls_file, calls_log, process.pid)
         items = [item for item in _scan(table_client, info["jobs_table"]) if item.get("sidecarKey", "").split("job-")[-1] < f"{JOBS:04d}"]
     finally:
         terminate(process)
-    counts = json.loads(calls_file.read_text())
     log_bytes = sum(len(line) + 1 for line in (workdir / "stack" / "stack.log").read_text(errors="replace").splitlines() if line.startswith("{"))
     cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_after.items()}
     summary = _summarize(info, items, sidecar_put_at, started, cpu=cpu, counts=_subtract(counts, calls_before), log_bytes=log_bytes * JOBS / total)
@@ -174,14 +182,25 @@ def _completed_at(job: dict[str, Any]) -> float:
     return _parse_time(next(entry["at"] for entry in reversed(job["history"]) if entry["state"] == "COMPLETED"))
 
 
-def _read_counts(path: Path, pid: int) -> dict[str, Any]:
-    """The counts so far: the stack writes them when it gets SIGUSR1."""
+def _read_counts(path: Path, calls_log: Path, pid: int) -> dict[str, Any]:
+    """The invocation times so far (the stack writes them when it gets SIGUSR1) and the handlers'
+    AWS API calls so far by ``service.Operation``, from the stack's call log."""
     import signal
 
     stamp = path.stat().st_mtime_ns if path.is_file() else 0
     os.kill(pid, signal.SIGUSR1)
-    wait_for(lambda: path.is_file() and path.stat().st_mtime_ns != stamp, timeout=10, interval=0.02, message="the stack's call counts")
+    wait_for(lambda: path.is_file() and path.stat().st_mtime_ns != stamp, timeout=10, interval=0.02, message="the stack's invocation times")
     counts: dict[str, Any] = json.loads(path.read_text())
+    calls: dict[str, int] = {}
+    for line in calls_log.read_text(encoding="utf-8").splitlines() if calls_log.is_file() else []:
+        try:
+            call = json.loads(line)
+        except ValueError:  # the last line, still being written
+            continue
+        if not call.get("presigned"):
+            name = f"{call['service']}.{call['operation']}"
+            calls[name] = calls.get(name, 0) + 1
+    counts["calls"] = calls
     return counts
 
 
