@@ -21,7 +21,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ UNUSED_ALLOWED: dict[tuple[str, str, str], str] = {
     ("finalize", "s3:DeleteObject", "OutputBucket/*"): "a job failed after some results were copied has them deleted",
     ("finalize", "s3:ListBucket", "OutputBucket"): "a failed job's folder is listed before its partial results are deleted",
     ("reconcile", "s3:DeleteObject", "OutputBucket/*"): "the partial results of a SUCCEEDED job the reconciler fails are deleted",
+    ("reconcile", "s3:ListBucket", "OutputBucket"): "a SUCCEEDED job the reconciler fails has its folder listed before its partial results are deleted",
     ("reconcile", "sqs:ReceiveMessage", "SubmitDeadLetterQueue"): "uploads whose events failed every delivery are taken from the submit DLQ",
     ("reconcile", "sqs:DeleteMessage", "SubmitDeadLetterQueue"): "a dead-lettered upload taken by intake is deleted from the DLQ",
     ("reconcile", "s3:GetObject", "InputBucket/*"): "intake runs again for a job whose event was lost",
@@ -350,9 +351,25 @@ def audit(
 
 def audit_stack(info: Mapping[str, Any], template: Path, *, check_unused: bool = True) -> AuditReport:
     """The calls a local stack recorded (``stack.json``'s ``aws_calls_log``) against the template."""
-    local = LocalResources.from_stack_info(info, template)
+    return audit_stacks([info], template, check_unused=check_unused)
+
+
+def audit_stacks(infos: Sequence[Mapping[str, Any]], template: Path, *, check_unused: bool = True) -> AuditReport:
+    """The calls several local stacks of one template recorded, as one run: each call against its
+    role, and (with ``check_unused``) each grant against the calls of them all. The stacks must
+    name their resources alike (the local stack always does), or the first one's names would not
+    resolve another's calls."""
+    if not infos:
+        raise ValueError("no stack to audit")
+    names = ("region", "input_bucket", "output_bucket", "jobs_table", "secret_id", "event_bus_name")
+    for info in infos[1:]:
+        different = [name for name in names if info.get(name) != infos[0].get(name)]
+        if different:
+            raise ValueError(f"the stack of {info.get('aws_calls_log')} names its {', '.join(different)} differently: audit it on its own")
+    local = LocalResources.from_stack_info(infos[0], template)
     grants = function_grants(expand_template(template, region=local.region), local)
-    return audit(grants, load_calls(Path(str(info["aws_calls_log"]))), local, check_unused=check_unused)
+    calls = [call for info in infos for call in load_calls(Path(str(info["aws_calls_log"])))]
+    return audit(grants, calls, local, check_unused=check_unused)
 
 
 # ------------------------------------------------------------------------------ internals

@@ -119,12 +119,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+LEAST_PRIVILEGE_MODULE = "test_least_privilege.py"
+OPENED_STACKS: list[dict[str, Any]] = []  # stack.json of every stack this e2e run opened
+
+
 @contextlib.contextmanager
 def open_stack(workdir: Path, *stack_args: str) -> Iterator[Stack]:
     """A local stack subprocess (``stack_args`` go to ``python -m local.stack``) and clients for it."""
     # SQS redelivers after the queue's visibility timeout x 0.01 (SubmitQueue: 720 s -> 7 s).
     # --strict-env: a handler that reads a resource name or URL its template entry does not define fails.
-    process, info = spawn(workdir, "--sqs-time-scale", "0.01", "--strict-env", *stack_args)
+    # --record-aws-calls: every AWS call of the handlers is logged; test_least_privilege.py audits
+    # the calls of every stack the e2e run opened (OPENED_STACKS), after all the other tests.
+    process, info = spawn(workdir, "--sqs-time-scale", "0.01", "--strict-env", "--record-aws-calls", *stack_args)
+    OPENED_STACKS.append(info)
     try:
         session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=info["region"])
         endpoint = info["s3_endpoint"]
@@ -145,9 +152,6 @@ def open_stack(workdir: Path, *stack_args: str) -> Iterator[Stack]:
         process.wait(timeout=30)
 
 
-LEAST_PRIVILEGE_MODULE = "test_least_privilege.py"
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The least-privilege audit runs after every other e2e test: it checks the calls they made."""
     items.sort(key=lambda item: item.path.name == LEAST_PRIVILEGE_MODULE)
@@ -155,8 +159,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # Every AWS call of the handlers is logged (audited last, by test_least_privilege.py).
-    with open_stack(tmp_path_factory.mktemp("stack"), "--record-aws-calls") as opened:
+    with open_stack(tmp_path_factory.mktemp("stack")) as opened:
         yield opened
 
 

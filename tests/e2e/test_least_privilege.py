@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from local.iam_audit import audit_stack
+from local.iam_audit import audit_stacks
 
-from .conftest import LEAST_PRIVILEGE_MODULE, Stack
+from .conftest import LEAST_PRIVILEGE_MODULE, OPENED_STACKS, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -29,11 +29,12 @@ def _whole_suite_ran(session: pytest.Session) -> bool:
 
 
 def test_every_recorded_aws_call_is_allowed_by_its_role(stack: Stack, request: pytest.FixtureRequest) -> None:
-    log = stack.info.get("aws_calls_log")
-    assert log, "the session stack records no AWS calls: stack.json has no aws_calls_log (start it with --record-aws-calls)"
+    """The calls of every stack the e2e run opened (the session's, the reconciler's, the corpus's)."""
+    missing = [info.get("workdir") or info.get("api_url") for info in OPENED_STACKS if not info.get("aws_calls_log")]
+    assert OPENED_STACKS and not missing, f"stacks that recorded no AWS calls (start them with --record-aws-calls): {missing}"
     whole_run = _whole_suite_ran(request.session)
-    report = audit_stack(stack.info, Path(stack.info.get("template") or REPO_ROOT / "template.yaml"), check_unused=whole_run)
-    assert report.calls > 0, f"{log} is empty: the handlers' AWS calls were not recorded"
+    report = audit_stacks(OPENED_STACKS, Path(stack.info.get("template") or REPO_ROOT / "template.yaml"), check_unused=whole_run)
+    assert report.calls > 0, "the handlers' AWS calls were not recorded"
     assert report.failures() == [], "\n".join(report.failures())
     if not whole_run:
         pytest.skip(f"{report.calls} calls allowed; the unused-grant check needs the whole e2e suite ({LEAST_PRIVILEGE_MODULE} ran with part of it)")
