@@ -13,6 +13,7 @@ from ..secrets import provider_api_key, provider_webhook_key
 from .base import CallbackInvalid, CallbackUnauthorized, Outcome, Provider, ProviderDocs, ProviderError, ResultItem, SubmitRequest, VideoInfo
 from .crun import CrunProtocol
 from .kie import KieProtocol
+from .replicate import ReplicateProtocol
 from .runware import MODELS as RUNWARE_MODELS
 from .runware import RunwareProtocol
 
@@ -39,6 +40,7 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[
     # crun's result CDN is not documented: its own domains (crunai.com serves its static files);
     # ResultHostsOverride / RESULT_HOSTS widens the list when results come from elsewhere.
     "crun": ("https://api.crun.ai", CrunProtocol, ("runway/gen-4-aleph",), ("crun.ai", "crunai.com")),
+    "replicate": ("https://api.replicate.com", ReplicateProtocol, ("runwayml/gen4-aleph",), ("replicate.delivery",)),
 }
 PROVIDER_IDS = tuple(_REGISTRY)
 
