@@ -290,7 +290,12 @@ def test_refresh_of_a_url_kie_did_not_make_is_none_and_a_failure_for_now_is_tran
 
 def test_a_poll_that_reports_an_expired_result_returns_fresh_links() -> None:
     seen: list[httpx.Request] = []
-    data = {"taskId": "t", "successFlag": 1, "expireFlag": 1, "response": {"resultVideoUrl": "https://kie.test/v.mp4", "resultImageUrl": "https://kie.test/c.png"}}
+    data = {
+        "taskId": "t",
+        "successFlag": 1,
+        "expireFlag": 1,
+        "response": {"resultVideoUrl": "https://kie.test/v.mp4", "resultImageUrl": "https://kie.test/c.png"},
+    }
 
     def handler(req: httpx.Request) -> httpx.Response:
         seen.append(req)
@@ -313,7 +318,9 @@ def test_provider_requests_carry_the_product_user_agent_on_the_shared_client() -
     assert _http_client(30.0).headers["user-agent"] == USER_AGENT
 
 
-@pytest.mark.parametrize("host", ["tempfile.aiquickdraw.com", "file.aiquickdraw.com", "tempfileb.aiquickdraw.com", "static.aiquickdraw.com", "tempfile.redpandaai.co"])
+@pytest.mark.parametrize(
+    "host", ["tempfile.aiquickdraw.com", "file.aiquickdraw.com", "tempfileb.aiquickdraw.com", "static.aiquickdraw.com", "tempfile.redpandaai.co"]
+)
 @pytest.mark.parametrize("provider_id", ["kie", "apikley"])
 def test_kies_result_hosts_are_allowed(provider_id: str, host: str) -> None:
     from aleph_pipeline.providers import _REGISTRY
