@@ -213,7 +213,10 @@ class CrunProtocol:
         problems = validate_create(body, BODY_FIELDS - {"callback_url"})
         if problems:
             return self._answer(422, MSG_VALIDATION, errors=problems)
-        rule = self.ctx.faults.pick_submit(self.name, body["input"]["prompt"])
+        # Only an insufficient_credits rule is consulted (and used up) here: the other submit
+        # faults (429, 500) are CreateTask's, and must not be spent on the free estimate.
+        credit_rules = any(rule["fault"] == "insufficient_credits" for rule in self.ctx.faults.to_json())
+        rule = self.ctx.faults.pick_submit(self.name, body["input"]["prompt"]) if credit_rules else None
         balance = 0 if rule is not None and rule.fault == "insufficient_credits" else BALANCE
         return self._answer(200, "success", {"estimated_credits": CREDITS_PER_TASK, "balance": balance, "affordable": balance >= CREDITS_PER_TASK})
 
