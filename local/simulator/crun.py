@@ -23,6 +23,13 @@ assumes, listed once in ``INPUT_FIELDS`` -- ``prompt`` (required, at most 1000 c
 Runway's limit), ``video_url`` (required), ``img_urls`` (list of URLs), ``aspect_ratio``,
 ``seed`` -- and refuses any other with the 422 too (crun's own client sends only the fields the
 model's ``input_schema`` permits), so a sidecar's ``providerOptions`` that adds one is refused.
+
+Read at run time by crun's own client (CrunTeam/crun-agent-skills, ``runtime/crun_cli.py``), so
+served here too:
+- ``GET /api/v1/client/job/Models/runway/gen-4-aleph`` answers the model with an ``input_schema``,
+  a JSON schema (``type: object``, ``properties``, ``required``) of those same fields.
+- ``POST /api/v1/client/job/EstimateTask`` ``{model, input}`` answers
+  ``data{estimated_credits, balance, affordable}`` and creates nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +52,12 @@ log = logging.getLogger("local.simulator")
 
 CREATE_PATH = "/api/v1/client/job/CreateTask"
 TASK_INFO_PATH = "/api/v1/client/job/TaskInfo"
+ESTIMATE_PATH = "/api/v1/client/job/EstimateTask"
+MODELS_PATH = "/api/v1/client/job/Models/"
 MODEL = "runway/gen-4-aleph"
+# What EstimateTask quotes for one edit, and the balance it reports (none under insufficient_credits).
+CREDITS_PER_TASK = 60
+BALANCE = 100000
 BODY_FIELDS = frozenset({"model", "callback_url", "input"})
 # The simulator's reading of the model's undocumented ``input`` (see the module docstring).
 INPUT_FIELDS = frozenset({"prompt", "video_url", "img_urls", "aspect_ratio", "seed"})
@@ -73,6 +85,23 @@ SUBMIT_FAULT_CODES: dict[str, tuple[int | None, int]] = {
 STATUS = {"queued": "pending", "running": "running", "success": "success", "failed": "failed"}
 
 
+def input_schema() -> dict[str, Any]:
+    """The model's ``input_schema`` as ``GET Models/<model>`` answers it: a JSON schema of the
+    fields ``INPUT_FIELDS`` names (the simulator's reading; crun's real one is read at run time)."""
+    return {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS, "description": "What to change in the video"},
+            "video_url": {"type": "string", "format": "uri", "description": "The input video (only its first 5 s are used)"},
+            "img_urls": {"type": "array", "items": {"type": "string", "format": "uri"}, "maxItems": 1, "description": "A reference image"},
+            "aspect_ratio": {"type": "string", "enum": list(ASPECT_RATIOS)},
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+        },
+        "required": ["prompt", "video_url"],
+        "additionalProperties": False,
+    }
+
+
 def _is_http_url(value: Any) -> bool:
     if not isinstance(value, str):
         return False
@@ -80,12 +109,13 @@ def _is_http_url(value: Any) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def validate_create(body: dict[str, Any]) -> list[str]:
-    """Every problem with a CreateTask body, each naming its field (answered with code 422).
+def validate_create(body: dict[str, Any], fields: frozenset[str] = BODY_FIELDS) -> list[str]:
+    """Every problem with a CreateTask (or EstimateTask: ``fields`` without ``callback_url``)
+    body, each naming its field (answered with code 422).
 
     Plain http is accepted for URLs because locally the presigned URLs point at 127.0.0.1.
     """
-    problems = unknown_fields(body, BODY_FIELDS)
+    problems = unknown_fields(body, fields)
     model = body.get("model")
     if model is None:
         problems.append("model is required")
@@ -139,8 +169,8 @@ class CrunProtocol:
     # ---- HTTP ---------------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
-        routes = {CREATE_PATH: ("POST", self._create), TASK_INFO_PATH: ("GET", self._task_info)}
-        route = routes.get(request.path)
+        routes = {CREATE_PATH: ("POST", self._create), TASK_INFO_PATH: ("GET", self._task_info), ESTIMATE_PATH: ("POST", self._estimate)}
+        route = ("GET", self._model) if request.path.startswith(MODELS_PATH) else routes.get(request.path)
         if route is None:
             return self._answer(404, MESSAGES[404], http_status=404)
         method, handler = route
@@ -165,7 +195,32 @@ class CrunProtocol:
         given = request.header("x-api-key") or ""
         return key is not None and bool(given) and hmac.compare_digest(given.encode("utf-8"), key.api_key.encode("utf-8"))
 
-    def _create(self, request: Request) -> Response:
+    def _model(self, request: Request) -> Response:
+        """``GET Models/<model>``: the model, with its ``input_schema``."""
+        model = request.path[len(MODELS_PATH) :]
+        if model != MODEL:
+            return self._answer(404, f"Model not found: {model}", http_status=404)
+        data = {"model": MODEL, "model_type": "video", "provider": "Runway", "operations": ["video-edit"], "input_schema": input_schema()}
+        return self._answer(200, "success", data)
+
+    def _estimate(self, request: Request) -> Response:
+        """``EstimateTask {model, input}``: the cost and whether the account can pay, charging
+        nothing and creating nothing. The ``insufficient_credits`` fault makes it unaffordable
+        (a client that skips the estimate meets the same fault as a 402 at CreateTask)."""
+        body = self._json_body(request)
+        if isinstance(body, Response):
+            return body
+        problems = validate_create(body, BODY_FIELDS - {"callback_url"})
+        if problems:
+            return self._answer(422, MSG_VALIDATION, errors=problems)
+        # Only an insufficient_credits rule is consulted (and used up) here: the other submit
+        # faults (429, 500) are CreateTask's, and must not be spent on the free estimate.
+        credit_rules = any(rule["fault"] == "insufficient_credits" for rule in self.ctx.faults.to_json())
+        rule = self.ctx.faults.pick_submit(self.name, body["input"]["prompt"]) if credit_rules else None
+        balance = 0 if rule is not None and rule.fault == "insufficient_credits" else BALANCE
+        return self._answer(200, "success", {"estimated_credits": CREDITS_PER_TASK, "balance": balance, "affordable": balance >= CREDITS_PER_TASK})
+
+    def _json_body(self, request: Request) -> dict[str, Any] | Response:
         content_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return self._answer(422, MSG_VALIDATION, errors=[f"Content-Type must be application/json, got {content_type or 'none'}"])
@@ -175,6 +230,12 @@ class CrunProtocol:
             return self._answer(422, MSG_VALIDATION, errors=[f"malformed JSON body: {exc}"])
         if not isinstance(body, dict):
             return self._answer(422, MSG_VALIDATION, errors=["the body must be a JSON object"])
+        return body
+
+    def _create(self, request: Request) -> Response:
+        body = self._json_body(request)
+        if isinstance(body, Response):
+            return body
         problems = validate_create(body)
         if problems:
             return self._answer(422, MSG_VALIDATION, errors=problems)

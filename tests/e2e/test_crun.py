@@ -82,33 +82,35 @@ def test_provider_options_reach_the_request_body(crun_stack: Stack, unique: str)
     assert set(task["request"]) == {"model", "callback_url", "input"}
 
 
-def test_an_option_crun_does_not_take_is_its_refusal_not_a_retry(crun_stack: Stack, unique: str) -> None:
+def test_a_field_the_models_schema_does_not_permit_fails_at_intake_with_no_create_task(crun_stack: Stack, unique: str) -> None:
     stack = crun_stack
     key = run_pair(stack, f"incoming/crun-bad-opt-{unique}", f"bad opt {unique}", providerOptions={"duration": 5})
     job = stack.wait_for_job(key)
     assert job["status"] == "FAILED"
     error = stack.output_json(f"crun-bad-opt-{unique}/{job['jobId']}/error.json")
-    assert (error["code"], error["stage"], error["retryable"]) == ("provider_rejected", "submit", False)
-    assert "input.duration" in error["message"]
+    assert (error["code"], error["stage"], error["retryable"]) == ("unsupported_option", "intake", False)
+    assert "`duration` (from `providerOptions.duration`)" in error["message"]
+    assert "permits: `aspect_ratio`, `img_urls`, `prompt`, `seed`, `video_url`" in error["message"]
+    assert create_requests(stack) == []
     assert stack.sim_tasks(unique) == []
 
 
-def test_insufficient_credits_fails_the_job_without_a_retry(crun_stack: Stack, unique: str) -> None:
+def test_an_unaffordable_job_fails_insufficient_credits_and_creates_nothing(crun_stack: Stack, unique: str) -> None:
     stack = crun_stack
     stack.sim_faults([{"fault": "insufficient_credits", "provider": "crun", "match_prompt": unique}])
     key = run_pair(stack, f"incoming/crun-402-{unique}", f"poor {unique}")
     job = stack.wait_for_job(key)
     assert job["status"] == "FAILED"
     error = stack.output_json(f"crun-402-{unique}/{job['jobId']}/error.json")
-    assert error["code"] == "provider_rejected"
-    assert error["stage"] == "submit"
-    assert error["retryable"] is False
-    assert error["message"] == "crun: Insufficient Credits - Account does not have enough credits to perform the operation"
-    assert error["details"] == {"providerCode": "402"}
+    assert (error["code"], error["stage"], error["retryable"]) == ("insufficient_credits", "submit", False)
+    assert "costs 60 credits and the account has 0" in error["message"]
+    assert error["details"] == {"estimatedCredits": 60, "balance": 0}
     assert error["hint"]
     assert stack.output_keys(f"crun-402-{unique}/") == [f"crun-402-{unique}/{job['jobId']}/error.json"]
     wait_until(lambda: queue_drained(stack), 30, "the submit queue to drain (no redelivery pending)")
-    assert [entry["code"] for entry in create_requests(stack)] == [402]
+    estimates = [entry for entry in stack.sim.get("/_sim/requests").json() if entry["provider"] == "crun" and "EstimateTask" in entry["path"]]
+    assert len(estimates) == 1  # not retried: the answer was clear
+    assert create_requests(stack) == []  # nothing created, nothing spent
     assert stack.sim_tasks(unique) == []
 
 

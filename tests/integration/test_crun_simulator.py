@@ -279,3 +279,55 @@ def test_faults_after_create_leave_a_task_behind_the_failed_answer(crun: Crun) -
     for task in tasks:  # every one runs and calls back: the provider will charge for it
         assert crun.wait_done(task["taskId"])["state"] == "success"
         assert [body["status"] for body in crun.sink.bodies(task["taskId"])] == ["success"]
+
+
+# ---- read at run time: the model's input_schema and EstimateTask, through the product's adapter ----
+
+
+def adapter(crun: Crun) -> Any:
+    from aleph_pipeline.providers.crun import CrunProtocol
+
+    return CrunProtocol(
+        id="crun",
+        base_url=f"{crun.url}/crun",
+        api_key=lambda: KEY,
+        http=httpx.Client(timeout=30, trust_env=False),
+        models=(MODEL,),
+        default_result_hosts=("127.0.0.1",),
+    )
+
+
+def submit_request(crun: Crun, document: dict[str, Any]) -> Any:
+    from aleph_pipeline.providers.base import SubmitRequest
+    from aleph_pipeline.sidecar import parse_sidecar
+
+    sidecar, _ = parse_sidecar(json.dumps(document).encode())
+    return sidecar, SubmitRequest("j" * 32, sidecar, MODEL, f"{crun.media}/input.mp4", (), f"{crun.sink.url}/callbacks/crun/j?token=t")
+
+
+def test_the_model_schema_refuses_a_field_at_intake_and_nothing_is_created(crun: Crun) -> None:
+    from aleph_pipeline.errors import JobError
+
+    model = crun.client.get(f"{crun.url}/crun/api/v1/client/job/Models/{MODEL}", headers={"x-api-key": KEY}).json()
+    assert set(model["data"]["input_schema"]["properties"]) == {"prompt", "video_url", "img_urls", "aspect_ratio", "seed"}
+    sidecar, _ = submit_request(crun, {"prompt": "snow", "providerOptions": {"duration": 5}})
+    with pytest.raises(JobError) as caught:
+        adapter(crun).check(sidecar, MODEL, None)
+    assert caught.value.code == "unsupported_option" and "`duration`" in caught.value.message
+    assert crun.control("GET", "tasks") == []
+
+
+def test_an_unaffordable_estimate_creates_nothing_and_an_affordable_one_precedes_create_task(crun: Crun) -> None:
+    from aleph_pipeline.errors import JobError
+
+    crun.control("DELETE", "requests")
+    crun.control("POST", "faults", [{"fault": "insufficient_credits", "count": 1}])
+    _, request = submit_request(crun, {"prompt": "snow"})
+    with pytest.raises(JobError) as caught:
+        adapter(crun).submit(request)
+    assert caught.value.code == "insufficient_credits" and "costs 60 credits" in caught.value.message
+    assert crun.control("GET", "tasks") == []
+    task_id = adapter(crun).submit(request)  # the fault is used up: affordable now
+    assert crun.wait_done(task_id)["state"] == "success"
+    paths = [entry["path"].split("?")[0] for entry in crun.control("GET", "requests") if "/crun/" in entry["path"]]
+    assert [path.rsplit("/", 1)[-1] for path in paths[-3:]] == ["gen-4-aleph", "EstimateTask", "CreateTask"]

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -16,12 +17,36 @@ Handler = Callable[[httpx.Request], httpx.Response]
 MODEL = "runway/gen-4-aleph"
 
 
-def make(handler: Handler) -> CrunProtocol:
+# A JSON schema of the shape crun's `Models/<model>` answer carries (its `input_schema`).
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": "string"},
+        "video_url": {"type": "string"},
+        "img_urls": {"type": "array", "items": {"type": "string"}},
+        "aspect_ratio": {"type": "string", "enum": ["16:9", "9:16", "1:1"]},
+        "seed": {"type": "integer"},
+    },
+    "required": ["prompt", "video_url"],
+}
+AFFORDABLE = {"estimated_credits": 60, "balance": 1000, "affordable": True}
+
+
+def make(handler: Handler, schema: dict[str, Any] | None = None, estimate: dict[str, Any] | None = None) -> CrunProtocol:
+    """An adapter whose model schema and estimate calls get ``schema`` and ``estimate``; every other call goes to ``handler``."""
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/v1/client/job/Models/runway/gen-4-aleph":
+            return httpx.Response(200, json={"code": 200, "message": "success", "data": {"model": MODEL, "input_schema": schema or SCHEMA}})
+        if req.url.path == "/api/v1/client/job/EstimateTask":
+            return httpx.Response(200, json={"code": 200, "message": "success", "data": estimate or AFFORDABLE})
+        return handler(req)
+
     return CrunProtocol(
         id="crun",
         base_url="https://api.crun.test",
         api_key=lambda: "secret-key",
-        http=httpx.Client(transport=httpx.MockTransport(handler)),
+        http=httpx.Client(transport=httpx.MockTransport(answer)),
         models=(MODEL,),
         default_result_hosts=("crun.test",),
     )
@@ -292,8 +317,9 @@ def test_check_accepts_what_crun_takes() -> None:
             {"prompt": "x" * 1000, "model": MODEL, "aspectRatio": "1:1", "seed": 1, "referenceImages": ["a.png"], "providerOptions": {"duration": 5}}
         ).encode()
     )
+    with_duration = {**SCHEMA, "properties": {**SCHEMA["properties"], "duration": {"type": "integer"}}}
     for extension in ("mp4", "mov", "webm", "m4v"):
-        idle().check(sidecar, MODEL, VideoInfo(extension, 50 * 1024 * 1024))
+        make(lambda req: httpx.Response(500), schema=with_duration).check(sidecar, MODEL, VideoInfo(extension, 50 * 1024 * 1024))
 
 
 def test_unknown_model_is_refused() -> None:
@@ -302,3 +328,121 @@ def test_unknown_model_is_refused() -> None:
         idle().resolve_model(sidecar)
     assert caught.value.code == "unknown_model"
     assert MODEL in caught.value.message
+
+
+# ---- the model's input_schema and EstimateTask, read at run time ----------------------------------
+
+
+def counting(log: list[str], status: int = 200, body: object = None) -> Handler:
+    def handler(req: httpx.Request) -> httpx.Response:
+        log.append(req.url.path)
+        return httpx.Response(status, json=body if body is not None else {"code": 200, "message": "success", "data": {"task_id": "task_1"}})
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        ({"prompt": "x", "providerOptions": {"duration": 5}}, "`duration` (from `providerOptions.duration`)"),
+        ({"prompt": "x", "seed": 3}, "`seed` (from `seed`)"),
+    ],
+)
+def test_a_field_the_schema_does_not_permit_is_refused_naming_it_and_the_allowed_ones(document: dict[str, object], named: str) -> None:
+    without_seed = {**SCHEMA, "properties": {name: spec for name, spec in SCHEMA["properties"].items() if name != "seed"}}
+    sidecar, _ = parse_sidecar(json.dumps(document).encode())
+    with pytest.raises(JobError) as caught:
+        make(lambda req: httpx.Response(500), schema=without_seed).check(sidecar, MODEL, None)
+    assert caught.value.code == "unsupported_option"
+    assert named in caught.value.message
+    assert "permits: `aspect_ratio`, `img_urls`, `prompt`, `video_url`" in caught.value.message
+
+
+def test_a_value_outside_the_schemas_enum_and_a_required_field_left_out_are_refused() -> None:
+    sidecar, _ = parse_sidecar(b'{"prompt": "x", "aspectRatio": "21:9"}')
+    with pytest.raises(JobError, match=r'`aspectRatio` is "21:9".*one of: "16:9", "9:16", "1:1"') as enum:
+        idle().check(sidecar, MODEL, None)
+    assert enum.value.code == "invalid_sidecar"
+    needs_duration = {**SCHEMA, "properties": {**SCHEMA["properties"], "duration": {}}, "required": ["prompt", "video_url", "duration"]}
+    with pytest.raises(JobError, match="requires input `duration`"):
+        make(lambda req: httpx.Response(500), schema=needs_duration).check(parse_sidecar(b'{"prompt": "x"}')[0], MODEL, None)
+
+
+def test_the_schema_is_read_once_and_cached() -> None:
+    reads: list[str] = []
+    adapter = make(lambda req: httpx.Response(500))
+    original = adapter.http
+    adapter.http = httpx.Client(transport=httpx.MockTransport(lambda req: (reads.append(req.url.path), original.send(req))[1]))
+    sidecar, _ = parse_sidecar(b'{"prompt": "x"}')
+    for _ in range(3):
+        adapter.check(sidecar, MODEL, None)
+    assert reads == ["/api/v1/client/job/Models/runway/gen-4-aleph"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "retryable"),
+    [
+        (503, {"code": 503, "message": "busy"}, "provider_unavailable", True),
+        (200, {"code": 200, "message": "success", "data": {"model": MODEL}}, "provider_unavailable", True),
+        (200, {"code": 401, "message": "Unauthorized", "data": None}, "provider_rejected", False),
+        (404, {"code": 404, "message": "Model not found"}, "provider_rejected", False),
+    ],
+)
+def test_a_schema_that_cannot_be_read_is_no_guess(status: int, body: object, code: str, retryable: bool) -> None:
+    adapter = make(lambda req: httpx.Response(500))
+    adapter.http = httpx.Client(transport=httpx.MockTransport(lambda req: httpx.Response(status, json=body)))
+    with pytest.raises(JobError) as caught:
+        adapter.check(parse_sidecar(b'{"prompt": "x"}')[0], MODEL, None)
+    assert (caught.value.code, caught.value.retryable, caught.value.stage) == (code, retryable, "intake")
+
+
+def test_estimate_runs_before_create_task_with_the_same_model_and_input() -> None:
+    seen: list[httpx.Request] = []
+    adapter = make(lambda req: httpx.Response(200, json={"code": 200, "message": "success", "data": {"task_id": "task_1"}}))
+    original = adapter.http
+    adapter.http = httpx.Client(transport=httpx.MockTransport(lambda req: (seen.append(req), original.send(req))[1]))
+    assert adapter.submit(request({"prompt": "snow", "seed": 4})) == "task_1"
+    paths = [req.url.path for req in seen]
+    assert paths == ["/api/v1/client/job/Models/runway/gen-4-aleph", "/api/v1/client/job/EstimateTask", "/api/v1/client/job/CreateTask"]
+    estimate, create = json.loads(seen[1].content), json.loads(seen[2].content)
+    assert estimate == {"model": MODEL, "input": create["input"]}
+    assert seen[1].headers["x-api-key"] == "secret-key"
+
+
+def test_an_unaffordable_estimate_fails_insufficient_credits_and_creates_nothing() -> None:
+    created: list[str] = []
+    adapter = make(counting(created), estimate={"estimated_credits": 60, "balance": 12, "affordable": False})
+    with pytest.raises(JobError) as caught:
+        adapter.submit(request())
+    assert created == []
+    error = caught.value
+    assert (error.code, error.retryable, error.stage) == ("insufficient_credits", False, "submit")
+    assert "costs 60 credits and the account has 12" in error.message
+    assert error.details == {"estimatedCredits": 60, "balance": 12}
+
+
+@pytest.mark.parametrize(
+    ("estimate", "code", "retryable"),
+    [
+        ({"code": 402, "message": "Insufficient Credits", "data": None}, "insufficient_credits", False),
+        ({"code": 422, "message": "Missing Params or Type Error", "errors": ["input.seed"]}, "provider_rejected", False),
+        ({"code": 500, "message": "Server Error", "data": None}, "provider_unavailable", True),
+        ({"code": 200, "message": "success", "data": {"estimated_credits": 60}}, "provider_unavailable", True),
+    ],
+)
+def test_estimate_failures_create_nothing(estimate: dict[str, object], code: str, retryable: bool) -> None:
+    created: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("EstimateTask"):
+            return httpx.Response(200, json=estimate)
+        created.append(req.url.path)
+        return httpx.Response(200, json={"code": 200, "message": "success", "data": {"task_id": "task_1"}})
+
+    adapter = make(lambda req: httpx.Response(500))
+    original = adapter.http
+    adapter.http = httpx.Client(transport=httpx.MockTransport(lambda req: handler(req) if "job/Models" not in req.url.path else original.send(req)))
+    with pytest.raises(JobError) as caught:
+        adapter.submit(request())
+    assert created == []
+    assert (caught.value.code, caught.value.retryable) == (code, retryable)

@@ -256,3 +256,74 @@ def test_the_read_timeout_of_provider_calls_is_a_setting(monkeypatch: pytest.Mon
     finally:
         get_settings.cache_clear()
         get_provider.cache_clear()
+
+
+# ---- expired result links, the User-Agent, the result hosts -----------------------------------
+
+
+def download_url(answers: dict[str, httpx.Response], seen: list[httpx.Request]) -> Handler:
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return answers[req.url.path]
+
+    return handler
+
+
+def test_refresh_result_url_asks_download_url_for_a_fresh_link() -> None:
+    seen: list[httpx.Request] = []
+    fresh = httpx.Response(200, json={"code": 200, "msg": "success", "data": "https://tempfile.aiquickdraw.com/fresh.mp4"})
+    adapter = make(download_url({"/api/v1/common/download-url": fresh}, seen))
+    assert adapter.refresh_result_url("https://tempfile.aiquickdraw.com/old.mp4") == "https://tempfile.aiquickdraw.com/fresh.mp4"
+    assert (seen[0].method, json.loads(seen[0].content)) == ("POST", {"url": "https://tempfile.aiquickdraw.com/old.mp4"})
+    assert seen[0].headers["authorization"] == "Bearer secret-key"
+
+
+def test_refresh_of_a_url_kie_did_not_make_is_none_and_a_failure_for_now_is_transient() -> None:
+    from aleph_pipeline.errors import TransientError
+
+    refused = httpx.Response(200, json={"code": 422, "msg": "not a kie url", "data": None})
+    assert make(download_url({"/api/v1/common/download-url": refused}, [])).refresh_result_url("https://other.test/a.mp4") is None
+    busy = httpx.Response(500, json={"code": 500, "msg": "busy", "data": None})
+    with pytest.raises(TransientError):
+        make(download_url({"/api/v1/common/download-url": busy}, [])).refresh_result_url("https://tempfile.aiquickdraw.com/a.mp4")
+
+
+def test_a_poll_that_reports_an_expired_result_returns_fresh_links() -> None:
+    seen: list[httpx.Request] = []
+    data = {
+        "taskId": "t",
+        "successFlag": 1,
+        "expireFlag": 1,
+        "response": {"resultVideoUrl": "https://kie.test/v.mp4", "resultImageUrl": "https://kie.test/c.png"},
+    }
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        if req.url.path == "/api/v1/common/download-url":
+            return httpx.Response(200, json={"code": 200, "msg": "success", "data": json.loads(req.content)["url"] + "?fresh=1"})
+        return record(data)
+
+    outcome = make(handler).poll("t")
+    assert (outcome.state, outcome.video_urls, outcome.cover_url) == ("succeeded", ("https://kie.test/v.mp4?fresh=1",), "https://kie.test/c.png?fresh=1")
+
+
+def test_provider_requests_carry_the_product_user_agent_on_the_shared_client() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from aleph_pipeline.providers import USER_AGENT, _http_client
+
+    version = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    assert version == USER_AGENT.removeprefix("aleph-pipeline/")
+    assert _http_client(30.0).headers["user-agent"] == USER_AGENT
+
+
+@pytest.mark.parametrize(
+    "host", ["tempfile.aiquickdraw.com", "file.aiquickdraw.com", "tempfileb.aiquickdraw.com", "static.aiquickdraw.com", "tempfile.redpandaai.co"]
+)
+@pytest.mark.parametrize("provider_id", ["kie", "apikley"])
+def test_kies_result_hosts_are_allowed(provider_id: str, host: str) -> None:
+    from aleph_pipeline.providers import _REGISTRY
+    from aleph_pipeline.storage import check_url
+
+    check_url(f"https://{host}/r/video.mp4", _REGISTRY[provider_id][3], allow_http=False)

@@ -13,7 +13,7 @@ from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
 from .jobs import Job, JobState, JobStore, now_iso
 from .log import logger
 from .outputs import clear_outputs, cover_name, fail_job, manifest, result_extension, result_names, write_error_json
-from .providers import Provider, ProviderError, get_provider
+from .providers import USER_AGENT, Provider, ProviderError, get_provider
 
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -21,7 +21,7 @@ DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 @lru_cache(maxsize=1)
 def _download_client() -> httpx.Client:
     # Redirects are followed by hand so that each hop's host is checked.
-    return httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False)
+    return httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False, headers={"User-Agent": USER_AGENT})
 
 
 def _result_client(extension: str, name: str) -> httpx.Client:
@@ -32,7 +32,7 @@ def _result_client(extension: str, name: str) -> httpx.Client:
         if response.status_code == 200 and isinstance(response.stream, httpx.SyncByteStream):
             response.stream = _ContainerChecked(response.stream, extension, name)
 
-    return httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False, event_hooks={"response": [check]})
+    return httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=False, headers={"User-Agent": USER_AGENT}, event_hooks={"response": [check]})
 
 
 class _ContainerChecked(httpx.SyncByteStream):
@@ -121,7 +121,13 @@ def finalize_job(job_id: str) -> None:
         for url, name in zip(videos, result_names(job, len(videos)), strict=True):
             key = job.output_prefix + name
             with _result_client(extension, name) as http:
-                size = storage.copy_url_to_s3(http, url, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]
+                try:
+                    size = storage.copy_url_to_s3(http, url, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]
+                except JobError as error:  # an expired or refused link: the provider may have a fresh one
+                    fresh = provider.refresh_result_url(url) if error.details.get("httpStatus") in (403, 404, 410) else None
+                    if fresh is None:
+                        raise
+                    size = storage.copy_url_to_s3(http, fresh, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]
             outputs.append({"key": key, "size": size})
     except JobError as error:
         fail_job(store, job_id, error)  # removes the results already copied: error.json stands alone

@@ -205,7 +205,12 @@ def copy_url_to_s3(
                         raise JobError("result_rejected", f"the result redirected to an unreadable URL ({_redact(url)})", STAGE_FINALIZE) from exc
                     continue
                 if response.status_code in (404, 410, 403):
-                    raise JobError("result_unavailable", f"the result answered HTTP {response.status_code}: it is gone or expired", STAGE_FINALIZE)
+                    raise JobError(
+                        "result_unavailable",
+                        f"the result answered HTTP {response.status_code}: it is gone or expired",
+                        STAGE_FINALIZE,
+                        details={"httpStatus": response.status_code},  # a provider may offer a fresh link for it
+                    )
                 if response.status_code != 200:
                     raise TransientError(f"result download answered HTTP {response.status_code}")
                 declared = response.headers.get("content-length")

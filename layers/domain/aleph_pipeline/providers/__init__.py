@@ -19,6 +19,7 @@ from .runware import RunwareProtocol
 
 __all__ = [
     "PROVIDER_IDS",
+    "USER_AGENT",
     "CallbackInvalid",
     "CallbackUnauthorized",
     "Outcome",
@@ -30,8 +31,9 @@ __all__ = [
     "get_provider",
 ]
 
-# Provider id -> (production base URL, constructor). Result hosts are the provider's own CDNs;
-# a stack can widen or narrow them with RESULT_HOSTS.
+# Provider id -> (production base URL, constructor). Result hosts are the provider's own CDNs
+# (a host matches itself and its subdomains: kie's tempfile., file., tempfileb., static.aiquickdraw.com
+# and tempfile.redpandaai.co); a stack can widen or narrow them with RESULT_HOSTS.
 _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[str, ...]]] = {
     "kie": ("https://api.kie.ai", KieProtocol, ("aleph",), ("kie.ai", "aiquickdraw.com", "redpandaai.co")),
     "apikley": ("https://api.apikley.ru", KieProtocol, ("aleph",), ("apikley.ru", "kie.ai", "aiquickdraw.com", "redpandaai.co")),
@@ -43,6 +45,9 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[
     "replicate": ("https://api.replicate.com", ReplicateProtocol, ("runwayml/gen4-aleph",), ("replicate.delivery",)),
 }
 PROVIDER_IDS = tuple(_REGISTRY)
+# Sent on every provider request and result download: kie's CDN refuses Python's default user
+# agent (403, "error code: 1010"). The version follows pyproject.toml's (a test checks).
+USER_AGENT = "aleph-pipeline/0.1.0"
 
 
 def provider_docs() -> list[tuple[str, tuple[str, ...], ProviderDocs | None]]:
@@ -53,7 +58,7 @@ def provider_docs() -> list[tuple[str, tuple[str, ...], ProviderDocs | None]]:
 def _http_client(read_timeout: float) -> httpx.Client:
     # Generous read timeout for slow provider front ends (PROVIDER_READ_TIMEOUT_SECONDS), short
     # connect timeout: a connect failure is the only one we can safely retry.
-    return httpx.Client(timeout=httpx.Timeout(read_timeout, connect=5.0), follow_redirects=False)
+    return httpx.Client(timeout=httpx.Timeout(read_timeout, connect=5.0), follow_redirects=False, headers={"User-Agent": USER_AGENT})
 
 
 @cache

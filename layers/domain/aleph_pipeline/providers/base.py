@@ -235,6 +235,11 @@ class Provider(ABC):
         """
         return None
 
+    def refresh_result_url(self, url: str) -> str | None:
+        """A fresh link for a result link that expired or was refused (403/404/410), or None when
+        the provider offers none. Raises ``TransientError`` when it could not be asked just now."""
+        return None
+
     @abstractmethod
     def classify_error(self, status: int | None, body: Any) -> ProviderError:
         """Map an HTTP status and body to refused / retryable / ambiguous."""

@@ -6,16 +6,24 @@ Create ``POST /api/v1/client/job/CreateTask`` with ``x-api-key`` and
 ``{"code", "message", "data"}`` (``message``, not kie's ``msg``); validation errors add ``errors``.
 The callback is "consistent with the data object of the status query": accepted bare
 (``{task_id, status, result, ...}``) and wrapped in ``{code, message, data}``.
+
+Read at run time, as crun's own client does: the model's ``input_schema``
+(``GET /api/v1/client/job/Models/<model>``, a JSON schema whose ``properties`` name the ``input``
+fields it permits) decides what intake lets through; ``POST /api/v1/client/job/EstimateTask``
+``{model, input}`` answers ``data{estimated_credits, balance, affordable}`` for free, and runs
+before every ``CreateTask`` (never retried: a retry can pay twice).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import quote
 
-from ..errors import STAGE_PROVIDER, JobError
+from ..errors import STAGE_INTAKE, STAGE_PROVIDER, STAGE_SUBMIT, JobError
 from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
@@ -31,11 +39,15 @@ from .base import (
 
 CREATE_PATH = "/api/v1/client/job/CreateTask"
 TASK_INFO_PATH = "/api/v1/client/job/TaskInfo"
+MODEL_PATH = "/api/v1/client/job/Models/"  # + the model id: the model with its `input_schema`
+ESTIMATE_PATH = "/api/v1/client/job/EstimateTask"
+# How long a model's schema is trusted in one process: crun may change a model's fields, and a
+# warm Lambda lives for hours.
+SCHEMA_TTL_SECONDS = 600.0
 
-# crun documents no `input` schema for this model. The names follow crun's other video-edit model
-# (`prompt`, `video_url`, `img_urls`) and its common fields (`aspect_ratio`, `seed`): an inference
-# (providers.md). This table is the one place that maps sidecar fields to `input` fields; a sidecar's
-# `providerOptions` adds or overrides `input` fields when crun's real names differ.
+# Sidecar field -> the `input` field it becomes. Which of them the model takes is not guessed:
+# the model's live `input_schema` decides (crun's own client sends only the fields it permits),
+# and a sidecar's `providerOptions` may add any other field that schema names.
 INPUT_FIELDS: dict[str, str] = {
     "prompt": "prompt",
     "video": "video_url",
@@ -75,6 +87,46 @@ def crun_input(request: SubmitRequest) -> dict[str, Any]:
     return merge_provider_options(body, sidecar.provider_options, MANAGED_FIELDS)
 
 
+def intended_input(sidecar: Sidecar) -> dict[str, tuple[str, Any]]:
+    """The `input` fields a sidecar will send, each with where it comes from and its value when
+    intake already knows it (URLs are presigned only at submit: None)."""
+    fields: dict[str, tuple[str, Any]] = {"prompt": ("`prompt`", sidecar.prompt), "video_url": ("`video`", None)}
+    if sidecar.reference_images:
+        fields["img_urls"] = ("`referenceImages`", None)
+    if sidecar.aspect_ratio is not None:
+        fields["aspect_ratio"] = ("`aspectRatio`", sidecar.aspect_ratio)
+    if sidecar.seed is not None:
+        fields["seed"] = ("`seed`", sidecar.seed)
+    for name, value in (sidecar.provider_options or {}).items():
+        fields[name] = (f"`providerOptions.{name}`", value)
+    return fields
+
+
+def check_against_schema(sidecar: Sidecar, model: str, schema: Mapping[str, Any]) -> None:
+    """Refuse, naming the field and what the model takes, an `input` the model's schema does not
+    permit: a field it does not list, a required one the sidecar leaves out, a value outside an enum."""
+    properties: Mapping[str, Any] = schema["properties"]
+    allowed = ", ".join(f"`{name}`" for name in sorted(properties))
+    fields = intended_input(sidecar)
+    refused = sorted(name for name in fields if name not in properties)
+    if refused:
+        named = ", ".join(f"`{name}` (from {fields[name][0]})" for name in refused)
+        raise JobError("unsupported_option", f"crun's model `{model}` takes no input field {named}; its input_schema permits: {allowed}", STAGE_INTAKE)
+    required = schema.get("required")
+    missing = sorted(name for name in required if isinstance(name, str) and name not in fields) if isinstance(required, list) else []
+    if missing:
+        names = ", ".join(f"`{name}`" for name in missing)
+        raise JobError(
+            "invalid_sidecar", f"crun's model `{model}` requires input {names}, which the sidecar does not set (set it in providerOptions)", STAGE_INTAKE
+        )
+    for name, (source, value) in fields.items():
+        spec = properties.get(name)
+        choices = spec.get("enum") if isinstance(spec, Mapping) else None
+        if value is not None and isinstance(choices, list) and value not in choices:
+            listed = ", ".join(json.dumps(choice) for choice in choices)
+            raise JobError("invalid_sidecar", f"{source} is {json.dumps(value)}; crun's model `{model}` takes `{name}` as one of: {listed}", STAGE_INTAKE)
+
+
 @dataclass
 class CrunProtocol(Provider):
     docs: ClassVar[ProviderDocs | None] = ProviderDocs(
@@ -82,18 +134,93 @@ class CrunProtocol(Provider):
         video_formats=VIDEO_EXTENSIONS,
         max_video_bytes=None,
         max_prompt_chars=MAX_PROMPT_CHARS,
-        limits="one reference image; `input` field names are inferred (providerOptions can set crun's own names)",
+        limits=(
+            "one reference image; `input` fields are checked at intake against the model's live `input_schema`; "
+            "a free `EstimateTask` runs before every `CreateTask`"
+        ),
         price="per task, in crun credits (see its pricing page); no cost in dollars is reported back",
     )
+    # Model id -> (monotonic expiry, its `input_schema`): read once per SCHEMA_TTL_SECONDS per process.
+    _schemas: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
         self.check_declared(sidecar, model, video, managed=MANAGED_FIELDS)
+        check_against_schema(sidecar, model, self.input_schema(model))
+
+    def input_schema(self, model: str) -> dict[str, Any]:
+        """The model's `input_schema` from ``GET Models/<model>``, cached for SCHEMA_TTL_SECONDS.
+
+        No fallback table when the call fails: a guess is what this replaced, and a wrong guess
+        is a refused or mis-read paid task. A failure crun may get over (no answer, 429, 5xx) is a
+        retryable intake error: the event is retried and nothing was claimed or spent; a refusal
+        (a bad key, a model crun no longer has) fails the job with crun's own words.
+        """
+        cached = self._schemas.get(model)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            status, body = self._send("GET", MODEL_PATH + quote(model, safe="/"), headers=self._auth())
+        except ProviderError as exc:  # a GET: "no answer" is as safe to repeat as "not reached"
+            raise JobError("provider_unavailable", f"crun's input schema for `{model}` could not be read: {exc.message}", STAGE_INTAKE, retryable=True) from exc
+        data = body.get("data") if status == 200 and isinstance(body, dict) and body.get("code") == 200 else None
+        if data is None:
+            error = self.classify_error(status, body)
+            code = "provider_rejected" if error.kind == "refused" else "provider_unavailable"
+            raise JobError(
+                code,
+                f"crun's input schema for `{model}` could not be read: {error.message}",
+                STAGE_INTAKE,
+                retryable=error.kind != "refused",
+                details={"providerCode": error.code},
+            )
+        schema = data.get("input_schema") if isinstance(data, dict) else None
+        if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+            raise JobError("provider_unavailable", f"crun described `{model}` without an input_schema listing its properties", STAGE_INTAKE, retryable=True)
+        self._schemas[model] = (time.monotonic() + SCHEMA_TTL_SECONDS, schema)
+        return schema
 
     def request_body(self, request: SubmitRequest) -> dict[str, Any]:
         return {"model": request.model, "callback_url": request.callback_url, "input": crun_input(request)}
 
+    def estimate(self, model: str, given: dict[str, Any]) -> None:
+        """``EstimateTask`` (free): raise ``JobError`` unless crun says this exact input is affordable.
+
+        Every failure here is before anything is created, so none is ambiguous: one crun may get
+        over is retryable, an answer that says not affordable (or 402) is ``insufficient_credits``.
+        """
+        try:
+            status, body = self._send("POST", ESTIMATE_PATH, json={"model": model, "input": given}, headers=self._auth())
+        except ProviderError as exc:
+            raise JobError("provider_unavailable", f"crun's estimate could not be read: {exc.message}", STAGE_SUBMIT, retryable=True) from exc
+        data = body.get("data") if status == 200 and isinstance(body, dict) and body.get("code") == 200 else None
+        if not isinstance(data, dict):
+            error = self.classify_error(status, body)
+            if error.code == "402":
+                raise JobError("insufficient_credits", f"crun: the account has too few credits for this edit ({error.message})", STAGE_SUBMIT)
+            code = "provider_rejected" if error.kind == "refused" else "provider_unavailable"
+            raise JobError(
+                code, f"crun refused the estimate: {error.message}", STAGE_SUBMIT, retryable=error.kind != "refused", details={"providerCode": error.code}
+            )
+        affordable, cost, balance = data.get("affordable"), data.get("estimated_credits"), data.get("balance")
+        if affordable is True:
+            return
+        if affordable is not False:
+            raise JobError("provider_unavailable", "crun's estimate did not say whether the edit is affordable", STAGE_SUBMIT, retryable=True)
+        raise JobError(
+            "insufficient_credits",
+            f"crun says the edit is not affordable: it costs {cost} credits and the account has {balance}; nothing was created or spent",
+            STAGE_SUBMIT,
+            details={"estimatedCredits": cost, "balance": balance},
+        )
+
     def submit(self, request: SubmitRequest) -> str:
-        status, body = self._send("POST", CREATE_PATH, json=self.request_body(request), headers=self._auth())
+        # The schema again (cached): a sidecar checked at intake against an older schema is
+        # refused here, before anything is spent, rather than sent with fields crun no longer takes.
+        schema = self.input_schema(request.model)
+        check_against_schema(request.sidecar, request.model, schema)
+        body = self.request_body(request)
+        self.estimate(request.model, body["input"])
+        status, body = self._send("POST", CREATE_PATH, json=body, headers=self._auth())
         if status == 200 and isinstance(body, dict) and body.get("code") == 200:
             data = body.get("data")
             task_id = data.get("task_id") if isinstance(data, dict) else None

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..errors import TransientError
 from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
@@ -31,6 +32,8 @@ from .base import (
     merge_provider_options,
 )
 
+# Expired or short-lived result links: kie answers a fresh one for its own result URLs.
+DOWNLOAD_URL_PATH = "/api/v1/common/download-url"
 MAX_VIDEO_BYTES = 10 * 1024 * 1024
 MAX_PROMPT_CHARS = 2048
 VIDEO_EXTENSIONS = ("mp4", "mov", "avi", "m4v")  # MP4/MOV/AVI per kie; m4v is an MP4 container
@@ -89,18 +92,50 @@ class KieProtocol(Provider):
         data = body["data"]
         flag = data.get("successFlag")
         error_message = data.get("errorMessage") or ""
-        if data.get("expireFlag") == 1:
-            return Outcome("failed", task_id, error=self.provider_failure("the result expired at the provider", code="result_unavailable"))
+        expired = data.get("expireFlag") == 1
         if flag == 1:
             response = data.get("response") or {}
             video = response.get("resultVideoUrl") if isinstance(response, dict) else None
             if not isinstance(video, str) or not video:
                 raise ProviderError("retryable", "incomplete", f"{self.id} reports success without a result URL", status)
             cover = response.get("resultImageUrl") or None
-            return Outcome("succeeded", task_id, (video,), cover if isinstance(cover, str) else None)
+            cover = cover if isinstance(cover, str) else None
+            if expired:  # the links are dead: fresh ones from download-url, or the job gives up
+                video, cover = self._fresh_or_none(video), self._fresh_or_none(cover) if cover else None
+                if video is None:
+                    return Outcome(
+                        "failed",
+                        task_id,
+                        error=self.provider_failure("the result expired at the provider and could not be refreshed", code="result_unavailable"),
+                    )
+            return Outcome("succeeded", task_id, (video,), cover)
+        if expired:
+            return Outcome("failed", task_id, error=self.provider_failure("the result expired at the provider", code="result_unavailable"))
         if flag in (2, 3) or error_message:
             return Outcome("failed", task_id, error=self.provider_failure(str(error_message or f"task failed (successFlag {flag})")))
         return Outcome("running", task_id)
+
+    def refresh_result_url(self, url: str) -> str | None:
+        """``POST /api/v1/common/download-url {"url"}``: a fresh link (valid 20 minutes) for one of
+        kie's own result links; kie refuses others (422), and then there is none (None)."""
+        try:
+            status, body = self._send("POST", DOWNLOAD_URL_PATH, json={"url": url}, headers=self._auth())
+        except ProviderError as exc:
+            raise TransientError(f"{self.id}'s download-url could not be asked: {exc.message}") from exc
+        if status == 200 and isinstance(body, dict) and body.get("code") == 200:
+            fresh = body.get("data")
+            return fresh if isinstance(fresh, str) and fresh else None
+        error = self.classify_error(status, body)
+        if error.kind == "refused":
+            return None
+        raise TransientError(f"{self.id}'s download-url failed for now: {error.message}")
+
+    def _fresh_or_none(self, url: str) -> str | None:
+        """For a poll: a refresh that fails for now is a poll that failed for now."""
+        try:
+            return self.refresh_result_url(url)
+        except TransientError as exc:
+            raise ProviderError("retryable", "download_url", str(exc)) from exc
 
     def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> Outcome:
         try:
