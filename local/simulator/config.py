@@ -12,7 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CALLBACK_SHAPES = ("A", "B", "alternate")
-DEFAULT_KEYS: dict[str, Any] = {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "runware": "sim-runware-key", "crun": "sim-crun-key"}
+DEFAULT_KEYS: dict[str, Any] = {
+    "kie": "sim-kie-key",
+    "apikley": "sim-apikley-key",
+    "runware": "sim-runware-key",
+    "crun": "sim-crun-key",
+    "runway": "sim-runway-key",
+}
 DEFAULT_DELAY_SECONDS = 3.0
 DEFAULT_CALLBACK_TIMEOUT_SECONDS = 15.0  # kie's documented callback timeout
 # The read_timeout fault's hold: past a typical client's 30 s read timeout.

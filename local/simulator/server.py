@@ -25,6 +25,7 @@ from local.simulator.control import CONTROL_PREFIX, Control
 from local.simulator.crun import CrunProtocol
 from local.simulator.kie import KieProtocol
 from local.simulator.runware import RunwareProtocol
+from local.simulator.runway import RunwayProtocol
 from local.simulator.store import iso_ms, utc_now
 from local.simulator.web import Provider, Request, Response, json_response
 
@@ -40,6 +41,7 @@ def _build_providers(ctx: SimContext) -> list[Provider]:
         KieProtocol("apikley", ctx),
         RunwareProtocol(ctx),
         CrunProtocol(ctx),
+        RunwayProtocol(ctx),
     ]
 
 

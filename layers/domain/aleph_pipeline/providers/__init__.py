@@ -15,6 +15,7 @@ from .crun import CrunProtocol
 from .kie import KieProtocol
 from .runware import MODELS as RUNWARE_MODELS
 from .runware import RunwareProtocol
+from .runway import RunwayProtocol
 
 __all__ = [
     "PROVIDER_IDS",
@@ -39,6 +40,7 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[
     # crun's result CDN is not documented: its own domains (crunai.com serves its static files);
     # ResultHostsOverride / RESULT_HOSTS widens the list when results come from elsewhere.
     "crun": ("https://api.crun.ai", CrunProtocol, ("runway/gen-4-aleph",), ("crun.ai", "crunai.com")),
+    "runway": ("https://api.dev.runwayml.com", RunwayProtocol, ("aleph2",), ("dnznrvs05pmza.cloudfront.net", "d2jqrm6oza8nb6.cloudfront.net")),
 }
 PROVIDER_IDS = tuple(_REGISTRY)
 
