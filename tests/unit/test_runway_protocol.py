@@ -107,6 +107,7 @@ def test_submit_uploads_the_video_then_creates_the_task_with_runways_headers() -
     assert "authorization" not in upload.headers  # the presigned target gets no API key
     body = fake.uploaded["/u1"]
     assert int(upload.headers["Content-Length"]) == len(body)
+    assert "transfer-encoding" not in upload.headers  # a presigned POST target refuses chunked bodies
     # The ticket's fields first, the file last (a presigned POST refuses any other order).
     assert body.index(b'name="key"') < body.index(b'name="policy"') < body.index(b'name="file"; filename="clip.mp4"') < body.index(VIDEO)
     assert b"k/clip.mp4" in body
