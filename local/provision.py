@@ -12,7 +12,14 @@ from local.template_config import CONTRACT_INPUT_PREFIX, QueueConfig, TemplateCo
 
 log = logging.getLogger("local.provision")
 
-LOCAL_SECRET_VALUE: dict[str, Any] = {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "runware": "sim-runware-key", "crun": "sim-crun-key", "replicate": "sim-replicate-key"}
+LOCAL_SECRET_VALUE: dict[str, Any] = {
+    "kie": "sim-kie-key",
+    "apikley": "sim-apikley-key",
+    "runware": "sim-runware-key",
+    "crun": "sim-crun-key",
+    "replicate": "sim-replicate-key",
+    "runway": "sim-runway-key",
+}
 
 CONTRACT_JOBS_TABLE: dict[str, Any] = {
     "AttributeDefinitions": [

@@ -63,7 +63,7 @@ log = logging.getLogger("local.stack")
 _T = TypeVar("_T")
 
 REGION = "us-east-1"
-LOCAL_PROVIDERS = ("kie", "apikley", "runware", "crun", "replicate")
+LOCAL_PROVIDERS = ("kie", "apikley", "runware", "crun", "replicate", "runway")
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 UNREACHABLE_PROVIDER_URL = "http://127.0.0.1:9"  # the discard port: refused at once
 STARTUP_TIMEOUT = 30.0

@@ -18,6 +18,7 @@ DEFAULT_KEYS: dict[str, Any] = {
     "runware": "sim-runware-key",
     "crun": "sim-crun-key",
     "replicate": "sim-replicate-key",
+    "runway": "sim-runway-key",
 }
 DEFAULT_DELAY_SECONDS = 3.0
 DEFAULT_CALLBACK_TIMEOUT_SECONDS = 15.0  # kie's documented callback timeout

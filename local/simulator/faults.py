@@ -55,6 +55,7 @@ GATEWAY_STATUSES = (502, 504, 500)
 
 # Faults decided once per created task: they change how the task ends or calls back.
 TASK_FAULTS: dict[str, str] = {
+    "cancelled": "the task ends CANCELLED (Runway); other providers ignore it",
     "bad_signature": "Replicate: the webhook is signed with a secret that is not the account's",
     "generation_failure": "the task fails; failure callback with code 400 (crun: status failed, result.code 501) and a moderator message",
     "drop_callback": "never calls back; polling still works",

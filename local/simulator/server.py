@@ -26,6 +26,7 @@ from local.simulator.crun import CrunProtocol
 from local.simulator.kie import KieProtocol
 from local.simulator.replicate import ReplicateProtocol
 from local.simulator.runware import RunwareProtocol
+from local.simulator.runway import RunwayProtocol
 from local.simulator.store import iso_ms, utc_now
 from local.simulator.web import Provider, Request, Response, json_response
 
@@ -42,6 +43,7 @@ def _build_providers(ctx: SimContext) -> list[Provider]:
         RunwareProtocol(ctx),
         CrunProtocol(ctx),
         ReplicateProtocol(ctx),
+        RunwayProtocol(ctx),
     ]
 
 

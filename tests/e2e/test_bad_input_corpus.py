@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 MIB = 1024 * 1024
 BOM = b"\xef\xbb\xbf"
 PAIRING_SECONDS = 3
-ALLOWED_PROVIDERS = "'kie', 'apikley', 'runware' or 'crun'"
+ALLOWED_PROVIDERS = "'kie', 'apikley', 'runware', 'crun', 'replicate' or 'runway'"
 
 
 @dataclass(frozen=True)

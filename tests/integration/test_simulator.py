@@ -491,7 +491,7 @@ def test_module_entry_point_prints_its_url_and_stops_on_sigterm(tmp_path: Path) 
         assert match, line
         assert ready.read_text().strip() == match.group(1)
         health = httpx.get(f"{match.group(1)}/_sim/health", trust_env=False)
-        assert health.json()["providers"] == ["kie", "apikley", "runware", "crun"]
+        assert health.json()["providers"] == ["kie", "apikley", "runware", "crun", "replicate", "runway"]
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0

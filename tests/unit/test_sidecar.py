@@ -139,7 +139,7 @@ def test_a_refused_value_is_quoted_with_the_allowed_ones() -> None:
     error = error_of(b'{"prompt": "x", "provider": "nope"}')
     assert "field `provider`" in error.message
     assert '"nope"' in error.message
-    assert "'kie', 'apikley', 'runware' or 'crun'" in error.message
+    assert "'kie', 'apikley', 'runware', 'crun', 'replicate' or 'runway'" in error.message
 
 
 @pytest.mark.parametrize(

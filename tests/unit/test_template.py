@@ -127,7 +127,7 @@ def test_the_description_names_every_provider(template: dict[str, Any]) -> None:
     from aleph_pipeline.providers import PROVIDER_IDS
 
     description = template["Description"]
-    named = {"kie": "kie.ai", "apikley": "apikley", "runware": "Runware", "crun": "crun.ai", "replicate": "Replicate"}
+    named = {"kie": "kie.ai", "apikley": "apikley", "runware": "Runware", "crun": "crun.ai", "replicate": "Replicate", "runway": "Runway's own API"}
     assert set(PROVIDER_IDS) == set(named)
     assert all(name in description for name in named.values()), description
 

@@ -37,6 +37,8 @@ def receive_callback(provider_id: str, job_id: str, token: str | None, body: byt
         return Answer(413, {"message": f"callback body over {MAX_CALLBACK_BYTES} bytes"})
     if provider_id not in PROVIDER_IDS or not JOB_ID_PATTERN.fullmatch(job_id):
         return Answer(404, {"message": "no such job"})
+    if not get_provider(provider_id).webhooks:  # Runway: completion comes from polling only
+        return Answer(404, {"message": "no such job"})
     store = JobStore()
     job = store.get(job_id)
     if job is None or job.provider != provider_id:

@@ -19,7 +19,7 @@ from pydantic import (
 from .errors import STAGE_INTAKE, JobError
 
 MAX_SIDECAR_BYTES = 256 * 1024
-PROVIDER_IDS = ("kie", "apikley", "runware", "crun")
+PROVIDER_IDS = ("kie", "apikley", "runware", "crun", "replicate", "runway")
 
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
@@ -56,7 +56,7 @@ class Sidecar(BaseModel):
 
     prompt: NonEmptyStr
     """the edit to make, in words"""
-    provider: Literal["kie", "apikley", "runware", "crun"] | None = None
+    provider: Literal["kie", "apikley", "runware", "crun", "replicate", "runway"] | None = None
     """who runs the edit (default: the stack's `DefaultProvider`)"""
     model: NonEmptyStr | None = None
     """the provider's model id (default: the provider's default model)"""

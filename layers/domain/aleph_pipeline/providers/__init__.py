@@ -16,6 +16,7 @@ from .kie import KieProtocol
 from .replicate import ReplicateProtocol
 from .runware import MODELS as RUNWARE_MODELS
 from .runware import RunwareProtocol
+from .runway import RunwayProtocol
 
 __all__ = [
     "PROVIDER_IDS",
@@ -43,6 +44,7 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Provider], tuple[str, ...], tuple[
     # ResultHostsOverride / RESULT_HOSTS widens the list when results come from elsewhere.
     "crun": ("https://api.crun.ai", CrunProtocol, ("runway/gen-4-aleph",), ("crun.ai", "crunai.com")),
     "replicate": ("https://api.replicate.com", ReplicateProtocol, ("runwayml/gen4-aleph",), ("replicate.delivery",)),
+    "runway": ("https://api.dev.runwayml.com", RunwayProtocol, ("aleph2",), ("dnznrvs05pmza.cloudfront.net", "d2jqrm6oza8nb6.cloudfront.net")),
 }
 PROVIDER_IDS = tuple(_REGISTRY)
 # Sent on every provider request and result download: kie's CDN refuses Python's default user

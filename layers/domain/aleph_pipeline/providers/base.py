@@ -94,6 +94,7 @@ class Outcome:
     error: JobError | None = None
     # Providers that deliver results one by one (Runware) name each; see ``items``.
     results: tuple[ResultItem, ...] = ()
+    throttled: bool = False  # running, but queued behind the account's concurrency (Runway's THROTTLED): poll less often
 
     @property
     def items(self) -> tuple[ResultItem, ...]:
@@ -164,6 +165,7 @@ class Provider(ABC):
     # twice (Runware answers a taken taskUUID with conflictTaskUUID): an ambiguous answer may then
     # be followed by the same submit, which either creates the task or proves it exists.
     idempotent_submit: ClassVar[bool] = False
+    webhooks: ClassVar[bool] = True  # False: the provider never calls back; its jobs complete by polling
 
     @property
     def default_model(self) -> str:
