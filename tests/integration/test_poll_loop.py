@@ -4,11 +4,13 @@ webhooks. Delays are shortened (1 s, then 2 s) so a loop of a few polls takes se
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -19,12 +21,15 @@ from aleph_pipeline.config import get_settings
 from aleph_pipeline.jobs import JobStore, hash_token
 from aleph_pipeline.polling import PollMessage
 from aleph_pipeline.providers import Outcome
-from local.client import wait_for
+from local.client import aws_client, wait_for
 from local.dispatcher import SqsEventSource
 from local.lambda_runtime import Invocation
+from local.stack import spawn, terminate
+from local.template_config import load_template_config
 from tests.integration.test_sample_events import Context, load_handler
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
+ROOT = Path(__file__).resolve().parents[2]
 RESULT_URL = "https://results.example.test/task-1/result.mp4"
 
 
@@ -159,3 +164,39 @@ def test_a_duplicated_message_does_not_fork_the_loop(loop: Loop) -> None:
     # Nothing is left to deliver: no second chain goes on polling after the job succeeded.
     wait_for(lambda: loop.messages_left() == 0, timeout=10, interval=0.2, message="the poll queue to empty")
     assert len(loop.provider.polls) in (5, 6)
+
+
+# ------------------------------------------------------------------ the local stack runs the loop's queue
+
+TIME_SCALE = 0.01
+
+
+def test_the_local_stack_provisions_the_poll_queue_and_delivers_it_to_the_poll_function(tmp_path: Path) -> None:
+    template = load_template_config(ROOT / "template.yaml")
+    process, info = spawn(tmp_path / "work", "--no-simulator", "--quiet", "--sqs-time-scale", str(TIME_SCALE), timeout=60)
+    try:
+        sqs = aws_client("sqs", info)
+        queue_url = info["poll_queue_url"]
+        # From the template: the dead-letter queue, and the visibility timeout scaled like the others'.
+        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"])["Attributes"]
+        assert attributes["VisibilityTimeout"] == str(max(1, round(template.queue("poll_queue").visibility_timeout * TIME_SCALE))) == "7"  # type: ignore[union-attr]
+        assert json.loads(attributes["RedrivePolicy"])["maxReceiveCount"] == 5
+        assert json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"].endswith(info["poll_dlq_url"].rsplit("/", 1)[-1])
+        # The function that continues the loop and the one that starts it both have the queue.
+        assert info["function_env"]["poll"]["POLL_QUEUE_URL"] == queue_url
+        assert info["function_env"]["submit"]["POLL_QUEUE_URL"] == queue_url
+        assert "POLL_QUEUE_URL" not in info["function_env"]["callback"]
+        # A poll step for a job that does not exist is read by the poll function and dropped.
+        sqs.send_message(QueueUrl=queue_url, MessageBody=PollMessage("f" * 32, 1).to_body())
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+
+        def drained() -> bool:
+            found = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+            return all(found[name] == "0" for name in names)
+
+        wait_for(drained, timeout=30, interval=0.2, message="the poll function to take the message")
+        # The poll function's own log line (the stack tags each function's lines) says why it dropped it.
+        handled = [json.loads(line) for line in (tmp_path / "work" / "stack.log").read_text().splitlines() if '"poll message handled"' in line]
+        assert [(entry["function"], entry["result"]) for entry in handled] == [("poll", "finished")]
+    finally:
+        assert terminate(process) == 0, (tmp_path / "work" / "stack.log").read_text()
