@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     poll_backoff_factor: float = Field(default=1.5, ge=1.0, le=10.0)
     poll_max_delay_seconds: int = Field(default=60, ge=1, le=900)
     poll_jitter: float = Field(default=0.2, ge=0.0, lt=1.0)
-    poll_max_polls: int = Field(default=1500, ge=1)
+    poll_max_polls: int = Field(default=1600, ge=1)
 
     @field_validator("input_prefix")
     @classmethod
