@@ -165,6 +165,8 @@ class LocalResources:
             ("finalize_dlq", "finalize_dlq_url"),
             ("notify_dlq", "notify_dlq_url"),
             ("undelivered_events", "undelivered_events_url"),
+            ("poll_queue", "poll_queue_url"),
+            ("poll_dlq", "poll_dlq_url"),
         ):
             if info.get(key):
                 url = str(info[key])

@@ -54,6 +54,8 @@ class ResourceNames:
     finalize_dlq: str = "aleph-finalize-dlq"
     notify_dlq: str = "aleph-notify-dlq"
     undelivered_events: str = "aleph-undelivered-job-events"
+    poll_queue: str = "aleph-poll"
+    poll_dlq: str = "aleph-poll-dlq"
     jobs_table: str = "aleph-jobs"
     secret_id: str = "aleph/provider-keys"
 
@@ -78,6 +80,22 @@ class Resources:
     undelivered_events_url: str = ""
     undelivered_events_arn: str = ""
     event_bus_name: str = "default"
+    poll_queue_url: str = ""
+    poll_queue_arn: str = ""
+    poll_dlq_url: str = ""
+    poll_dlq_arn: str = ""
+
+    def queues(self) -> dict[str, tuple[str, str]]:
+        """(URL, ARN) of each queue by its role (see ``TemplateConfig.logical_id``)."""
+        return {
+            "submit_queue": (self.submit_queue_url, self.submit_queue_arn),
+            "submit_dlq": (self.submit_dlq_url, self.submit_dlq_arn),
+            "finalize_dlq": (self.finalize_dlq_url, self.finalize_dlq_arn),
+            "notify_dlq": (self.notify_dlq_url, self.notify_dlq_arn),
+            "undelivered_events": (self.undelivered_events_url, self.undelivered_events_arn),
+            "poll_queue": (self.poll_queue_url, self.poll_queue_arn),
+            "poll_dlq": (self.poll_dlq_url, self.poll_dlq_arn),
+        }
 
     def role_values(self) -> dict[str, str]:
         """What ``!Ref`` gives for each role (see ``TemplateConfig.logical_id``)."""
@@ -91,6 +109,8 @@ class Resources:
             "finalize_dlq": self.finalize_dlq_url,
             "notify_dlq": self.notify_dlq_url,
             "undelivered_events": self.undelivered_events_url,
+            "poll_queue": self.poll_queue_url,
+            "poll_dlq": self.poll_dlq_url,
         }
 
 
@@ -112,6 +132,15 @@ def provision(
     notify_dlq_url, notify_dlq_arn = _queue(sqs, names.notify_dlq, {"MessageRetentionPeriod": "1209600"})
     # Job events EventBridge did not take, kept whole and re-published by notify (template: UndeliveredJobEventQueue).
     undelivered_url, undelivered_arn = _queue(sqs, names.undelivered_events, {"MessageRetentionPeriod": "1209600", "VisibilityTimeout": "300"})
+    # The per-job poll loop's queue (template: PollQueue), when the template has one.
+    poll_url = poll_arn = poll_dlq_url = poll_dlq_arn = ""
+    poll_queue = config.queue("poll_queue")
+    if poll_queue is not None:
+        poll_dlq_url, poll_dlq_arn = _queue(sqs, names.poll_dlq, {"MessageRetentionPeriod": "1209600"})
+        poll_attributes = {"VisibilityTimeout": str(poll_queue.visibility_timeout), "MessageRetentionPeriod": str(poll_queue.message_retention_period)}
+        if poll_queue.max_receive_count:
+            poll_attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": poll_dlq_arn, "maxReceiveCount": poll_queue.max_receive_count})
+        poll_url, poll_arn = _queue(sqs, names.poll_queue, poll_attributes)
     queue: QueueConfig = config.submit_queue
     submit_url, submit_arn = _queue(
         sqs,
@@ -205,6 +234,10 @@ def provision(
         undelivered_events_url=undelivered_url,
         undelivered_events_arn=undelivered_arn,
         event_bus_name=config.event_bus_name,
+        poll_queue_url=poll_url,
+        poll_queue_arn=poll_arn,
+        poll_dlq_url=poll_dlq_url,
+        poll_dlq_arn=poll_dlq_arn,
     )
 
 

@@ -497,7 +497,7 @@ class LocalStack:
 
     def _build_functions(self) -> None:
         lanes, api = self.stream_lanes, self.api_concurrency
-        concurrency = {"submit": self.sqs_concurrency, "finalize": lanes, "notify": lanes, "callback": api, "status": api}
+        concurrency = {"submit": self.sqs_concurrency, "poll": self.sqs_concurrency, "finalize": lanes, "notify": lanes, "callback": api, "status": api}
         if self.record_aws_calls:
             self.aws_calls_log.write_bytes(b"")
         for name, spec in _need(self.config).functions.items():
@@ -526,16 +526,24 @@ class LocalStack:
 
     def _start_sources(self, client: Any) -> None:
         config, resources = _need(self.config), _need(self.resources)
-        # Each function's SQS event, as an event source mapping: submit reads the submit queue;
-        # notify reads the job events EventBridge did not take (UndeliveredJobEventQueue).
-        undelivered_visibility = (config.resources.get(config.logical_id("undelivered_events") or "", {}).get("Properties") or {}).get("VisibilityTimeout")
-        queues = {
-            "submit": (resources.submit_queue_url, resources.submit_queue_arn, self.sqs_concurrency, config.submit_queue.visibility_timeout),
-            "notify": (resources.undelivered_events_url, resources.undelivered_events_arn, 1, undelivered_visibility),
-        }
-        for name, (queue_url, queue_arn, concurrency, visibility) in queues.items():
-            spec = config.functions.get(name)
-            if name not in self.functions or spec is None or spec.sqs is None or not queue_url:
+        # Each function's SQS event, as an event source mapping on the queue the template names
+        # (submit: SubmitQueue, notify: UndeliveredJobEventQueue, poll: PollQueue). Without a
+        # template, the contract's submit queue.
+        queues = resources.queues()
+        roles = {config.logical_id(role): role for role in queues}
+        for name, spec in config.functions.items():
+            if name not in self.functions or spec.sqs is None:
+                continue
+            visibility: Any
+            if spec.sqs.queue_ref:
+                role = roles.get(spec.sqs.queue_ref)
+                visibility = (config.resources.get(spec.sqs.queue_ref, {}).get("Properties") or {}).get("VisibilityTimeout")
+            else:  # no template, or no SQS event in it: the contract's submit queue
+                role = "submit_queue" if name == "submit" else None
+                visibility = config.submit_queue.visibility_timeout
+            queue_url, queue_arn = queues.get(role or "", ("", ""))
+            if not queue_url:
+                self.warnings.append(f"{name}: the queue of its SQS event ({spec.sqs.queue_ref}) is not provisioned locally: its messages are not delivered")
                 continue
             # Like Lambda's poller, the source does nothing to a message whose invocation failed:
             # it comes back when the queue's visibility timeout ends, whatever happened to the
@@ -547,6 +555,8 @@ class LocalStack:
                 log.info("%s: visibility timeout %s s (template %s s x %g)", queue_url.rsplit("/", 1)[-1], scaled, visibility, self.sqs_time_scale)
             else:
                 self.warnings.append(f"{name}: the template gives its queue no readable VisibilityTimeout: the provisioned one applies, unscaled")
+            # The template's MaximumConcurrency, at most the stack's --sqs-concurrency.
+            concurrency = min(spec.sqs.maximum_concurrency, self.sqs_concurrency)
             self._start_source(
                 SqsEventSource(
                     self.functions[name],
@@ -619,6 +629,8 @@ class LocalStack:
             "finalize_dlq_url": r.finalize_dlq_url,
             "notify_dlq_url": r.notify_dlq_url,
             "undelivered_events_url": r.undelivered_events_url,
+            "poll_queue_url": r.poll_queue_url,
+            "poll_dlq_url": r.poll_dlq_url,
             "event_bus_name": r.event_bus_name,
             "secret_id": r.names.secret_id,
             "functions": {name: str(f.handler_file) for name, f in self.functions.items()},

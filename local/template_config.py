@@ -114,6 +114,19 @@ class TemplateConfig:
         """Logical id of a contract resource found by its role (see ``_find_roles``)."""
         return _find_roles(self).get(kind)
 
+    def queue(self, kind: str) -> QueueConfig | None:
+        """The settings of the queue with role ``kind`` as the template gives them; None when the
+        template has no such queue (a value it leaves out takes SQS's default)."""
+        props = self.resources.get(self.logical_id(kind) or "", {}).get("Properties")
+        if not isinstance(props, dict):
+            return None
+        redrive = props.get("RedrivePolicy") or {}
+        return QueueConfig(
+            visibility_timeout=_int(props.get("VisibilityTimeout"), self.parameters) or 30,
+            message_retention_period=_int(props.get("MessageRetentionPeriod"), self.parameters) or 345600,
+            max_receive_count=_int(redrive.get("maxReceiveCount"), self.parameters) or 0,
+        )
+
     def resolve_environment(self, function: str, refs: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
         """One function's environment with ``!Ref``/``!Sub`` resolved against local values.
 
@@ -290,6 +303,13 @@ def _find_roles(config: TemplateConfig) -> dict[str, str]:
         roles["notify_dlq"] = notify.stream.on_failure_ref
     if notify and notify.sqs and notify.sqs.queue_ref:
         roles["undelivered_events"] = notify.sqs.queue_ref
+    poll = config.functions.get("poll")
+    if poll and poll.sqs and poll.sqs.queue_ref:
+        roles["poll_queue"] = poll.sqs.queue_ref
+        redrive = resources.get(poll.sqs.queue_ref, {}).get("Properties", {}).get("RedrivePolicy", {})
+        poll_dlq = _getatt_target(redrive.get("deadLetterTargetArn")) if isinstance(redrive, dict) else None
+        if poll_dlq:
+            roles["poll_dlq"] = poll_dlq
     return roles
 
 

@@ -23,6 +23,8 @@ INFO: dict[str, Any] = {
     "finalize_dlq_url": f"{QUEUES}/aleph-finalize-dlq",
     "notify_dlq_url": f"{QUEUES}/aleph-notify-dlq",
     "undelivered_events_url": f"{QUEUES}/aleph-undelivered-job-events",
+    "poll_queue_url": f"{QUEUES}/aleph-poll",
+    "poll_dlq_url": f"{QUEUES}/aleph-poll-dlq",
     "secret_id": "aleph/provider-keys",
     "event_bus_name": "default",
 }
@@ -51,7 +53,7 @@ def denied(grants: dict[str, list[Grant]], local: LocalResources, *calls: AwsCal
 
 
 def test_every_function_of_the_template_has_a_role(grants: dict[str, list[Grant]]) -> None:
-    assert set(grants) == {"submit", "callback", "finalize", "reconcile", "notify", "status"}
+    assert set(grants) == {"submit", "callback", "finalize", "reconcile", "notify", "status", "poll"}
     # SAM's managed policies are part of the role: logs and traces are allowed everywhere.
     assert all(any(g.managed == "AWSLambdaBasicExecutionRole" for g in found) for found in grants.values())
 

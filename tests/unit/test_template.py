@@ -39,9 +39,10 @@ COMMON_ENV = {
     "POWERTOOLS_METRICS_NAMESPACE",
 }
 FUNCTION_ENV = {
-    "SubmitFunction": COMMON_ENV | {"CALLBACK_API_URL"},
+    "SubmitFunction": COMMON_ENV | {"CALLBACK_API_URL", "POLL_QUEUE_URL"},
     "CallbackFunction": COMMON_ENV,
     "FinalizeFunction": COMMON_ENV,
+    "PollFunction": COMMON_ENV | {"POLL_QUEUE_URL"},
 }
 LOCAL_ONLY_ENV = {"PROVIDER_ENDPOINTS", "AWS_ENDPOINT_URL"}
 
@@ -344,6 +345,24 @@ def test_a_submit_batch_finishes_within_the_function_timeout(template: dict[str,
     assert (batch_size, timeout) == (3, 120)
 
 
+def test_the_poll_loop_runs_on_its_own_queue_with_a_dead_letter_queue(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    queue = _props(resources, "PollQueue")
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["VisibilityTimeout"] >= 6 * _props(resources, "PollFunction")["Timeout"]
+    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["PollDeadLetterQueue", "Arn"]}, "maxReceiveCount": 5}
+    assert _props(resources, "PollDeadLetterQueue")["MessageRetentionPeriod"] == 14 * 24 * 3600
+    source = _event_source(template, "PollFunction", "SQS")
+    assert source["Queue"] == {"Fn::GetAtt": ["PollQueue", "Arn"]}
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # Each record is at most one provider call (30 s read + 5 s connect): a batch ends in time.
+    assert source["BatchSize"] * 35 < _props(resources, "PollFunction")["Timeout"]
+    # Whoever submits to a provider without webhooks starts the loop; the poll function continues it.
+    for function in ("SubmitFunction", "ReconcileFunction", "PollFunction"):
+        assert _function_props(template, function)["Environment"]["Variables"]["POLL_QUEUE_URL"] == {"Ref": "PollQueue"}
+    assert "POLL_QUEUE_URL" not in template["Globals"]["Function"]["Environment"]["Variables"]
+
+
 def test_the_stalled_queue_alarm_outlasts_every_retry(resources: dict[str, Any]) -> None:
     # A message retried until the DLQ lives maxReceiveCount x VisibilityTimeout: only a queue
     # nobody reads keeps one longer.
@@ -548,11 +567,11 @@ def _alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, str]]:
 def test_dead_letter_queues_and_function_errors_alarm_to_the_topic(resources: dict[str, Any], template: dict[str, Any]) -> None:
     alarms = {name: body["Properties"] for name, body in resources.items() if body["Type"] == "AWS::CloudWatch::Alarm"}
     watched = {metric for props in alarms.values() for metric in _alarm_metrics(props)}
-    for queue in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "NotifyDeadLetterQueue"):
+    for queue in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "NotifyDeadLetterQueue", "PollDeadLetterQueue"):
         assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", queue) in watched
     assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", "SubmitQueue") in watched
     functions = [name for name, body in resources.items() if body["Type"] == "AWS::Serverless::Function"]
-    assert len(functions) == 6
+    assert len(functions) == 7
     for function in functions:
         assert ("AWS/Lambda", "Errors", function) in watched, f"{function} has no error alarm"
     assert all(props["AlarmActions"] == [{"Ref": "AlarmTopic"}] for props in alarms.values())
@@ -645,6 +664,7 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:GetItem", TABLE),
         ("dynamodb:PutItem", TABLE),
         ("dynamodb:UpdateItem", TABLE),
+        ("sqs:SendMessage", "PollQueue"),
         SECRET,
     },
     "CallbackFunction": {("dynamodb:GetItem", TABLE), ("dynamodb:UpdateItem", TABLE), ("s3:PutObject", "OutputBucket/*"), SECRET},
@@ -663,6 +683,7 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:Query", "JobsTable/index/by-status"),
         ("sqs:ReceiveMessage", "SubmitDeadLetterQueue"),
         ("sqs:DeleteMessage", "SubmitDeadLetterQueue"),
+        ("sqs:SendMessage", "PollQueue"),
         ("s3:GetObject", "InputBucket/*"),
         ("s3:ListBucket", "InputBucket"),
         ("s3:PutObject", "OutputBucket/*"),
@@ -672,6 +693,13 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         SECRET,
     },
     "StatusFunction": {("dynamodb:GetItem", TABLE), ("s3:GetObject", "OutputBucket/*")},
+    "PollFunction": {
+        ("dynamodb:GetItem", TABLE),
+        ("dynamodb:UpdateItem", TABLE),
+        ("s3:PutObject", "OutputBucket/*"),
+        ("sqs:SendMessage", "PollQueue"),
+        SECRET,
+    },
     "NotifyFunction": {
         ("events:PutEvents", "EventBusName"),
         ("sqs:SendMessage*", "UndeliveredJobEventQueue"),

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     stack_name: str = Field(default="aleph", json_schema_extra=WIRING)
     # Where the notify function keeps the events EventBridge did not take (UndeliveredJobEventQueue).
     undelivered_event_queue_url: str = Field(default="", json_schema_extra=WIRING)
+    # The per-job poll loop of providers without webhooks (``polling``): the queue its delayed
+    # messages go through, the first delay, the growth per poll, the cap (SQS delays at most
+    # 900 s), the jitter (a fraction either way) and the most polls one job is given.
+    poll_queue_url: str = Field(default="", json_schema_extra=WIRING)
+    poll_first_delay_seconds: int = Field(default=6, ge=1, le=900)
+    poll_backoff_factor: float = Field(default=1.5, ge=1.0, le=10.0)
+    poll_max_delay_seconds: int = Field(default=60, ge=1, le=900)
+    poll_jitter: float = Field(default=0.2, ge=0.0, lt=1.0)
+    poll_max_polls: int = Field(default=1600, ge=1)
 
     @field_validator("input_prefix")
     @classmethod

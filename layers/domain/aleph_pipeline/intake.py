@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
-from . import storage
+from . import polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Job, JobState, JobStore, epoch_after
@@ -374,8 +374,10 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
             fail_job(store, job_id, exc)
             return
         raise TransientError(str(exc)) from exc
-    store.mark_submitted(job_id, task_id)
+    moved = store.mark_submitted(job_id, task_id)
     logger.info("submitted", extra={"provider": plan.provider.id, "model": plan.model, "provider_task_id": task_id})
+    if moved and not plan.provider.webhooks:
+        polling.start(job_id)  # no callback will come: the job's own poll loop finds the outcome
 
 
 def _after_refusal(store: JobStore, job_id: str, claim_id: str, exc: ProviderError, attempts_left: bool, *, idempotent: bool) -> None:

@@ -98,6 +98,11 @@ class Job:
         return int(self.item.get("expectedResults", 1))
 
     @property
+    def poll_seq(self) -> int:
+        """The last step of the job's poll loop taken (0 before the first; see ``JobStore.advance_poll``)."""
+        return int(self.item.get("pollSeq", 0))
+
+    @property
     def submission_claimed(self) -> bool:
         return "submission" in self.item
 
@@ -465,6 +470,30 @@ class JobStore:
             ConditionExpression="#status = :state",
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues={":at": now_iso(), ":state": state.value},
+        )
+
+    def advance_poll(self, job_id: str, seq: int, message_id: str) -> bool:
+        """Take poll ``seq`` of a SUBMITTED job's poll loop (``polling``); False when the message is stale.
+
+        The job's ``pollSeq`` moves from ``seq - 1`` to ``seq`` in one conditional write, so of
+        two messages with the same ``seq`` only one continues the loop: a duplicate never forks
+        it. The same SQS message delivered again (``message_id``, after a failed send of the next
+        one) may take its own step again. The write also marks the job as polled (``updatedAt``),
+        so the reconciler's sweep leaves a job whose loop is alive to the loop.
+        """
+        first = "attribute_not_exists(pollSeq) OR " if seq == 1 else ""
+        return self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET pollSeq = :seq, pollMessageId = :message, updatedAt = :at, lastPolledAt = :at",
+            ConditionExpression=f"#status = :submitted AND ({first}pollSeq = :previous OR (pollSeq = :seq AND pollMessageId = :message))",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":seq": seq,
+                ":previous": seq - 1,
+                ":message": message_id,
+                ":at": now_iso(),
+                ":submitted": JobState.SUBMITTED.value,
+            },
         )
 
     def nudge_finalize(self, job_id: str, max_nudges: int) -> bool:

@@ -165,7 +165,8 @@ class Provider(ABC):
     # twice (Runware answers a taken taskUUID with conflictTaskUUID): an ambiguous answer may then
     # be followed by the same submit, which either creates the task or proves it exists.
     idempotent_submit: ClassVar[bool] = False
-    webhooks: ClassVar[bool] = True  # False: the provider never calls back; its jobs complete by polling
+    # False for a provider that never calls back (Runway): intake starts a per-job poll loop (``polling``).
+    webhooks: ClassVar[bool] = True
 
     @property
     def default_model(self) -> str:
