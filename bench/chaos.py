@@ -34,6 +34,7 @@ import collections
 import itertools
 import json
 import random
+import re
 import sys
 import tempfile
 import time
@@ -70,7 +71,9 @@ FAULT_RATES: dict[str, float] = {
     "generation_failure": 0.06,
     "expired_result": 0.05,
     "foreign_result_host": 0.06,
-    "wrong_container": 0.03,  # the result is not in the container asked for: FAILED result_format_mismatch
+    "wrong_container": 0.03,
+    "bad_signature": 0.06,  # Replicate: the webhook is refused (401); the reconciler's poll finishes the job
+    "cancelled": 0.04,  # Runway: the task ends CANCELLED, a terminal failure  # the result is not in the container asked for: FAILED result_format_mismatch
 }
 # provider, model, extra sidecar fields; picked round-robin so every provider gets its share.
 JOB_KINDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
@@ -82,6 +85,8 @@ JOB_KINDS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("runware", "runway:2@1", {"numberResults": 2}),
     ("crun", None, {"aspectRatio": "1:1"}),
     ("apikley", None, {}),
+    ("runway", None, {}),
+    ("replicate", None, {"aspectRatio": "16:9"}),
 )
 # AWS-side faults the local stack can inject (``--aws-faults``), with the rates ``--aws-faults all`` uses.
 AWS_FAULT_RATES: dict[str, float] = {
@@ -100,7 +105,10 @@ TERMINAL = ("COMPLETED", "FAILED")
 # deadline plus the time 2 shared cores need for the uploads, ffmpeg edits and handler runs.
 SETTLE_BASE_SECONDS = 240.0
 SETTLE_SECONDS_PER_JOB = 1.2
-CALLBACK_FIELDS = ("callBackUrl", "webhookURL", "callback_url")
+CALLBACK_FIELDS = ("callBackUrl", "webhookURL", "callback_url", "webhook")
+PROMPT_FIELDS = ("prompt", "positivePrompt", "promptText")  # a task without a callback URL (Runway) is found by its prompt
+PROMPT_INDEX = re.compile(r"chaos (\d+): ")
+FRESH_LINK_PROVIDERS = frozenset({"kie", "apikley", "runway"})
 # The failure codes that say the provider did not take the request: such a job must have no task.
 REFUSAL_CODES = frozenset({"provider_rejected", "provider_unavailable", "provider_not_configured"})
 # The submit may or may not have created a task (a 5xx, a gateway page, a reset, a timeout).
@@ -422,7 +430,9 @@ def _settle(read: Callable[[], Any], *, quiet_seconds: float, limit: float) -> N
             last, since = current, time.monotonic()
 
 
-def _task_job_id(task: Mapping[str, Any]) -> str | None:
+def _task_job_id(task: Mapping[str, Any], job_ids_by_index: Mapping[int, str]) -> str | None:
+    """The job a task was made for: the job id in its callback URL, or, for a provider that never
+    calls back (Runway), the job of the sidecar whose prompt it carries."""
     request = task.get("request")
     if not isinstance(request, Mapping):
         return None
@@ -431,6 +441,10 @@ def _task_job_id(task: Mapping[str, Any]) -> str | None:
         if isinstance(url, str):
             parts = urlsplit(url).path.rstrip("/").split("/")
             return parts[-1] if len(parts) >= 2 and parts[-3] == "callbacks" else None
+    for name in PROMPT_FIELDS:
+        found = PROMPT_INDEX.match(str(request.get(name) or ""))
+        if found:
+            return job_ids_by_index.get(int(found.group(1)))
     return None
 
 
@@ -461,7 +475,10 @@ def task_problems(job: Mapping[str, Any], submitted: list[dict[str, Any]]) -> li
     elif submitted and code in REFUSAL_CODES:
         # The provider took the request (and will charge for it) while the job says it did not.
         problems.append(("FAILED as refused although the provider created a task", f"{code}; task {answers}"))
-    if job["status"] == "COMPLETED" and any(task["state"] != "success" or task["expired"] for task in submitted):
+    # An expired result link is fatal except where the provider hands out a fresh one (kie and
+    # apikley through download-url; Runway on every fetch of the task).
+    spoiled = [task for task in submitted if task["state"] != "success" or (task["expired"] and task["provider"] not in FRESH_LINK_PROVIDERS)]
+    if job["status"] == "COMPLETED" and spoiled:
         problems.append(("COMPLETED although the provider task did not succeed", str([(task["state"], task["expired"]) for task in submitted])))
     return problems
 
@@ -504,8 +521,9 @@ def _judge(
         problems.append(f"{check}: {detail}")
 
     tasks_by_job: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    job_ids_by_index = {int(key.rsplit("job-", 1)[1][:4]): found[0]["jobId"] for key, found in jobs.items() if found and "job-" in key}
     for task in tasks:
-        job_id = _task_job_id(task)
+        job_id = _task_job_id(task, job_ids_by_index)
         if job_id is None:
             fail("provider tasks of no job", str(task.get("taskId")))
         else:

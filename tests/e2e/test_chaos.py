@@ -102,7 +102,7 @@ def test_nothing_lost_nothing_submitted_twice_under_every_fault(tmp_path: Path) 
     assert report.aws_faults_applied.get("kill", 0) > 0 and sum(report.aws_faults_applied.values()) > report.aws_faults_applied["kill"]
     assert report.ok, report.table()
     assert sum(sum(states.values()) for states in report.jobs_by_provider.values()) == config.jobs
-    assert set(report.jobs_by_provider) == {"kie", "apikley", "runware", "crun"}
+    assert set(report.jobs_by_provider) == {"kie", "apikley", "runware", "crun", "runway", "replicate"}
     assert all(count > 0 for count in report.faults_applied.values()), report.faults_applied  # every fault was met
     assert report.tasks_per_job.keys() <= {0, 1}
     assert report.duplicate_events > 0
