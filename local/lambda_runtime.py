@@ -506,14 +506,14 @@ class LambdaFunction:
             return Invocation(request_id, ok=False, error=f"Runtime.ExitError: {exc}", duration=time.monotonic() - started)
         try:
             answer = worker.request({"op": "invoke", "request_id": request_id, "event_json": event_json}, limit)
-        except (WorkerGone, OSError) as exc:
-            log.error("%s: request %s failed: %s", self.name, request_id, exc)
-            return Invocation(request_id, ok=False, error=f"Runtime.ExitError: {exc}", duration=time.monotonic() - started)
-        except TimeoutError:
+        except TimeoutError:  # first: it is an OSError
             # A handler hanging well past its timeout: Lambda would have ended its sandbox; so do we.
             log.error("%s: request %s hangs past the %s s timeout: ending sandbox %d", self.name, request_id, self.timeout_seconds, worker.number)
             worker.kill()
             return Invocation(request_id, ok=False, error=f"Task timed out after {self.timeout_seconds:.2f} seconds", duration=time.monotonic() - started)
+        except (WorkerGone, OSError) as exc:
+            log.error("%s: request %s failed: %s", self.name, request_id, exc)
+            return Invocation(request_id, ok=False, error=f"Runtime.ExitError: {exc}", duration=time.monotonic() - started)
         finally:
             self._release(worker)
         outcome = answer["invocation"]
