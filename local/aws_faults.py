@@ -4,9 +4,9 @@ Real AWS fails now and then: S3 answers 500 InternalError or 503 SlowDown, Dynam
 Secrets Manager has an internal error, and a Lambda invocation is cut off (a timeout, a crash)
 at any point of its work. This module makes the local stack do the same, at a seeded rate, to
 the calls the *handlers* make, and never to the stack's own plumbing (provisioning, the SQS and
-stream pollers, a test's clients), so the harness stays reliable: each function runs in a
-process of its own (``local.lambda_worker``), which installs an injector for that function; the
-stack's process installs none.
+stream pollers, a test's clients), so the harness stays reliable: each sandbox of a function
+runs in a process of its own (``local.lambda_worker``), which installs an injector for that
+function and sandbox; the stack's process installs none.
 
 Usage::
 
@@ -41,7 +41,7 @@ Faults:
 - ``secrets_error``: Secrets Manager 500 ``InternalServiceError`` or 400 ``ThrottlingException``.
 - ``kill``: the invocation is cut off right after an AWS call (botocore ``after-call``) or a
   handler HTTP call (``httpx.Client.send``) returns, before the handler sees the answer. The
-  runtime reports it like Lambda reports a timeout and discards the sandbox; the dead
+  runtime reports it like Lambda reports a timeout and ends the sandbox's process; the dead
   invocation's threads make no further AWS or HTTP call (cleanup code does not run on a killed
   Lambda either).
 
@@ -58,9 +58,10 @@ really changes the item between the handler's read and its conditional write, an
 such writers are the pipeline's own handlers; a "harmless touch" cannot make a status
 condition fail, and a fabricated ConditionalCheckFailedException without a changed item is not
 what a race looks like. Duplicate events and the property test exercise the real races.
-In each function's process one random.Random, seeded from ``seed`` and the function's name
-(``rng_for``), draws every fault: the same seed and the same sequence of that function's calls
-give the same faults (threads make the sequence vary between runs).
+In each sandbox's process (one per concurrent invocation of a function, see
+``local.lambda_runtime``) one random.Random, seeded from ``seed``, the function's name and the
+sandbox's number (``rng_for``), draws every fault: the same seed and the same sequence of a
+sandbox's calls give the same faults (which sandbox serves which invocation varies with load).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class InvocationKilled(BaseException):
     """The invocation was cut off (like a Lambda timeout or crash).
 
     A BaseException, so no ``except Exception`` in the handler catches it; ``local.lambda_runtime``
-    reports the invocation as failed and discards its sandbox.
+    reports the invocation as failed and ends its sandbox's process.
     """
 
 
@@ -268,23 +269,26 @@ class _RuleState:
     eligible: int = 0
 
 
-def rng_for(seed: int, function: str | None) -> random.Random:
-    """The generator a function's injector draws from: seeded from the seed and the function's
-    name, so each function's faults repeat with the seed whatever the others do."""
-    return random.Random(seed if function is None else f"{seed}/{function}")
+def rng_for(seed: int, function: str | None, sandbox: int | None = None) -> random.Random:
+    """The generator an injector draws from: seeded from the seed, the function's name and the
+    sandbox's number, so each sandbox's faults repeat with the seed whatever the others do."""
+    if function is None:
+        return random.Random(seed)
+    return random.Random(f"{seed}/{function}" if sandbox is None else f"{seed}/{function}/{sandbox}")
 
 
 class FaultInjector:
     """One process's faults: a seeded random.Random, the rules and what they did.
 
-    In the local stack, each function's process has one (``function`` names it: its generator
-    is ``rng_for(seed, function)``); the stack adds their reports up.
+    In the local stack, each sandbox's process has one (``function`` and ``sandbox`` name it:
+    its generator is ``rng_for(seed, function, sandbox)``); the stack adds their reports up.
     """
 
-    def __init__(self, config: FaultConfig, function: str | None = None) -> None:
+    def __init__(self, config: FaultConfig, function: str | None = None, sandbox: int | None = None) -> None:
         self.config = config
         self.function = function
-        self._rng = rng_for(config.seed, function)
+        self.sandbox = sandbox
+        self._rng = rng_for(config.seed, function, sandbox)
         self._lock = threading.Lock()
         self._rules = [_RuleState(rule) for rule in config.rules]
 

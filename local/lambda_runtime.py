@@ -1,23 +1,28 @@
-"""Run a handler the way Lambda does: each function in a process of its own.
+"""Run a handler the way Lambda does: each sandbox of each function in a process of its own.
 
-``LambdaFunction`` starts ``local.lambda_worker`` in a new process whose environment is exactly
-the function's (``LambdaFunction.process_environment``): what its template entry gives it with
-local values, the Lambda runtime's own variables, and ``PYTHONPATH`` = its code directory and the
-layer. Nothing of the stack's environment, modules or caches reaches it, so a variable or a
-grant the template forgets fails here as it would on AWS. Inside the process, concurrent
-invocations run in separate sandboxes (copies of the handler module), loaded on demand, each
-serving one invocation at a time; events and answers go through JSON like Lambda's, and the
-context object has the runtime's attributes.
+``LambdaFunction`` runs its handler in sandboxes, each a ``local.lambda_worker`` process whose
+environment is exactly the function's (``LambdaFunction.process_environment``): what its
+template entry gives it with local values, the Lambda runtime's own variables, and
+``PYTHONPATH`` = its code directory and the layer. Nothing of the stack's environment, modules or
+caches reaches it, so a variable or a grant the template forgets fails here as it would on AWS.
 
-An invocation cut off by the ``kill`` fault of ``local.aws_faults`` fails like a Lambda timeout
-(``Task timed out``) and its sandbox is discarded. The process's output goes to the stack's
-stdout/stderr, every line tagged with its function (``tag_line``).
+A sandbox serves one invocation at a time, like Lambda's execution environment: a library's
+process-wide state (a class attribute, a module cache) is never seen by two invocations at once.
+The function keeps its idle sandboxes and reuses the one used last; when all are busy it starts
+another (a cold start), up to ``max_concurrency``; beyond that an invocation waits for one to
+come free. Events and answers go through JSON like Lambda's, and the context object has the
+runtime's attributes.
 
-Why one process per function, not one per sandbox: the functions must not share anything, and
-they do not; a process per sandbox would also separate the domain package's caches of two
-sandboxes of one function, at one Python start (~0.5 s CPU, ~60 MB) per sandbox, and the stack
-runs up to 29 of them. The 2-core CI runs many stacks at once: six processes keep a stack's
-start within its budget, 29 would not.
+An invocation cut off by the ``kill`` fault of ``local.aws_faults``, or one that runs past its
+timeout, fails like a Lambda timeout (``Task timed out``) and its sandbox's process ends; a
+crashed process is replaced on the next invocation. Every process's output goes to the stack's
+stdout/stderr, each line tagged with its function (``tag_line``). Fault counts and environment
+reads are kept per process and added up per function (``fault_report``, ``env_reads``).
+
+Cost: a Python process per sandbox, ~0.15 s CPU and ~40 MB to start, ~75 MB once its first
+invocation has imported boto3 and the domain package. Extra sandboxes start only under load, so
+a quiet stack runs one per function (six); one with every sandbox busy runs 29 (~2.2 GB), and
+keeps them until it stops.
 """
 
 from __future__ import annotations
@@ -97,7 +102,11 @@ class HandlerInitError(RuntimeError):
 
 
 class WorkerGone(RuntimeError):
-    """The function's process exited (or could not start) before it answered."""
+    """The sandbox's process exited (or could not start) before it answered."""
+
+
+class FunctionThrottled(RuntimeError):
+    """Every sandbox the function may run stayed busy (Lambda's TooManyRequestsException)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ class WorkerConfig:
     function_name: str
     timeout_seconds: float
     memory_mb: int
-    max_concurrency: int
+    sandbox: int  # the sandbox's number within its function, from 1 (seeds its faults)
     region: str
     account_id: str
     aws_faults: dict[str, Any] | None = None
@@ -152,10 +161,11 @@ class _Pending:
 
 
 class _Worker:
-    """One process running the function's handler (``local.lambda_worker``) and its connection."""
+    """One sandbox: a process running the function's handler (``local.lambda_worker``) and its connection."""
 
-    def __init__(self, function: LambdaFunction) -> None:
+    def __init__(self, function: LambdaFunction, number: int) -> None:
         self.function = function
+        self.number = number
         ours, theirs = socket.socketpair()
         code_dir = function.handler_file.resolve().parent
         try:
@@ -169,6 +179,9 @@ class _Worker:
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # Ctrl-C reaches the stack, which stops its functions in order
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self.connection = Connection(ours.detach())
@@ -178,18 +191,24 @@ class _Worker:
         self._ids = itertools.count(1)
         self.stats: dict[str, Any] = {}
         self.gone: str | None = None
+        self.retired = False  # never to be reused: its last invocation was killed or timed out
         self._stderr_tail: list[str] = []
+        label = f"lambda-{function.name}-{number}"
         self.threads = [
-            threading.Thread(target=self._read, name=f"lambda-{function.name}-answers", daemon=True),
-            threading.Thread(target=self._forward, args=(self.process.stdout, False), name=f"lambda-{function.name}-stdout", daemon=True),
-            threading.Thread(target=self._forward, args=(self.process.stderr, True), name=f"lambda-{function.name}-stderr", daemon=True),
+            threading.Thread(target=self._read, name=f"{label}-answers", daemon=True),
+            threading.Thread(target=self._forward, args=(self.process.stdout, False), name=f"{label}-stdout", daemon=True),
+            threading.Thread(target=self._forward, args=(self.process.stderr, True), name=f"{label}-stderr", daemon=True),
         ]
-        self.send(asdict(function.worker_config()))
+        self.send(asdict(function.worker_config(number)))
         for thread in self.threads:
             thread.start()
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def alive(self) -> bool:
-        return self.gone is None
+        return self.gone is None and not self.retired
 
     def send(self, message: dict[str, Any]) -> None:
         with self._send_lock:
@@ -197,7 +216,7 @@ class _Worker:
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send ``message`` and wait for its answer; WorkerGone if the process ends first,
-        TimeoutError after ``timeout``."""
+        TimeoutError after ``timeout``. An answer that says ``retire`` retires this sandbox."""
         pending = _Pending()
         with self._pending_lock:
             if self.gone is not None:
@@ -211,22 +230,28 @@ class _Worker:
                 self._pending.pop(request_id, None)
             raise TimeoutError(f"{self.function.name} did not answer within {timeout:g} s")
         if pending.answer is None:
-            raise WorkerGone(pending.gone or "the function's process exited")
+            raise WorkerGone(pending.gone or "the sandbox's process exited")
+        if pending.answer.get("retire"):
+            self.retired = True
         return pending.answer
 
-    def stop(self) -> None:
-        """Ask the process to stop (it sends its final counts), wait, then kill if it must."""
+    def ask_to_stop(self) -> None:
+        """Ask the process to stop (it sends its final counts and exits)."""
         with contextlib.suppress(OSError, ValueError):
             self.send({"op": "stop"})
+
+    def wait_stopped(self) -> None:
+        """Wait for the process asked to stop, kill it if it must, and for its output's end."""
         try:
             self.process.wait(WORKER_STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            log.warning("%s: the function's process did not stop: killing it", self.function.name)
+            log.warning("%s: sandbox %d's process did not stop: killing it", self.function.name, self.number)
             self.kill()
         for thread in self.threads:
             thread.join(WORKER_STOP_TIMEOUT)
 
     def kill(self) -> None:
+        self.retired = True
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(WORKER_STOP_TIMEOUT)
@@ -246,7 +271,7 @@ class _Worker:
                 pending.done.set()
         code = self.process.wait(WORKER_STOP_TIMEOUT) if self.process.poll() is None else self.process.returncode
         tail = "".join(self._stderr_tail[-5:]).strip()
-        reason = f"the function's process exited with code {code}" + (f": {tail[-500:]}" if tail and code else "")
+        reason = f"the sandbox's process exited with code {code}" + (f": {tail[-500:]}" if tail and code else "")
         with self._pending_lock:
             self.gone = reason
             pending_requests, self._pending = list(self._pending.values()), {}
@@ -271,14 +296,16 @@ class _Worker:
 
 
 class LambdaFunction:
-    """One function: its handler file, run in a process of its own with its own environment.
+    """One function: its handler file, run in sandboxes, each a process of its own with the
+    function's environment and serving one invocation at a time.
 
     ``environment`` is the function's configuration (its template environment with local
-    values, plus the stack's local settings); the process gets it, the Lambda runtime's own
+    values, plus the stack's local settings); each process gets it, the Lambda runtime's own
     variables and ``PYTHONPATH`` (the handler's directory, then ``layer_paths``), nothing else.
-    Inside, up to ``max_concurrency`` sandboxes (see ``local.lambda_worker``). The process starts
-    with ``start()`` or the first ``warm()``/``invoke()``; if it ever exits, the next call starts
-    a new one (a crashed process is a lost set of sandboxes, as on Lambda).
+    ``start()`` starts the first sandbox (without waiting), ``warm()`` loads the handler in it
+    (the cold start); ``invoke()`` takes the idle sandbox used last, or starts one more while
+    fewer than ``max_concurrency`` run, or waits (bounded) for one to come free. A sandbox whose
+    process exited is replaced on the next call.
     """
 
     def __init__(
@@ -313,9 +340,11 @@ class LambdaFunction:
         self.aws_faults = aws_faults
         self.record_aws_calls = record_aws_calls
         self.strict_env = strict_env
-        self._lock = threading.Lock()
-        self._worker: _Worker | None = None
-        self._past_stats: list[dict[str, Any]] = []  # of processes that exited
+        self._free = threading.Condition()  # guards what follows; notified when a sandbox is free
+        self._idle: list[_Worker] = []  # the last one released last: Lambda reuses the warmest
+        self._busy: set[_Worker] = set()
+        self._numbers = itertools.count(1)
+        self._past_stats: list[dict[str, Any]] = []  # of processes that ended
         self._closed = False
 
     @property
@@ -326,7 +355,7 @@ class LambdaFunction:
         return self.handler_file.is_file()
 
     def process_environment(self) -> dict[str, str]:
-        """Exactly what the function's process gets (Lambda's runtime variables, then its own)."""
+        """Exactly what each sandbox's process gets (Lambda's runtime variables, then its own)."""
         code_dir = self.handler_file.resolve().parent
         runtime = {
             "AWS_REGION": self.region,
@@ -350,7 +379,7 @@ class LambdaFunction:
         }
         return {**runtime, **self.environment}
 
-    def worker_config(self) -> WorkerConfig:
+    def worker_config(self, sandbox: int) -> WorkerConfig:
         faults = self.aws_faults
         return WorkerConfig(
             name=self.name,
@@ -359,7 +388,7 @@ class LambdaFunction:
             function_name=self.function_name,
             timeout_seconds=self.timeout_seconds,
             memory_mb=self.memory_mb,
-            max_concurrency=self.max_concurrency,
+            sandbox=sandbox,
             region=self.region,
             account_id=self.account_id,
             aws_faults=faults.to_json() if faults is not None else None,
@@ -371,62 +400,123 @@ class LambdaFunction:
     # ------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the function's process now (without waiting for it): several start in parallel."""
-        self._ensure_worker()
+        """Start the first sandbox's process now (without waiting for it): several start in parallel."""
+        with self._free:
+            if self._closed or self._idle or self._busy:
+                return
+            self._idle.append(self._new_worker())
 
     def close(self) -> None:
-        """Stop the function's process (its final counts are kept); idempotent."""
-        with self._lock:
+        """Stop every sandbox's process (their final counts are kept); idempotent."""
+        with self._free:
             self._closed = True
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.stop()
-            self._past_stats.append(worker.stats)
+            workers = [*self._idle, *self._busy]
+            self._idle, self._busy = [], set()
+            self._free.notify_all()
+        for worker in workers:
+            worker.ask_to_stop()
+        for worker in workers:
+            worker.wait_stopped()
+        with self._free:
+            self._past_stats.extend(worker.stats for worker in workers)
 
-    def _ensure_worker(self) -> _Worker:
-        with self._lock:
-            if self._closed:
-                raise WorkerGone(f"{self.name} is stopped")
-            worker = self._worker
-            if worker is not None and worker.alive():
-                return worker
-            if worker is not None:
-                log.warning("%s: %s; starting a new process (fresh sandboxes)", self.name, worker.gone)
+    def sandbox_pids(self) -> list[int]:
+        """The process ids of the sandboxes now running (idle or busy)."""
+        with self._free:
+            return sorted(worker.pid for worker in [*self._idle, *self._busy] if worker.alive())
+
+    def _new_worker(self) -> _Worker:
+        number = next(self._numbers)
+        if number > 1:
+            log.info("%s: cold start of sandbox %d (%d busy)", self.name, number, len(self._busy))
+        return _Worker(self, number)
+
+    def _acquire(self, wait: float) -> _Worker:
+        """A sandbox for one invocation: the idle one used last, else a new one while fewer than
+        ``max_concurrency`` run, else the first to come free within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        with self._free:
+            while True:
+                if self._closed:
+                    raise WorkerGone(f"{self.name} is stopped")
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.alive():
+                        self._busy.add(worker)
+                        return worker
+                    log.warning("%s: sandbox %d: %s; replacing it", self.name, worker.number, worker.gone)
+                    self._past_stats.append(worker.stats)
+                if len(self._busy) < self.max_concurrency:
+                    worker = self._new_worker()
+                    self._busy.add(worker)
+                    return worker
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FunctionThrottled(f"{self.name}: all {self.max_concurrency} sandboxes stayed busy for {wait:g} s")
+                self._free.wait(left)
+
+    def _release(self, worker: _Worker) -> None:
+        with self._free:
+            if worker not in self._busy:
+                return  # close() took it
+            self._busy.discard(worker)
+            if worker.alive():
+                self._idle.append(worker)
+            else:
                 self._past_stats.append(worker.stats)
-            self._worker = _Worker(self)
-            return self._worker
+            self._free.notify()
+        if worker.retired and worker.gone is None:
+            # Its process ends by itself (or was killed); reap it off the caller's path.
+            threading.Thread(target=worker.wait_stopped, name=f"lambda-{self.name}-{worker.number}-end", daemon=True).start()
 
     # ----------------------------------------------------------------------- invocation
 
     def warm(self) -> bool:
-        """Load one sandbox now (the cold start); log and return False if the module fails."""
+        """Load the handler in a sandbox now (the cold start); log and return False if the module fails."""
         try:
-            answer = self._ensure_worker().request({"op": "warm"}, WORKER_START_TIMEOUT)
-        except (WorkerGone, TimeoutError, OSError) as exc:
+            worker = self._acquire(WORKER_START_TIMEOUT)
+        except (WorkerGone, FunctionThrottled, OSError) as exc:
             log.error("%s: the function could not start: %s", self.name, exc)
             return False
+        try:
+            answer = worker.request({"op": "warm"}, WORKER_START_TIMEOUT)
+        except (WorkerGone, TimeoutError, OSError) as exc:
+            log.error("%s: the function could not start: %s", self.name, exc)
+            worker.kill()
+            return False
+        finally:
+            self._release(worker)
         return bool(answer.get("ok"))
 
     def invoke(self, event: Any) -> Invocation:
-        """Invoke the handler with a JSON copy of ``event``; never raises."""
+        """Invoke the handler with a JSON copy of ``event`` in a sandbox of its own; never raises."""
         request_id = str(uuid.uuid4())
         started = time.monotonic()
         try:
             event_json = json.dumps(event)
         except (TypeError, ValueError) as exc:
             return Invocation(request_id, ok=False, error=f"Runtime.MarshalError: the event is not JSON: {exc}")
+        limit = self.timeout_seconds + INVOKE_GRACE_SECONDS
         try:
-            worker = self._ensure_worker()
-            answer = worker.request({"op": "invoke", "request_id": request_id, "event_json": event_json}, self.timeout_seconds + INVOKE_GRACE_SECONDS)
+            worker = self._acquire(limit)
+        except FunctionThrottled as exc:
+            log.error("%s: request %s throttled: %s", self.name, request_id, exc)
+            return Invocation(request_id, ok=False, error=f"TooManyRequestsException: {exc}", duration=time.monotonic() - started)
         except (WorkerGone, OSError) as exc:
             log.error("%s: request %s failed: %s", self.name, request_id, exc)
             return Invocation(request_id, ok=False, error=f"Runtime.ExitError: {exc}", duration=time.monotonic() - started)
-        except TimeoutError:
-            # A handler hanging well past its timeout: Lambda would have ended its sandbox; here
-            # that is the function's process (its other sandboxes go with it).
-            log.error("%s: request %s hangs past the %s s timeout: ending the function's process", self.name, request_id, self.timeout_seconds)
+        try:
+            answer = worker.request({"op": "invoke", "request_id": request_id, "event_json": event_json}, limit)
+        except TimeoutError:  # first: it is an OSError
+            # A handler hanging well past its timeout: Lambda would have ended its sandbox; so do we.
+            log.error("%s: request %s hangs past the %s s timeout: ending sandbox %d", self.name, request_id, self.timeout_seconds, worker.number)
             worker.kill()
             return Invocation(request_id, ok=False, error=f"Task timed out after {self.timeout_seconds:.2f} seconds", duration=time.monotonic() - started)
+        except (WorkerGone, OSError) as exc:
+            log.error("%s: request %s failed: %s", self.name, request_id, exc)
+            return Invocation(request_id, ok=False, error=f"Runtime.ExitError: {exc}", duration=time.monotonic() - started)
+        finally:
+            self._release(worker)
         outcome = answer["invocation"]
         result_json = outcome.get("result_json")
         return Invocation(
@@ -440,18 +530,17 @@ class LambdaFunction:
     # ---------------------------------------------------------------------------- stats
 
     def _all_stats(self) -> list[dict[str, Any]]:
-        with self._lock:
-            current = [self._worker.stats] if self._worker is not None else []
-            return [*self._past_stats, *current]
+        with self._free:
+            return [*self._past_stats, *(worker.stats for worker in [*self._idle, *self._busy])]
 
     def fault_report(self) -> dict[str, Any] | None:
-        """This function's AWS faults so far (``aws_faults.FaultInjector.report()``'s shape)."""
+        """This function's AWS faults so far, all its sandboxes' added up (``aws_faults.FaultInjector.report()``'s shape)."""
         if self.aws_faults is None:
             return None
         return merge_fault_reports(self.aws_faults, [stats.get("faults") for stats in self._all_stats()])
 
     def env_reads(self) -> list[dict[str, Any]]:
-        """The ``Settings`` fields this function read with no variable set (their default)."""
+        """The ``Settings`` fields any of this function's sandboxes read with no variable set (their default)."""
         reads: dict[str, dict[str, Any]] = {}
         for stats in self._all_stats():
             for read in stats.get("env_reads") or ():

@@ -1,20 +1,23 @@
-"""One function's process in the local stack: its handler's sandboxes, like one Lambda function.
+"""One sandbox of a function in the local stack: a process running its handler, one invocation at a time.
 
-``local.lambda_runtime.LambdaFunction`` starts this module in a process of its own, with the
-function's environment and nothing else of the stack's, and talks to it over a socket (the
-``multiprocessing.connection`` framing): ``init`` (the configuration, first), then ``warm``,
-``invoke`` and ``stats`` requests, each answered with its ``id``; ``stop`` ends it.
+``local.lambda_runtime.LambdaFunction`` starts this module in a process of its own for each
+sandbox of a function (one per concurrent invocation, like Lambda's execution environments),
+with the function's environment and nothing else of the stack's, and talks to it over a socket
+(the ``multiprocessing.connection`` framing): the configuration first, then ``warm`` and
+``invoke`` requests, each answered with its ``id`` and the process's counts; ``stop`` ends it.
 
-Inside, like one function on Lambda: up to ``max_concurrency`` sandboxes, each a copy of the
-handler module loaded on demand under its own module name and serving one invocation at a time.
-(The domain package is imported once per process, so its caches are shared by the sandboxes of
-one function; never by two functions.) An invocation cut off by the ``kill`` fault fails like a
-Lambda timeout and its sandbox is discarded.
+The handler module is loaded on the first request (the cold start) and kept. Everything in the
+process (the handler module, the domain package, every library's globals, e.g. Powertools'
+``BaseRouter.current_event``) belongs to this one sandbox and sees one invocation at a time,
+as on Lambda. An invocation cut off by the ``kill`` fault fails like a Lambda timeout, and so
+does one that returns after its timeout or whose module fails to load: the answer says
+``retire`` and the process ends (Lambda never reuses such a sandbox; the next invocation gets a
+fresh process).
 
 What the worker watches for the stack, all of it handler code (everything in this process is):
 
 - AWS faults: ``local.aws_faults`` is installed for this function with the stack's rules and
-  a random generator seeded from the seed and the function's name.
+  a random generator seeded from the seed, the function's name and the sandbox's number.
 - Environment reads: every ``Settings`` field of the domain read while its variable is absent
   from this process's environment (the product default was used). A *wiring* field (a resource
   name, a URL: ``json_schema_extra={"wiring": True}`` in ``aleph_pipeline.config``) read so is a
@@ -29,7 +32,6 @@ import concurrent.futures
 import contextlib
 import functools
 import importlib.util
-import itertools
 import json
 import logging
 import os
@@ -38,10 +40,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from local import aws_faults
@@ -60,91 +60,58 @@ class UndefinedVariableError(BaseException):
     """
 
 
-# --------------------------------------------------------------------------- sandboxes
+# ---------------------------------------------------------------------------- sandbox
 
 
-@dataclass
-class _Sandbox:
-    module: ModuleType
-    handler: Callable[[Any, Any], Any]
-
-
-class Sandboxes:
-    """Up to ``max_concurrency`` copies of the handler module, each serving one invocation."""
+class Sandbox:
+    """The handler module of this process, loaded on first use (the cold start)."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self._cond = threading.Condition()
-        self._idle: list[_Sandbox] = []
-        self._created = 0
-        self._numbers = itertools.count(1)
-        self._load_lock = threading.Lock()
+        self._handler: Callable[[Any, Any], Any] | None = None
 
-    def acquire(self) -> _Sandbox:
-        with self._cond:
-            while not self._idle and self._created >= self.config.max_concurrency:
-                self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
-            self._created += 1
-        try:
-            return self._load()
-        except BaseException:
-            with self._cond:
-                self._created -= 1
-                self._cond.notify()
-            raise
+    def handler(self) -> Callable[[Any, Any], Any]:
+        if self._handler is None:
+            self._handler = self._load()
+        return self._handler
 
-    def release(self, sandbox: _Sandbox) -> None:
-        with self._cond:
-            self._idle.append(sandbox)
-            self._cond.notify()
-
-    def discard(self, sandbox: _Sandbox) -> None:
-        """Drop a broken sandbox; the next invocation that needs one loads a fresh copy."""
-        sys.modules.pop(sandbox.module.__name__, None)
-        with self._cond:
-            self._created -= 1
-            self._cond.notify()
-
-    def _load(self) -> _Sandbox:
+    def _load(self) -> Callable[[Any, Any], Any]:
         name, path = self.config.name, Path(self.config.handler_file).resolve()
         if not path.is_file():
             log.error("%s: handler file %s does not exist", name, path)
             raise HandlerInitError(f"no handler file {path}")
-        with self._load_lock:
-            module_name = f"_aleph_local_{name}_{next(self._numbers)}"
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            if spec is None or spec.loader is None:
-                raise HandlerInitError(f"cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException as exc:
-                sys.modules.pop(module_name, None)
-                log.error("%s: loading %s failed (init error):\n%s", name, path, "".join(traceback.format_exception(exc)).rstrip())
-                raise HandlerInitError(f"{type(exc).__name__}: {exc}") from exc
+        # Lambda imports the handler as a top-level module named after its file (app.lambda_handler).
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise HandlerInitError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as exc:
+            sys.modules.pop(path.stem, None)
+            log.error("%s: loading %s failed (init error):\n%s", name, path, "".join(traceback.format_exception(exc)).rstrip())
+            raise HandlerInitError(f"{type(exc).__name__}: {exc}") from exc
         handler = getattr(module, self.config.handler_attr, None)
         if not callable(handler):
             log.error("%s: %s has no callable %s", name, path, self.config.handler_attr)
             raise HandlerInitError(f"{path} has no handler {self.config.handler_attr}")
-        return _Sandbox(module=module, handler=handler)
+        return handler  # type: ignore[no-any-return]
 
 
-def invoke(sandboxes: Sandboxes, request_id: str, event_json: str) -> dict[str, Any]:
-    """Run one invocation; the outcome as ``Invocation``'s fields (``result`` as JSON text)."""
-    config = sandboxes.config
+def invoke(sandbox: Sandbox, request_id: str, event_json: str) -> tuple[dict[str, Any], bool]:
+    """Run one invocation: the outcome as ``Invocation``'s fields (``result`` as JSON text), and
+    whether the sandbox is done for (killed, timed out, or its module failed to load)."""
+    config = sandbox.config
     started = time.monotonic()
 
     def outcome(ok: bool, *, result: str | None = None, error: str | None = None) -> dict[str, Any]:
         return {"request_id": request_id, "ok": ok, "result_json": result, "error": error, "duration": time.monotonic() - started}
 
     try:
-        sandbox = sandboxes.acquire()
+        handler = sandbox.handler()
     except HandlerInitError as exc:
-        return outcome(False, error=f"Runtime.ImportModuleError: {exc}")
-    keep_sandbox = True
+        return outcome(False, error=f"Runtime.ImportModuleError: {exc}"), True
     try:
         context = LambdaContext(
             function_name=config.function_name,
@@ -155,35 +122,34 @@ def invoke(sandboxes: Sandboxes, request_id: str, event_json: str) -> dict[str, 
             aws_request_id=request_id,
         )
         with aws_faults.invocation(config.name):
-            result = sandbox.handler(json.loads(event_json), context)
+            result = handler(json.loads(event_json), context)
         try:
             result_json = json.dumps(result)
         except (TypeError, ValueError) as exc:
             log.error("%s: the answer is not JSON serializable (Runtime.MarshalError): %s", config.name, exc)
-            return outcome(False, error=f"Runtime.MarshalError: {exc}")
+            return outcome(False, error=f"Runtime.MarshalError: {exc}"), False
     except aws_faults.InvocationKilled as exc:
         # Lambda reports a cut-off invocation as a timeout, and never reuses its sandbox.
-        keep_sandbox = False
-        log.error("%s: request %s was cut off (%s): reported as timed out, sandbox discarded", config.name, request_id, exc)
-        return outcome(False, error=f"Task timed out after {config.timeout_seconds:.2f} seconds ({exc})")
+        log.error("%s: request %s was cut off (%s): reported as timed out, sandbox %d ended", config.name, request_id, exc, config.sandbox)
+        return outcome(False, error=f"Task timed out after {config.timeout_seconds:.2f} seconds ({exc})"), True
     except UndefinedVariableError as exc:
         log.error("%s: request %s failed: %s", config.name, request_id, exc)
-        return outcome(False, error=f"Runtime.UndefinedVariable: {exc}")
+        return outcome(False, error=f"Runtime.UndefinedVariable: {exc}"), False
     except (Exception, SystemExit) as exc:  # a handler's failure is reported, never fatal
         log.error("%s handler raised (request %s):\n%s", config.name, request_id, "".join(traceback.format_exception(exc)).rstrip())
-        return outcome(False, error=f"{type(exc).__name__}: {exc}")
-    finally:
-        if keep_sandbox:
-            sandboxes.release(sandbox)
-        else:
-            sandboxes.discard(sandbox)
+        return outcome(False, error=f"{type(exc).__name__}: {exc}"), False
     duration = time.monotonic() - started
     if duration > config.timeout_seconds:
         log.error(
-            "%s: request %s took %.1f s, over the function's %s s timeout: AWS would have failed it", config.name, request_id, duration, config.timeout_seconds
+            "%s: request %s took %.1f s, over the function's %s s timeout: AWS would have failed it and ended sandbox %d",
+            config.name,
+            request_id,
+            duration,
+            config.timeout_seconds,
+            config.sandbox,
         )
-        return outcome(False, error="Task timed out")
-    return outcome(True, result=result_json)
+        return outcome(False, error=f"Task timed out after {config.timeout_seconds:.2f} seconds"), True
+    return outcome(True, result=result_json), False
 
 
 # -------------------------------------------------------------------- environment reads
@@ -285,22 +251,22 @@ class CallRecorder:
 
 
 class Worker:
-    """The requests of one connection, served by a pool of threads (one per sandbox)."""
+    """The requests of one connection: invocations one at a time, in a thread of their own so
+    that ``stop`` is read even while one runs."""
 
     def __init__(self, connection: Connection, config: WorkerConfig) -> None:
         self.connection = connection
         self.config = config
-        self.sandboxes = Sandboxes(config)
+        self.sandbox = Sandbox(config)
         self.watch = EnvironmentWatch(config.name, strict=config.strict_env)
         self.injector: aws_faults.FaultInjector | None = None
         self._send_lock = threading.Lock()
-        # One more thread than sandboxes: a warm or stats request never waits behind invocations.
-        self._pool = concurrent.futures.ThreadPoolExecutor(config.max_concurrency + 1, thread_name_prefix=f"{config.name}-sandbox")
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}-{config.sandbox}")
 
     def setup(self) -> None:
         if self.config.aws_faults is not None:
             fault_config = aws_faults.parse_config(self.config.aws_faults)
-            self.injector = aws_faults.FaultInjector(fault_config, function=self.config.name).install()
+            self.injector = aws_faults.FaultInjector(fault_config, function=self.config.name, sandbox=self.config.sandbox).install()
         if self.config.record_aws_calls:
             CallRecorder(self.config.name, Path(self.config.record_aws_calls)).install()
         self.watch.install()
@@ -319,26 +285,36 @@ class Worker:
                 request: dict[str, Any] = self.connection.recv()
             except (EOFError, OSError):
                 return  # the stack is gone
-            op = request.get("op")
-            if op == "stop":
+            if request.get("op") == "stop":
                 return
             self._pool.submit(self._answer, request)
 
     def _answer(self, request: Mapping[str, Any]) -> None:
         op, answer = request.get("op"), {"id": request.get("id")}
+        retire = False
         if op == "invoke":
-            answer["invocation"] = invoke(self.sandboxes, str(request["request_id"]), str(request["event_json"]))
+            answer["invocation"], retire = invoke(self.sandbox, str(request["request_id"]), str(request["event_json"]))
         elif op == "warm":
             try:
-                self.sandboxes.release(self.sandboxes.acquire())
+                self.sandbox.handler()
                 answer["ok"] = True
             except HandlerInitError:
-                answer["ok"] = False
-        answer["stats"] = self.stats()
+                answer["ok"], retire = False, True
+        answer["stats"], answer["retire"] = self.stats(), retire
         try:
             self.send(answer)
         except (OSError, ValueError) as exc:  # the stack closed the connection
             log.warning("%s: could not answer the stack: %s", self.config.name, exc)
+        if retire:
+            exit_now()  # the sandbox is gone; a killed invocation's threads go with it
+
+
+def exit_now() -> None:
+    """End the process at once: threads a killed invocation left behind would keep a normal
+    exit waiting."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main() -> None:
@@ -351,12 +327,10 @@ def main() -> None:
     worker.setup()
     connection.send({"id": 0, "ready": True})
     worker.serve()
-    worker.send({"id": -1, "stats": worker.stats()})  # the final counts
+    with contextlib.suppress(OSError, ValueError):
+        worker.send({"id": -1, "stats": worker.stats()})  # the final counts
     connection.close()
-    # Threads a killed invocation left behind would keep a normal exit waiting.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 ENDPOINT = {endpoint!r}
-SANDBOX = uuid.uuid4().hex  # one per loaded copy of this module (one per sandbox)
+SANDBOX = uuid.uuid4().hex  # one per sandbox (a process of its own)
 
 
 def _call(call):
@@ -128,9 +128,9 @@ def put(key: str) -> dict[str, Any]:
 
 
 def seed_hitting_first_only(rate: float, misses: int) -> int:
-    """A seed whose first draw (in CALLER's process) is under ``rate`` and the next ``misses`` are not."""
+    """A seed whose first draw (in CALLER's first sandbox) is under ``rate`` and the next ``misses`` are not."""
     for seed in range(100_000):
-        rng = rng_for(seed, CALLER_NAME)
+        rng = rng_for(seed, CALLER_NAME, 1)
         if rng.random() < rate and all(rng.random() >= rate for _ in range(misses)):
             return seed
     raise AssertionError("no such seed")
