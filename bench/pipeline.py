@@ -85,25 +85,26 @@ def _proc_cpu_seconds(pid: int, *, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> dict[str, int]:
-    """The stack's subprocesses by name (moto server, simulator, each function's process)."""
-    found: dict[str, int] = {}
+def _children(pid: int) -> dict[str, list[int]]:
+    """The stack's subprocesses by name (moto server, simulator, each function's sandboxes)."""
+    found: dict[str, list[int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             if "local.lambda_worker" in command:
                 environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
                 function = next((v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"AWS_LAMBDA_FUNCTION_NAME=")), command[:40])
-                found[f"function {function}"] = int(child)
+                found.setdefault(f"function {function}", []).append(int(child))
             else:
-                found["moto server" if "moto.server" in command else "simulator (with ffmpeg)" if "local.simulator" in command else command[:40]] = int(child)
+                name = "moto server" if "moto.server" in command else "simulator (with ffmpeg)" if "local.simulator" in command else command[:40]
+                found.setdefault(name, []).append(int(child))
     return found
 
 
 def _cpu_all(pid: int) -> dict[str, float]:
     cpu = {"stack (dispatcher, API)": _proc_cpu_seconds(pid)}
-    for name, child in _children(pid).items():
-        cpu[name] = _proc_cpu_seconds(child, children=True)
+    for name, children in _children(pid).items():
+        cpu[name] = sum(_proc_cpu_seconds(child, children=True) for child in children)
     return cpu
 
 

@@ -2,12 +2,13 @@
 
 ``python -m local.stack`` (what ``make local`` runs) starts moto server and the simulator as
 subprocesses on 127.0.0.1, provisions the contract's resources with the template's settings,
-loads the handlers (``functions/<name>/app.py``) into this process after setting their
-environment, and runs the event sources: SQS -> submit, the jobs table's stream -> finalize, an
-HTTP API v2 emulator -> callback (and any Schedule event of the template). It writes
+runs the handlers (``functions/<name>/app.py``) in processes of their own, one per sandbox
+(``local.lambda_runtime``), and runs the event sources: every function's SQS queue (submit,
+notify, poll), the jobs table's stream -> finalize and notify, an HTTP API v2 emulator ->
+callback and status (and any Schedule event of the template). It writes
 ``.local/stack.json`` and runs until SIGINT/SIGTERM.
 
-Each function runs in a process of its own (``local.lambda_runtime``) whose environment is
+Each sandbox of a function runs in a process of its own (``local.lambda_runtime``) whose environment is
 exactly what its template entry gives it (Globals and its own ``Environment``) with local values,
 the Lambda runtime's variables, and the local-only settings: ``AWS_ENDPOINT_URL``,
 ``PROVIDER_ENDPOINTS``, ``RESULT_HOSTS``, ``ALLOW_HTTP_RESULT_URLS``, and ``CALLBACK_API_URL`` for the
