@@ -47,8 +47,9 @@ $(CHECKOV_VENV)/.installed:
 	@rm -f .venv-checkov-install.log
 	@touch $@
 
+# PROVIDER=runway (or kie, apikley, runware, crun, replicate) picks the provider the simulator plays.
 demo: $(VENV)/.installed
-	$(PY) -m local.demo
+	$(PY) -m local.demo $(if $(PROVIDER),--provider $(PROVIDER))
 
 # make local PROVIDER_URL=https://... PROVIDER_KEYS=keys.json: every provider at <url>/<provider>
 # with those keys, instead of the stack's own simulator (or set ALEPH_PROVIDER_URL/ALEPH_PROVIDER_KEYS).

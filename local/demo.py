@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from aleph_cli import jobs
 from aleph_cli.errors import CliError
 from aleph_cli.main import progress_display
 from aleph_cli.stack import from_local_info
+from aleph_pipeline.sidecar import PROVIDER_IDS
 from local.media import duration_seconds, make_clip, side_by_side
 from local.stack import spawn
 
@@ -26,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "out", help="where to save the outputs (default: out/)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".local")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the job")
+    parser.add_argument(
+        "--provider",
+        default=os.environ.get("PROVIDER") or "kie",
+        choices=PROVIDER_IDS,
+        help="the provider the simulator plays (default: $PROVIDER or kie; `make demo PROVIDER=runway`)",
+    )
     args = parser.parse_args(argv)
 
     out: Path = args.out
@@ -34,17 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     print("starting the local stack (moto server, provider simulator, handlers) ...", flush=True)
     process, info = spawn(args.workdir)
     try:
-        return run_job(info, clip, args.prompt, out, args.timeout)
+        return run_job(info, clip, args.prompt, out, args.timeout, provider=args.provider)
     finally:
         process.terminate()
         process.wait(timeout=30)
         print("local stack stopped")
 
 
-def run_job(info: dict[str, Any], clip: Path, prompt: str, out: Path, timeout: float) -> int:
+def run_job(info: dict[str, Any], clip: Path, prompt: str, out: Path, timeout: float, *, provider: str = "kie") -> int:
     """Upload, follow and fetch the job with the ``aleph`` CLI's own functions."""
     stack = from_local_info(info)
-    submitted = jobs.upload_pair(stack, clip, {"prompt": prompt, "provider": "kie"}, folder="demo")
+    submitted = jobs.upload_pair(stack, clip, {"prompt": prompt, "provider": provider}, folder="demo")
+    print(f"provider: {provider} (the stack's simulator)")
     print(f"uploaded s3://{stack.input_bucket}/{submitted.video_key} and {submitted.sidecar_key}")
     print(f"job {submitted.job_id}")
     try:
@@ -66,7 +75,7 @@ def run_job(info: dict[str, Any], clip: Path, prompt: str, out: Path, timeout: f
         return 1
     result = out / "result.mp4"
     picture = side_by_side(clip, result, out / "preview.png")
-    print(f"result: {result} ({duration_seconds(result):.1f} s; the provider edits the first 5 s)")
+    print(f"result: {result} ({duration_seconds(result):.1f} s)")
     print(f"preview (input | output): {picture}")
     return 0
 

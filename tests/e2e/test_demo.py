@@ -36,3 +36,21 @@ def test_demo_writes_result_and_preview(tmp_path: Path) -> None:
     assert duration_seconds(out / "result.mp4") <= 5.1
     assert mean_abs_difference(frame_rgb(sample), frame_rgb(out / "result.mp4")) > 30
     assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_any_provider(tmp_path: Path) -> None:
+    """`make demo PROVIDER=runway`: Runway's own API, the whole clip edited, completed by polling."""
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "local.demo", "--out", str(out), "--workdir", str(tmp_path / "stack")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PROVIDER": "runway", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "layers" / "domain")])},
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "provider: runway" in completed.stdout
+    manifest = json.loads((out / "job.json").read_text())
+    assert (manifest["state"], manifest["provider"], manifest["model"]) == ("COMPLETED", "runway", "aleph2")
+    assert duration_seconds(out / "result.mp4") > 7  # aleph2 edits the whole 8-second clip, not the first 5 s

@@ -1,4 +1,4 @@
-"""End to end with Runway's own API (polling only) and Replicate (signed webhooks) through the local stack."""
+"""End to end through the local stack: Runway (polling only), Replicate (signed webhooks), kie's fresh result links."""
 
 from __future__ import annotations
 
@@ -84,3 +84,17 @@ def test_a_badly_signed_replicate_webhook_is_refused_and_changes_nothing(stack_c
     after = stack.table.get_item(Key={"jobId": job["jobId"]}, ConsistentRead=True)["Item"]
     assert after["status"] == "SUBMITTED"  # the reconciler's poll finishes it later, with our key
     assert task["taskId"] == after["providerTaskId"]
+
+
+def test_a_kie_job_whose_result_link_expired_completes_through_download_url(stack_clean: Stack, unique: str) -> None:
+    stack = stack_clean
+    stack.sim_faults([{"fault": "expired_result", "provider": "kie", "match_prompt": unique}])
+    key = start(stack, f"incoming/kie-expired-{unique}", "kie", f"kie expired {unique}")
+    job = stack.wait_for_job(key)
+    assert job["status"] == "COMPLETED", job.get("error")
+    [task] = stack.sim_tasks(unique)
+    assert task["expired"] is True  # the link the callback named had expired
+    refreshes = [e for e in stack.sim.get("/_sim/requests").json() if e["provider"] == "kie" and "/api/v1/common/download-url" in e["path"]]
+    assert refreshes and all(e["http_status"] == 200 for e in refreshes)
+    prefix = f"kie-expired-{unique}/{job['jobId']}/"
+    assert prefix + "result.mp4" in stack.output_keys(prefix)
