@@ -33,6 +33,7 @@ from local.simulator.web import Provider, Request, Response, json_response
 log = logging.getLogger("local.simulator")
 
 MAX_REQUEST_BYTES = 2 * 1024 * 1024  # API bodies are small JSON documents
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # a file POSTed to an upload target (Runway's upload API: 200 MB)
 FILE_CHUNK = 256 * 1024
 
 
@@ -76,6 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         """The request body, de-chunked; None when it is over the size limit."""
+        multipart = (self.headers.get("Content-Type") or "").lower().startswith("multipart/form-data")
+        limit = MAX_UPLOAD_BYTES if multipart else MAX_REQUEST_BYTES
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             body = bytearray()
             while True:
@@ -86,10 +89,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return bytes(body)
                 body += self.rfile.read(size)
                 self.rfile.readline()
-                if len(body) > MAX_REQUEST_BYTES:
+                if len(body) > limit:
                     return None
         length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
+        if length > limit:
             return None
         return self.rfile.read(length) if length > 0 else b""
 

@@ -242,3 +242,15 @@ def test_finalize_copies_the_fresh_link_of_its_confirming_poll(runway: Runway, a
     assert job is not None and job.state.value == "COMPLETED", job
     copied = aws["s3"].get_object(Bucket=aws["output"], Key=f"shot/{JOB_ID}/result.mp4")["Body"].read()
     assert copied[4:8] == b"ftyp"
+
+
+def test_an_upload_over_the_api_body_limit_is_taken(runway: Runway) -> None:
+    """Runway takes uploads up to 200 MB: the upload target is not held to the 2 MB API-body limit."""
+    headers = {"Authorization": f"Bearer {KEY}", "X-Runway-Version": API_VERSION}
+    ticket = runway.control.post(f"{runway.sim}/runway/v1/uploads", json={"filename": "big.mp4", "type": "ephemeral"}, headers=headers)
+    assert ticket.status_code == 200, ticket.text
+    document = ticket.json()
+    data = b"\x00\x00\x00\x18ftypisom" + bytes(3 * 1024 * 1024)
+    answer = runway.control.post(document["uploadUrl"], data=document["fields"], files={"file": ("big.mp4", data, "video/mp4")})
+    assert answer.status_code == 204, answer.text
+    assert document["runwayUri"].startswith("runway://")
