@@ -76,15 +76,21 @@ def lambda_handler(event, context):
 
 @pytest.fixture(scope="module")
 def resources(moto_server: str) -> str:
-    aws_client("s3", endpoint_url=moto_server).create_bucket(Bucket=BUCKET)
-    aws_client("s3", endpoint_url=moto_server).put_object(Bucket=BUCKET, Key="present", Body=b"x")
-    aws_client("dynamodb", endpoint_url=moto_server).create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    aws_client("secretsmanager", endpoint_url=moto_server).create_secret(Name=SECRET, SecretString="{}")
+    """The bucket, table and secret the callers use, on the session's moto server (another module
+    that uses this fixture finds them made already)."""
+    s3, dynamodb = aws_client("s3", endpoint_url=moto_server), aws_client("dynamodb", endpoint_url=moto_server)
+    s3.create_bucket(Bucket=BUCKET)  # idempotent in us-east-1
+    s3.put_object(Bucket=BUCKET, Key="present", Body=b"x")
+    if TABLE not in dynamodb.list_tables()["TableNames"]:
+        dynamodb.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    secrets = aws_client("secretsmanager", endpoint_url=moto_server)
+    if not secrets.list_secrets(Filters=[{"Key": "name", "Values": [SECRET]}])["SecretList"]:
+        secrets.create_secret(Name=SECRET, SecretString="{}")
     return moto_server
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from local.client import wait_for
 from local.media import duration_seconds, make_clip
 from local.simulator.server import SimulatorServer
 
@@ -320,6 +321,14 @@ def test_the_model_schema_refuses_a_field_at_intake_and_nothing_is_created(crun:
 def test_an_unaffordable_estimate_creates_nothing_and_an_affordable_one_precedes_create_task(crun: Crun) -> None:
     from aleph_pipeline.errors import JobError
 
+    # A request an earlier test left held (read_timeout) is logged when it ends: wait for a quiet log.
+    seen: list[int] = []
+
+    def quiet() -> bool:
+        seen.append(len(crun.control("GET", "requests")))
+        return len(seen) >= 4 and len(set(seen[-4:])) == 1
+
+    wait_for(quiet, timeout=15, interval=0.5, message="the simulator's request log to be quiet")
     crun.control("DELETE", "requests")
     crun.control("POST", "faults", [{"fault": "insufficient_credits", "count": 1}])
     _, request = submit_request(crun, {"prompt": "snow"})

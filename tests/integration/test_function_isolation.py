@@ -26,7 +26,7 @@ from local.lambda_runtime import LAYER_PATHS
 from local.media import make_clip
 from local.simulator.config import parse_keys
 from local.simulator.server import SimulatorServer
-from local.stack import spawn, terminate
+from local.stack import LOCAL_PROVIDERS, spawn, terminate
 
 WAIT = 30.0  # seconds; every wait below is bounded by this
 JOB_WAIT = 90.0
@@ -236,8 +236,8 @@ def test_every_provider_is_reached_at_the_given_url_with_the_given_keys(job_else
     assert job_elsewhere.job["status"]["S"] == "COMPLETED", job_elsewhere.job.get("error")
     assert info["simulator_url"] is None and info["provider_url"] == provider.url
     assert "simulator" not in info["logs"]  # the stack started no simulator of its own
-    assert json.loads(info["handler_env"]["PROVIDER_ENDPOINTS"]) == {p: f"{provider.url}/{p}" for p in KEYS}
-    assert json.loads(info["handler_env"]["RESULT_HOSTS"]) == {p: ["127.0.0.1"] for p in KEYS}
+    assert json.loads(info["handler_env"]["PROVIDER_ENDPOINTS"]) == {p: f"{provider.url}/{p}" for p in LOCAL_PROVIDERS}
+    assert json.loads(info["handler_env"]["RESULT_HOSTS"]) == {p: ["127.0.0.1"] for p in LOCAL_PROVIDERS}
     secret = aws_client("secretsmanager", info).get_secret_value(SecretId=info["secret_id"])
     assert json.loads(secret["SecretString"]) == KEYS
     tasks = httpx.get(f"{provider.url}/_sim/tasks", timeout=10).json()

@@ -23,12 +23,13 @@ from urllib.parse import quote_plus, unquote_plus
 import httpx
 import pytest
 
+from aleph_pipeline.providers import PROVIDER_IDS
 from local.apigw import Route, build_http_event, find_route, http_response, is_text_content
 from local.client import REPO_ROOT, aws_client, read_stack_info, wait_for
 from local.dispatcher import ScheduleEventSource, StreamEventSource, build_sqs_event, build_stream_record, failed_item_ids
 from local.event_filter import load_pattern, matches, matches_any
 from local.lambda_runtime import LambdaFunction
-from local.stack import spawn, terminate
+from local.stack import LOCAL_PROVIDERS, spawn, terminate
 from local.template_config import CONTRACT_FINALIZE_FILTER, load_template_config, parse_rate
 
 WAIT = 20.0  # seconds; every wait below is bounded by this
@@ -250,7 +251,7 @@ def test_stack_json_has_the_contract_fields(stack: Stack) -> None:
     assert info["submit_queue_url"].endswith("/aleph-submit")
     assert info["simulator_url"] is None
     secret = aws_client("secretsmanager", info).get_secret_value(SecretId=info["secret_id"])
-    assert json.loads(secret["SecretString"]) == {"kie": "sim-kie-key", "apikley": "sim-apikley-key", "runware": "sim-runware-key", "crun": "sim-crun-key"}
+    assert json.loads(secret["SecretString"]) == {p: f"sim-{p}-key" for p in LOCAL_PROVIDERS}
 
 
 def test_without_aws_faults_nothing_is_injected_or_reported(stack: Stack) -> None:
@@ -342,8 +343,8 @@ def test_handler_environment_is_the_contracts(stack: Stack, unique: str) -> None
     assert (env["JOBS_TABLE_NAME"], env["INPUT_BUCKET_NAME"], env["OUTPUT_BUCKET_NAME"]) == ("aleph-jobs", "aleph-input", "aleph-output")
     assert (env["INPUT_PREFIX"], env["DEFAULT_PROVIDER"], env["PROVIDER_SECRET_ID"]) == ("incoming/", "kie", "aleph/provider-keys")
     assert env["ALLOW_HTTP_RESULT_URLS"] == "true"
-    assert json.loads(env["RESULT_HOSTS"]) == {p: ["127.0.0.1"] for p in ("kie", "apikley", "runware", "crun")}
-    assert set(json.loads(env["PROVIDER_ENDPOINTS"])) == {"kie", "apikley", "runware", "crun"}
+    assert json.loads(env["RESULT_HOSTS"]) == {p: ["127.0.0.1"] for p in LOCAL_PROVIDERS}
+    assert set(json.loads(env["PROVIDER_ENDPOINTS"])) == set(LOCAL_PROVIDERS) == set(PROVIDER_IDS)
     assert (env["PRESIGNED_URL_TTL_SECONDS"], env["PAIRING_TIMEOUT_SECONDS"], env["JOB_DEADLINE_SECONDS"]) == ("3600", "3600", "86400")
     assert env["MAX_RESULT_BYTES"] == "2147483648"
     assert (env["POWERTOOLS_SERVICE_NAME"], env["POWERTOOLS_METRICS_NAMESPACE"]) == ("aleph-pipeline", "AlephPipeline")
@@ -539,7 +540,7 @@ def test_spawned_stack_with_the_real_simulator_stops_cleanly_on_sigterm(tmp_path
         if has_simulator:
             assert httpx.get(f"{info['simulator_url']}/_sim/tasks", timeout=10).status_code == 200
             endpoints = json.loads(info["handler_env"]["PROVIDER_ENDPOINTS"])
-            assert endpoints == {p: f"{info['simulator_url']}/{p}" for p in ("kie", "apikley", "runware", "crun")}
+            assert endpoints == {p: f"{info['simulator_url']}/{p}" for p in LOCAL_PROVIDERS}
     finally:
         code = terminate(process)
     log = (tmp_path / "work" / "stack.log").read_text()

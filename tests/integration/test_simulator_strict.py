@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aleph_pipeline.errors import JobError
 from aleph_pipeline.finalize import finalize_job
 from aleph_pipeline.jobs import JobStore
 from aleph_pipeline.providers import Provider, ProviderError, SubmitRequest
@@ -354,7 +355,7 @@ def test_the_clients_documented_request_is_accepted(
     sink.wait_for(task_id)
 
 
-@pytest.mark.parametrize("provider_id", ["kie", "apikley", "runware", "crun"])
+@pytest.mark.parametrize("provider_id", ["kie", "apikley", "runware"])
 def test_an_undocumented_provider_option_is_a_clear_refusal(
     server: SimulatorServer, client: httpx.Client, media_url: str, sink: CallbackSink, provider_id: str
 ) -> None:
@@ -365,4 +366,19 @@ def test_an_undocumented_provider_option_is_a_clear_refusal(
     assert (caught.value.kind, error.code, error.retryable) == ("refused", "provider_rejected", False)
     [name] = extra
     assert name in error.message
+    assert tasks(client) == []
+
+
+def test_crun_refuses_an_undocumented_provider_option_at_intake_from_its_own_schema(
+    server: SimulatorServer, client: httpx.Client, media_url: str, sink: CallbackSink
+) -> None:
+    """crun's fields are read from its model's input_schema: the pipeline refuses what the schema
+    does not list before anything is sent (crun itself would answer 422, as the test above shows
+    for the others)."""
+    extra = SIDECARS["crun"][1]
+    with httpx.Client(timeout=10, trust_env=False) as http, pytest.raises(JobError) as caught:
+        adapter("crun", server, http).submit(submit_request("crun", sink, media_url, {"providerOptions": extra}))
+    [name] = extra
+    assert (caught.value.code, caught.value.retryable) == ("unsupported_option", False)
+    assert name in caught.value.message and "input_schema permits" in caught.value.message
     assert tasks(client) == []

@@ -292,7 +292,8 @@ def test_check_url_accepts_or_refuses_any_text(url: str) -> None:
         check_url(url, hosts, allow_http=False)
     except JobError as refused:
         assert refused.code == "result_rejected"
-        assert "secret" not in refused.message
+        if ":secret@" in url:  # a password in the URL is never echoed (the text "secret" alone may be)
+            assert "secret" not in refused.message
         return
     fetched = httpx.URL(url)
     assert fetched.scheme == "https"
