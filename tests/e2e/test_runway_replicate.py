@@ -32,7 +32,11 @@ def task_polls(stack: Stack, task_id: str) -> int:
 
 def test_a_runway_job_completes_through_its_poll_loop_alone(stack_clean: Stack, unique: str) -> None:
     stack = stack_clean
+    stack.sim_config(hold=True)  # the task stays RUNNING until released: the loop must poll again
     key = start(stack, f"incoming/runway-{unique}", "runway", f"runway {unique}")
+    running = stack.wait_for_job(key, states={"SUBMITTED"})
+    wait_until(lambda: task_polls(stack, str(running.get("providerTaskId") or "?")) >= 1, 60, "the first poll (about 6 s after the submit)")
+    stack.sim_config(hold=False)
     job = stack.wait_for_job(key, timeout=120)
     assert job["status"] == "COMPLETED", job.get("error")
     [task] = stack.sim_tasks(unique)
@@ -42,9 +46,20 @@ def test_a_runway_job_completes_through_its_poll_loop_alone(stack_clean: Stack, 
     took = entered(job, "SUCCEEDED") - entered(job, "SUBMITTED")
     assert took < SWEEP_SECONDS / 5, f"SUCCEEDED {took:.0f} s after the submit: not the poll loop's doing"
     polls = task_polls(stack, job["providerTaskId"])
-    assert 1 <= polls <= 12, polls  # a few backed-off polls (and finalize's confirming one)
+    assert 3 <= polls <= 12, polls  # the poll that saw it running, the one that saw it done, finalize's
     prefix = f"runway-{unique}/{job['jobId']}/"
     assert prefix + "result.mp4" in stack.output_keys(prefix)
+
+
+def test_a_failed_runway_task_fails_the_job_through_its_poll_loop(stack_clean: Stack, unique: str) -> None:
+    stack = stack_clean
+    stack.sim_faults([{"fault": "generation_failure", "provider": "runway", "match_prompt": unique}])
+    key = start(stack, f"incoming/runway-failed-{unique}", "runway", f"runway failed {unique}")
+    job = stack.wait_for_job(key, timeout=120)
+    assert job["status"] == "FAILED"
+    error = stack.output_json(f"runway-failed-{unique}/{job['jobId']}/error.json")
+    assert (error["code"], error["retryable"]) == ("generation_failed", False)
+    assert error["details"]["providerCode"].startswith("SAFETY.")
 
 
 def test_a_replicate_job_completes_through_its_signed_webhook(stack_clean: Stack, unique: str) -> None:
