@@ -8,18 +8,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from local.simulator.config import DEFAULT_KEYS as SIMULATOR_KEYS
 from local.template_config import CONTRACT_INPUT_PREFIX, QueueConfig, TemplateConfig
 
 log = logging.getLogger("local.provision")
 
-LOCAL_SECRET_VALUE: dict[str, Any] = {
-    "kie": "sim-kie-key",
-    "apikley": "sim-apikley-key",
-    "runware": "sim-runware-key",
-    "crun": "sim-crun-key",
-    "replicate": "sim-replicate-key",
-    "runway": "sim-runway-key",
-}
+# The provider keys the local stack puts in its secret: the simulator's own (its accounts).
+LOCAL_SECRET_VALUE: dict[str, Any] = dict(SIMULATOR_KEYS)
 
 CONTRACT_JOBS_TABLE: dict[str, Any] = {
     "AttributeDefinitions": [

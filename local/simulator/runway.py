@@ -155,6 +155,16 @@ class RunwayProtocol:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed JSON body: {exc}") from exc
 
+    def _json_object(self, request: Request) -> dict[str, Any] | Response:
+        """The request's JSON object, or Runway's validation answer when it is not one."""
+        try:
+            body = self._json(request)
+        except ValueError as exc:
+            return self._invalid([("", str(exc))])
+        if not isinstance(body, dict):
+            return self._invalid([("", "the body must be a JSON object")])
+        return body
+
     def _config(self, request: Request) -> Response:
         if request.method == "POST":
             try:
@@ -174,12 +184,9 @@ class RunwayProtocol:
     # ---- uploads ------------------------------------------------------------------------------
 
     def _create_upload(self, request: Request) -> Response:
-        try:
-            body = self._json(request)
-        except ValueError as exc:
-            return self._invalid([("", str(exc))])
-        if not isinstance(body, dict):
-            return self._invalid([("", "the body must be a JSON object")])
+        body = self._json_object(request)
+        if isinstance(body, Response):
+            return body
         problems = [("", message) for message in unknown_fields(body, UPLOAD_FIELDS)]
         filename = body.get("filename")
         if not isinstance(filename, str) or not filename or "/" in filename:
@@ -316,12 +323,9 @@ class RunwayProtocol:
         return problems
 
     def _create_task(self, request: Request) -> Response:
-        try:
-            body = self._json(request)
-        except ValueError as exc:
-            return self._invalid([("", str(exc))])
-        if not isinstance(body, dict):
-            return self._invalid([("", "the body must be a JSON object")])
+        body = self._json_object(request)
+        if isinstance(body, Response):
+            return body
         problems = self.validate(body)
         if problems:
             return self._invalid(problems)

@@ -211,9 +211,12 @@ def test_an_expired_output_link_is_refreshed_by_polling_again(runway: Runway) ->
         assert client.get(fresh.video_urls[0]).status_code == 200
 
 
-def test_finalize_copies_the_fresh_link_of_its_confirming_poll(runway: Runway, aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job that saw SUCCEEDED with a link that has since expired completes all the same:
-    finalize polls the task again (ConfirmResultsByPolling) and copies the fresh link."""
+@pytest.mark.parametrize("confirm", ["true", "false"])
+def test_finalize_copies_a_fresh_link_of_the_task(runway: Runway, aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch, confirm: str) -> None:
+    """A job that saw SUCCEEDED with a link that has since expired completes all the same: finalize
+    polls the task again, before copying (ConfirmResultsByPolling) or when the copy finds the link
+    expired (without it), and copies the fresh link."""
+    monkeypatch.setenv("CONFIRM_RESULTS_BY_POLLING", confirm)
     runway.sim_post("/_sim/faults", [{"fault": "expired_result", "provider": "runway"}])
     runway.sim_post("/_sim/config", {"keys": {"runway": "key-runway"}})  # the key in the stack's secret
     runway.adapter.api_key = lambda: "key-runway"

@@ -118,13 +118,14 @@ def finalize_job(job_id: str) -> None:
     outputs = []
     extension = result_extension(job)
     try:
-        for url, name in zip(videos, result_names(job, len(videos)), strict=True):
+        for index, (url, name) in enumerate(zip(videos, result_names(job, len(videos)), strict=True)):
             key = job.output_prefix + name
             with _result_client(extension, name) as http:
                 try:
                     size = storage.copy_url_to_s3(http, url, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]
                 except JobError as error:  # an expired or refused link: the provider may have a fresh one
-                    fresh = provider.refresh_result_url(url) if error.details.get("httpStatus") in (403, 404, 410) else None
+                    expired = error.details.get("httpStatus") in (403, 404, 410)
+                    fresh = provider.refresh_result_url(url, task_id=job.provider_task_id, index=index) if expired else None
                     if fresh is None:
                         raise
                     size = storage.copy_url_to_s3(http, fresh, bucket, key, content_type=_video_type(name), **copy)  # type: ignore[arg-type]

@@ -238,9 +238,11 @@ class Provider(ABC):
         """
         return None
 
-    def refresh_result_url(self, url: str) -> str | None:
+    def refresh_result_url(self, url: str, *, task_id: str | None = None, index: int = 0) -> str | None:
         """A fresh link for a result link that expired or was refused (403/404/410), or None when
-        the provider offers none. Raises ``TransientError`` when it could not be asked just now."""
+        the provider offers none. ``task_id`` and ``index`` (the result's place in the task's
+        output) are for a provider that gives fresh links on a new fetch of the task. Raises
+        ``TransientError`` when it could not be asked just now."""
         return None
 
     @abstractmethod

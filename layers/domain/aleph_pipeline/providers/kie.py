@@ -115,7 +115,7 @@ class KieProtocol(Provider):
             return Outcome("failed", task_id, error=self.provider_failure(str(error_message or f"task failed (successFlag {flag})")))
         return Outcome("running", task_id)
 
-    def refresh_result_url(self, url: str) -> str | None:
+    def refresh_result_url(self, url: str, *, task_id: str | None = None, index: int = 0) -> str | None:
         """``POST /api/v1/common/download-url {"url"}``: a fresh link (valid 20 minutes) for one of
         kie's own result links; kie refuses others (422), and then there is none (None)."""
         try:

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
+from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError, TransientError
 from ..sidecar import FrameImage, Sidecar
 from .base import (
     CallbackInvalid,
@@ -221,6 +221,18 @@ class RunwayProtocol(Provider):
         raise error
 
     # ---- answers -------------------------------------------------------------------------------
+
+    def refresh_result_url(self, url: str, *, task_id: str | None = None, index: int = 0) -> str | None:
+        """Runway's output links expire in 24-48 h; every fetch of the task gives fresh ones."""
+        if not task_id:
+            return None
+        try:
+            outcome = self.poll(task_id)
+        except ProviderError as exc:
+            if exc.kind == "refused":
+                return None
+            raise TransientError(f"{self.id}'s task could not be fetched again for a fresh link: {exc.message}") from exc
+        return outcome.video_urls[index] if outcome.state == "succeeded" and index < len(outcome.video_urls) else None
 
     def poll(self, task_id: str) -> Outcome:
         status, answer = self._send("GET", TASKS_PATH + task_id, headers=self._headers())
