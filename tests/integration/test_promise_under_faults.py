@@ -216,6 +216,33 @@ def test_a_job_whose_event_was_lost_is_submitted_by_the_reconciler_not_failed(ki
     assert len(FakeKie.tasks) == 1
 
 
+def test_a_lost_event_job_refused_for_now_at_its_pairing_deadline_waits_not_fails(kie: dict[str, Any]) -> None:
+    # As above, but the provider answers 429 when the reconciler finds the video at the pairing
+    # deadline (the chaos run met it): the video is there, so it is no pairing timeout; the
+    # refusal is a "not now", so the job waits for the next try and is then submitted once.
+    job_id = upload_pair(kie)
+    info = head(kie["input"], "incoming/team/shot.json")
+    assert info is not None
+    JobStore().create(
+        job_id,
+        {
+            "inputBucket": kie["input"],
+            "sidecarKey": "incoming/team/shot.json",
+            "sidecarVersion": info.version_marker,
+            "outputPrefix": f"team/shot/{job_id}/",
+            "pairingDeadline": int(time.time()) + 60,
+        },
+    )
+    FakeKie.answers = ["429"]
+    reconcile(time.time() + 120)
+    waiting = job(job_id)
+    assert waiting.state == JobState.RECEIVED and "pairingDeadline" not in waiting.item
+    assert FakeKie.tasks == []
+    reconcile(time.time() + 600)  # the refused submit's retry, well before the job's deadline
+    assert job(job_id).state == JobState.SUBMITTED
+    assert len(FakeKie.tasks) == 1
+
+
 def test_defect_6b_a_poll_that_raises_anything_still_meets_the_deadline(kie: dict[str, Any]) -> None:
     job_id = upload_pair(kie)
     handle_object_created(kie["input"], "incoming/team/shot.json")

@@ -247,7 +247,13 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
     if current is None or current.state != JobState.RECEIVED or current.submission_claimed:
         run.report.settled += 1
         return
-    if past_pairing:
+    if past_pairing and current.item.get("pairingDeadline") is None and not _past_deadline(current, run.now):
+        # The look found the video (its claim cleared the pairing deadline) and the provider
+        # refused for now (a 429): no pairing timeout. The job waits for the next try, like any
+        # refused submit, until its own deadline.
+        run.store.note_polled(job.id, JobState.RECEIVED)
+        return
+    if past_pairing and current.item.get("pairingDeadline") is not None:
         awaiting = current.item.get("awaitingVideo")
         video = f" (`{awaiting}` in the input bucket)" if awaiting else ""
         error = JobError("pairing_timeout", f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s", STAGE_INTAKE)
