@@ -5,6 +5,7 @@
     aleph list --state FAILED
     aleph watch <jobId>
     aleph get <jobId> --to out/
+    aleph doctor
 
 The stack is a deployed one named by ``--stack`` (or ``ALEPH_STACK``; found through its
 CloudFormation outputs, with your usual AWS credentials), else the local stack whose
@@ -15,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aleph_cli import jobs
+from aleph_cli import doctor, jobs
 from aleph_cli.errors import CliError
-from aleph_cli.stack import StackInfo, discover
+from aleph_cli.stack import LOCAL_DIR, STACK_JSON, StackInfo, discover
 
 STATE_CHOICES = ("RECEIVED", "SUBMITTED", "SUCCEEDED", "COMPLETED", "FAILED")
 
@@ -88,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("job_id", metavar="JOB")
     get.add_argument("--to", type=Path, help="folder (default: ./<jobId>)")
     get.set_defaults(command=cmd_get)
+
+    checkup = commands.add_parser("doctor", help="check the stack: provider keys, callback API, schedule, DLQs, stuck jobs (exit 1 if any needs fixing)")
+    checkup.set_defaults(command=cmd_doctor)
     return parser
 
 
@@ -163,6 +168,17 @@ def cmd_get(stack: StackInfo, args: argparse.Namespace) -> int:
     if job["status"] == "FAILED":
         return _fail(f"job {job['jobId']} FAILED: {jobs.describe_error(jobs.error_of(stack, job))}")
     return 0
+
+
+def cmd_doctor(stack: StackInfo, args: argparse.Namespace) -> int:
+    if stack.endpoint_url is None:
+        target = doctor.deployed_target(stack)
+    else:
+        target = doctor.local_target(Path(args.local or os.environ.get("ALEPH_LOCAL_DIR") or LOCAL_DIR) / STACK_JSON)
+    checks = doctor.run(stack, target)
+    for check in checks:
+        print(check.line)
+    return 1 if any(check.verdict == "fix" for check in checks) else 0
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -47,6 +47,8 @@ log = logging.getLogger("local.simulator")
 GENERATE_PATH = "/api/v1/aleph/generate"
 RECORD_INFO_PATH = "/api/v1/aleph/record-info"
 DOWNLOAD_URL_PATH = "/api/v1/common/download-url"
+CREDIT_PATH = "/api/v1/chat/credit"  # the account's credits: {"code": 200, "msg": "success", "data": <credits>}
+CREDITS = 10000
 # Where the fresh links download-url hands out are served (under the provider's prefix), and for how long.
 FRESH_FILES_PATH = "/_files/"
 FRESH_LINK_SECONDS = 20 * 60
@@ -129,7 +131,12 @@ class KieProtocol:
     def handle(self, request: Request) -> Response:
         if request.path.startswith(FRESH_FILES_PATH):
             return self._fresh_file(request)
-        routes = {GENERATE_PATH: ("POST", self._generate), RECORD_INFO_PATH: ("GET", self._record_info), DOWNLOAD_URL_PATH: ("POST", self._download_url)}
+        routes = {
+            GENERATE_PATH: ("POST", self._generate),
+            RECORD_INFO_PATH: ("GET", self._record_info),
+            DOWNLOAD_URL_PATH: ("POST", self._download_url),
+            CREDIT_PATH: ("GET", self._credit),
+        }
         route = routes.get(request.path)
         if route is None:
             return json_response({"code": 404, "msg": f"Not Found: {request.path}", "data": None}, 404)
@@ -182,6 +189,10 @@ class KieProtocol:
         self.ctx.before_answer(task, rules)
         spoiled = self.ctx.spoiled_answer(task, rules, lambda: self._answer(500, SUBMIT_FAULTS["submit_500"][2], http_status=500))
         return spoiled if spoiled is not None else self._answer(200, "success", {"taskId": task.task_id})
+
+    def _credit(self, request: Request) -> Response:
+        """``GET /api/v1/chat/credit``: the account's remaining credits (free; proves the key)."""
+        return self._answer(200, "success", CREDITS)
 
     def _record_info(self, request: Request) -> Response:
         task_id = request.query_value("taskId")

@@ -51,6 +51,7 @@ MODEL = "runwayml/gen4-aleph"
 CREATE_PATH = f"/v1/models/{MODEL}/predictions"
 PREDICTIONS_PREFIX = "/v1/predictions/"
 SECRET_PATH = "/v1/webhooks/default/secret"
+ACCOUNT_PATH = "/v1/account"  # the token's account: {type, username, name, github_url}
 DELIVERY_PREFIX = "/delivery/"
 
 BODY_FIELDS = frozenset({"input", "webhook", "webhook_events_filter"})
@@ -152,7 +153,7 @@ class ReplicateProtocol:
     def handle(self, request: Request) -> Response:
         if request.path.startswith(DELIVERY_PREFIX) and request.method == "GET":
             return self._delivery(request.path[len(DELIVERY_PREFIX) :])  # a CDN: no token
-        routes = {CREATE_PATH: "POST", SECRET_PATH: "GET"}
+        routes = {CREATE_PATH: "POST", SECRET_PATH: "GET", ACCOUNT_PATH: "GET"}
         expected = "GET" if request.path.startswith(PREDICTIONS_PREFIX) else routes.get(request.path)
         if expected is None:
             return problem(404, "Not found", f"no such endpoint: {request.path}")
@@ -161,6 +162,8 @@ class ReplicateProtocol:
         token = self._token(request)
         if token is None:
             return problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+        if request.path == ACCOUNT_PATH:  # free; proves the token
+            return json_response({"type": "organization", "username": "aleph-simulator", "name": "Aleph simulator", "github_url": None})
         if request.path == SECRET_PATH:
             return json_response({"key": self.secret_for(token)})
         if request.path == CREATE_PATH:

@@ -50,6 +50,7 @@ log = logging.getLogger("local.simulator")
 
 API_VERSION = "2024-11-06"
 MODEL = "aleph2"
+ORGANIZATION_PATH = "/v1/organization"  # the account's creditBalance, tier and usage
 BODY_FIELDS = frozenset({"model", "videoUri", "promptText", "keyframes", "seed", "ratio", "targetAspectRatio", "contentModeration"})
 KEYFRAME_FIELDS = frozenset({"uri", "seconds", "at"})
 UPLOAD_FIELDS = frozenset({"filename", "type"})
@@ -108,7 +109,11 @@ class RunwayProtocol:
             return self._output(path.removeprefix("/_outputs/"))
         if path == "/_sim/config" and method in ("GET", "POST"):
             return self._config(request)
-        routes = {("POST", "/v1/uploads"): self._create_upload, ("POST", "/v1/video_to_video"): self._create_task}
+        routes = {
+            ("POST", "/v1/uploads"): self._create_upload,
+            ("POST", "/v1/video_to_video"): self._create_task,
+            ("GET", ORGANIZATION_PATH): self._organization,
+        }
         handler = routes.get((method, path))
         task_id = path.removeprefix("/v1/tasks/") if path.startswith("/v1/tasks/") else None
         if handler is None and task_id is None:
@@ -123,6 +128,11 @@ class RunwayProtocol:
         if method == "DELETE" and task_id:
             return self._cancel(task_id)
         return self._error(405, f"Method {method} not allowed")
+
+    @staticmethod
+    def _organization(request: Request) -> Response:
+        """``GET /v1/organization``: the account's credit balance and limits (free; proves the key)."""
+        return json_response({"creditBalance": 100000, "tier": {"maxMonthlyCreditSpend": 1000000, "models": {}}, "usage": {"models": {}}})
 
     @staticmethod
     def _error(status: int, message: str, issues: list[dict[str, Any]] | None = None) -> Response:

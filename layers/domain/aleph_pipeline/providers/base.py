@@ -261,6 +261,28 @@ class Provider(ABC):
             return error  # the provider's own structured refusal of the request (a 4xx): it was not taken
         return ProviderError("ambiguous", error.code, f"{error.message} (the request may have been taken)", status)
 
+    # The call that proves the key and costs nothing (``verify_key``; the README names it).
+    key_check: ClassVar[str] = ""
+
+    def verify_key(self) -> str | None:
+        """None when the provider accepts the API key (through ``key_check``, a call that costs
+        nothing), else what to do about it. Never says the key."""
+        try:
+            status = self._key_check_status()
+        except JobError as exc:  # no key for this provider in the secret
+            return f"{exc.message}: add it"
+        except ProviderError as exc:
+            return f"could not ask {self.id} ({exc.message}): check {self.base_url} is reachable, then run this again"
+        if 200 <= status < 300:
+            return None
+        if status in (401, 403):
+            return f"{self.id} refused the API key ({self.key_check} answered {status}): put a valid `{self.id}` key in the provider secret"
+        return f"{self.id} answered {status} to {self.key_check}: the key could not be checked; try again later"
+
+    def _key_check_status(self) -> int:
+        """Send ``key_check``; the status it answered (the body's own code for a provider that answers 200 with one)."""
+        raise NotImplementedError(f"{type(self).__name__} has no key check")
+
     @property
     def allowed_result_hosts(self) -> tuple[str, ...]:
         return self.result_hosts or self.default_result_hosts

@@ -298,6 +298,12 @@ class CrunProtocol(Provider):
         retryable = _is_int(code) and code in RETRYABLE_CODES
         return JobError("generation_failed", text, STAGE_PROVIDER, retryable=retryable, details={"providerCode": code} if _is_int(code) else {})
 
+    key_check: ClassVar[str] = f"GET {MODEL_PATH}runway/gen-4-aleph (the model's input schema)"
+
+    def _key_check_status(self) -> int:
+        status, body = self._send("GET", MODEL_PATH + quote(self.default_model, safe="/"), headers=self._auth())
+        return _answered(status, body)
+
     def _auth(self) -> dict[str, str]:
         return {"x-api-key": self.api_key()}
 
@@ -317,3 +323,9 @@ def _message(body: Any) -> str:
         details = "; ".join(str(error) for error in errors[:10])
         text = f"{text}: {details}" if text else details
     return text
+
+
+def _answered(status: int, body: Any) -> int:
+    """The body's own ``code`` when the provider answers HTTP 200 with one, else the HTTP status."""
+    code = body.get("code") if isinstance(body, dict) else None
+    return int(code) if isinstance(code, int) and not isinstance(code, bool) else status

@@ -199,5 +199,17 @@ class KieProtocol(Provider):
             return ProviderError("ambiguous", "unreadable", f"{self.id} gave an unreadable answer ({text})", status)
         return ProviderError("refused", str(effective), f"{self.id}: {text}", status)
 
+    key_check: ClassVar[str] = "GET /api/v1/chat/credit (the account's credits)"
+
+    def _key_check_status(self) -> int:
+        status, body = self._send("GET", "/api/v1/chat/credit", headers=self._auth())
+        return _answered(status, body)
+
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key()}"}
+
+
+def _answered(status: int, body: Any) -> int:
+    """The body's own ``code`` when the provider answers HTTP 200 with one, else the HTTP status."""
+    code = body.get("code") if isinstance(body, dict) else None
+    return int(code) if isinstance(code, int) and not isinstance(code, bool) else status

@@ -225,6 +225,12 @@ class ReplicateProtocol(Provider):
             return Outcome("failed", prediction_id, error=self.provider_failure(reason or f"the prediction failed at {self.id}"))
         raise CallbackInvalid(f"unknown prediction status {status!r}; expected starting, processing, succeeded, failed or canceled")
 
+    key_check: ClassVar[str] = "GET /v1/account"
+
+    def _key_check_status(self) -> int:
+        status, _ = self._send("GET", "/v1/account", headers=self._auth())
+        return status
+
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key()}"}
 

@@ -310,6 +310,12 @@ class RunwareProtocol(Provider):
             return ProviderError("retryable", code or str(status), text, status)
         return ProviderError("refused", code or str(status), text, status)
 
+    key_check: ClassVar[str] = 'POST /v1 [{"taskType": "authentication"}]'
+
+    def _key_check_status(self) -> int:
+        status, _ = self._send("POST", "/v1", json=[{"taskType": "authentication", "apiKey": self.api_key()}])
+        return status
+
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key()}"}
 

@@ -265,6 +265,12 @@ class RunwayProtocol(Provider):
             return ProviderError("retryable", str(status), text, status)
         return ProviderError("refused", str(status), text, status)
 
+    key_check: ClassVar[str] = "GET /v1/organization (the account's credits and limits)"
+
+    def _key_check_status(self) -> int:
+        status, _ = self._send("GET", "/v1/organization", headers=self._headers())
+        return status
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key()}", "X-Runway-Version": API_VERSION}
 
