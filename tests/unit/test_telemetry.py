@@ -59,6 +59,7 @@ def history(*states: tuple[str, str]) -> list[dict[str, str]]:
 
 def test_a_completed_job_counts_once_with_its_time_from_upload(capsys: pytest.CaptureFixture[str]) -> None:
     item = {
+        "jobId": "job-7",
         "status": "COMPLETED",
         "provider": "runware",
         "history": history(
@@ -69,11 +70,13 @@ def test_a_completed_job_counts_once_with_its_time_from_upload(capsys: pytest.Ca
         ),
     }
     telemetry.job_moved(item)
-    metrics = [metric_of(line) for line in emf_lines(capsys.readouterr().out)]
+    lines = emf_lines(capsys.readouterr().out)
+    metrics = [metric_of(line) for line in lines]
     assert metrics == [
         ("JobsCompleted", "Count", ["Provider", "service"], 1.0),
         ("UploadToCompleteSeconds", "Seconds", ["Provider", "service"], 70.0),
     ]
+    assert {line["jobId"] for line in lines} == {"job-7"}  # metadata, not a dimension
 
 
 def test_submitted_and_succeeded_moves_time_the_submit_and_the_provider(capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,15 +95,15 @@ def test_a_failure_before_a_provider_was_chosen_is_counted_under_unknown(capsys:
 
 
 def test_cost_is_emitted_only_when_the_provider_reported_one(capsys: pytest.CaptureFixture[str]) -> None:
-    telemetry.provider_cost("kie", None)
-    telemetry.provider_cost("kie", Decimal("0.125"))
+    telemetry.provider_cost("job-1", "kie", None)
+    telemetry.provider_cost("job-1", "kie", Decimal("0.125"))
     (line,) = emf_lines(capsys.readouterr().out)
     assert metric_of(line) == ("ProviderCostUSD", "None", ["Provider", "service"], 0.125)
 
 
 def test_copy_throughput_is_bytes_copied_over_seconds(capsys: pytest.CaptureFixture[str]) -> None:
-    telemetry.copy_throughput("kie", [{"key": "a", "size": 3_000}, {"key": "b", "size": 1_000}], 2.0)
-    telemetry.copy_throughput("kie", [], 2.0)  # nothing copied: no line
+    telemetry.copy_throughput("job-1", "kie", [{"key": "a", "size": 3_000}, {"key": "b", "size": 1_000}], 2.0)
+    telemetry.copy_throughput("job-1", "kie", [], 2.0)  # nothing copied: no line
     (line,) = emf_lines(capsys.readouterr().out)
     assert metric_of(line) == ("CopyBytesPerSecond", "Bytes/Second", ["Provider", "service"], 2_000.0)
 

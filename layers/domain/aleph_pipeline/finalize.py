@@ -135,7 +135,7 @@ def finalize_job(job_id: str) -> None:
     except JobError as error:
         fail_job(store, job_id, error)  # removes the results already copied: error.json stands alone
         return
-    telemetry.copy_throughput(str(job.provider), outputs, time.monotonic() - copy_started)
+    telemetry.copy_throughput(job_id, str(job.provider), outputs, time.monotonic() - copy_started)
     if cover:
         outputs.extend(_copy_cover(job, cover, bucket, copy))
     completed_at = now_iso()
@@ -144,7 +144,7 @@ def finalize_job(job_id: str) -> None:
     storage.put_json(bucket, manifest_key, document)
     if store.mark_completed(job_id, outputs, completed_at):
         logger.info("completed", extra={"outputs": [output["key"] for output in outputs]})
-        telemetry.provider_cost(str(job.provider), job.item.get("cost"))
+        telemetry.provider_cost(job_id, str(job.provider), job.item.get("cost"))
 
 
 def _copy_cover(job: Job, cover: str, bucket: str, copy: dict[str, object]) -> list[dict[str, object]]:

@@ -234,7 +234,7 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
-        telemetry.job_received()
+        telemetry.job_received(job_id)
         return Job(item), True
 
     def update_details(self, job_id: str, attributes: dict[str, Any]) -> bool:
