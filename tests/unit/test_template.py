@@ -158,6 +158,7 @@ NAME_PROPERTIES = {
     "AWS::SecretsManager::Secret": "Name",
     "AWS::Logs::LogGroup": "LogGroupName",
     "AWS::CloudWatch::Alarm": "AlarmName",
+    "AWS::CloudWatch::Dashboard": "DashboardName",
     "AWS::Serverless::HttpApi": "Name",
     "AWS::ApiGatewayV2::Api": "Name",
 }
@@ -747,3 +748,65 @@ def test_each_function_is_granted_exactly_what_it_calls(template: dict[str, Any]
 
 def test_every_function_has_its_grants_pinned(resources: dict[str, Any]) -> None:
     assert {name for name, body in resources.items() if body["Type"] == "AWS::Serverless::Function"} == set(ALLOWED_ACTIONS)
+
+
+def _dashboard_body(template: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard body with each ${X} of its Fn::Sub replaced by X (the resource it names)."""
+    body = _props(template["Resources"], "OperationsDashboard")["DashboardBody"]["Fn::Sub"]
+    assert isinstance(body, str)
+    for reference in set(re.findall(r"\$\{([^}]+)\}", body)):
+        assert reference.split(".")[0] in template["Resources"] or reference.startswith("AWS::"), reference
+    document: dict[str, Any] = json.loads(re.sub(r"\$\{([^}]+)\}", r"\1", body))
+    return document
+
+
+def _dashboard_metrics(template: dict[str, Any]) -> set[tuple[str, str]]:
+    """(namespace, metric name) of every metric the dashboard's widgets show."""
+    named: set[tuple[str, str]] = set()
+    for widget in _dashboard_body(template)["widgets"]:
+        for row in widget["properties"]["metrics"]:
+            if isinstance(row[0], dict):  # a SEARCH expression: {namespace,dimension,...} MetricName="..."
+                found = re.fullmatch(r"SEARCH\('\{([^,}]+)[^}]*\} MetricName=\"(\w+)\"', '\w+', \d+\)", row[0]["expression"])
+                assert found, row[0]["expression"]
+                named.add((found[1], found[2]))
+            else:
+                named.add((row[0], row[1]))
+    return named
+
+
+def test_the_dashboard_shows_every_catalogued_metric_and_no_other_of_ours(template: dict[str, Any]) -> None:
+    from aleph_pipeline.telemetry import CATALOGUE
+
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    named = _dashboard_metrics(template)
+    ours = {name for space, name in named if space == namespace}
+    assert ours == set(CATALOGUE)
+    assert {space for space, _ in named} - {namespace} <= {"AWS/SQS", "AWS/Lambda"}
+
+
+def test_the_dashboard_searches_each_metric_by_its_catalogued_dimensions(template: dict[str, Any]) -> None:
+    from aleph_pipeline.telemetry import CATALOGUE
+
+    for widget in _dashboard_body(template)["widgets"]:
+        for row in widget["properties"]["metrics"]:
+            if isinstance(row[0], dict):
+                keys, name = re.findall(r"\{([^}]*)\} MetricName=\"(\w+)\"", row[0]["expression"])[0]
+                # Powertools adds the service dimension to every line.
+                assert sorted(keys.split(",")[1:]) == sorted([*CATALOGUE[name].dimensions, "service"]), name
+
+
+def test_the_dashboard_watches_the_submit_queue_each_dlq_and_every_function(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    rows = [row for widget in _dashboard_body(template)["widgets"] for row in widget["properties"]["metrics"] if isinstance(row[0], str)]
+    queues = {row[3].removesuffix(".QueueName") for row in rows if row[0] == "AWS/SQS"}
+    dlqs = {name for name, resource in resources.items() if resource["Type"] == "AWS::SQS::Queue" and name not in {"SubmitQueue", "PollQueue"}}
+    assert queues == dlqs | {"SubmitQueue"}
+    functions = {name for name, resource in resources.items() if resource["Type"] == "AWS::Serverless::Function"}
+    for metric in ("Errors", "Throttles"):
+        assert {row[3] for row in rows if row[:2] == ["AWS/Lambda", metric]} == functions, metric
+    assert {row[1] for row in rows if row[0] == "AWS/SQS"} == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"}
+
+
+def test_the_dashboard_url_is_a_stack_output(template: dict[str, Any]) -> None:
+    url = template["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]
+    assert url.endswith("#dashboards/dashboard/${OperationsDashboard}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from functools import lru_cache
 
 import httpx
 
-from . import media, storage
+from . import media, storage, telemetry
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
 from .jobs import Job, JobState, JobStore, now_iso
@@ -117,6 +118,7 @@ def finalize_job(job_id: str) -> None:
     }
     outputs = []
     extension = result_extension(job)
+    copy_started = time.monotonic()
     try:
         for index, (url, name) in enumerate(zip(videos, result_names(job, len(videos)), strict=True)):
             key = job.output_prefix + name
@@ -133,6 +135,7 @@ def finalize_job(job_id: str) -> None:
     except JobError as error:
         fail_job(store, job_id, error)  # removes the results already copied: error.json stands alone
         return
+    telemetry.copy_throughput(job_id, str(job.provider), outputs, time.monotonic() - copy_started)
     if cover:
         outputs.extend(_copy_cover(job, cover, bucket, copy))
     completed_at = now_iso()
@@ -141,6 +144,7 @@ def finalize_job(job_id: str) -> None:
     storage.put_json(bucket, manifest_key, document)
     if store.mark_completed(job_id, outputs, completed_at):
         logger.info("completed", extra={"outputs": [output["key"] for output in outputs]})
+        telemetry.provider_cost(job_id, str(job.provider), job.item.get("cost"))
 
 
 def _copy_cover(job: Job, cover: str, bucket: str, copy: dict[str, object]) -> list[dict[str, object]]:

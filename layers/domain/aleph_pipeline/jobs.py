@@ -21,6 +21,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
+from . import telemetry
 from .config import get_settings
 from .errors import JobError
 
@@ -198,6 +199,17 @@ class JobStore:
             raise
         return True
 
+    def _update_returning(self, **update: Any) -> dict[str, Any] | None:
+        """One conditional update answering the item as written; None when its condition does not hold."""
+        try:
+            answer = self.table.update_item(**update, ReturnValues="ALL_NEW")
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return None
+            raise
+        written: dict[str, Any] = answer.get("Attributes", {}) if isinstance(answer, dict) else {}
+        return written
+
     # Creation
 
     def create(self, job_id: str, attributes: dict[str, Any]) -> tuple[Job, bool]:
@@ -222,6 +234,7 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
+        telemetry.job_received(job_id)
         return Job(item), True
 
     def update_details(self, job_id: str, attributes: dict[str, Any]) -> bool:
@@ -414,13 +427,16 @@ class JobStore:
         condition = f"#status IN ({', '.join(f':from{index}' for index in range(len(allowed)))})"
         if unclaimed_only:
             condition += " AND attribute_not_exists(submission)"
-        return self._update_if(
+        written = self._update_returning(
             Key={"jobId": job_id},
             UpdateExpression="SET " + ", ".join(sets),
             ConditionExpression=condition,
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
         )
+        if written is not None:
+            telemetry.job_moved(written)  # counted only for a move that was written
+        return written is not None
 
     def _set_if_absent(self, job_id: str, name: str, value: Any) -> None:
         self.table.update_item(
