@@ -205,20 +205,12 @@ def verifier(target: Target) -> Callable[[str, str], str | None]:
     """``verify(provider, key)``: the provider's own ``verify_key`` with that key."""
     import httpx
 
-    from aleph_pipeline.providers import _REGISTRY, USER_AGENT
+    from aleph_pipeline.providers import USER_AGENT, build_provider
 
     http = httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False, headers={"User-Agent": USER_AGENT})
 
     def verify(provider_id: str, key: str) -> str | None:
-        base_url, constructor, models, hosts = _REGISTRY[provider_id]
-        provider = constructor(
-            id=provider_id,
-            base_url=target.provider_endpoints.get(provider_id, base_url).rstrip("/"),
-            api_key=lambda: key,
-            http=http,
-            models=models,
-            default_result_hosts=hosts,
-        )
+        provider = build_provider(provider_id, base_url=target.provider_endpoints.get(provider_id), http=http, api_key=lambda: key)
         problem: str | None = provider.verify_key()
         return problem
 

@@ -191,13 +191,7 @@ class JobStore:
 
     def _update_if(self, **update: Any) -> bool:
         """One conditional update; False (not an error) when its condition does not hold."""
-        try:
-            self.table.update_item(**update)
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        return self._update_returning(**update) is not None
 
     def _update_returning(self, **update: Any) -> dict[str, Any] | None:
         """One conditional update answering the item as written; None when its condition does not hold."""

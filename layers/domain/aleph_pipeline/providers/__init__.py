@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import httpx
 
@@ -29,6 +30,7 @@ __all__ = [
     "ResultItem",
     "SubmitRequest",
     "VideoInfo",
+    "build_provider",
     "get_provider",
 ]
 
@@ -72,14 +74,20 @@ def get_provider(provider_id: str) -> Provider:
             f"provider `{provider_id}` is not available; use one of: {', '.join(PROVIDER_IDS)}",
             STAGE_INTAKE,
         )
-    base_url, constructor, models, hosts = _REGISTRY[provider_id]
-    return constructor(
-        id=provider_id,
-        base_url=settings.provider_endpoints.get(provider_id, base_url).rstrip("/"),
+    return build_provider(
+        provider_id,
+        base_url=settings.provider_endpoints.get(provider_id),
         api_key=lambda: provider_api_key(provider_id),
         webhook_key=lambda: provider_webhook_key(provider_id),
         http=_http_client(settings.provider_read_timeout_seconds),
-        models=models,
-        default_result_hosts=hosts,
         result_hosts=tuple(settings.result_hosts.get(provider_id, ())),
+    )
+
+
+def build_provider(provider_id: str, *, base_url: str | None = None, http: httpx.Client, **keys_and_hosts: Any) -> Provider:
+    """The adapter of a registered provider, at ``base_url`` (default: its production API): what
+    ``get_provider`` builds from the settings, and ``aleph doctor`` with a key of its own."""
+    production_url, constructor, models, hosts = _REGISTRY[provider_id]
+    return constructor(
+        id=provider_id, base_url=(base_url or production_url).rstrip("/"), http=http, models=models, default_result_hosts=hosts, **keys_and_hosts
     )
