@@ -4,6 +4,7 @@ provider that counts the tasks it created: the truth for "paid twice"."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -382,6 +383,9 @@ class FakeRunware(BaseHTTPRequestHandler):
     """Runware's task API as far as a resubmit goes: a taken taskUUID is answered conflictTaskUUID."""
 
     tasks: list[str] = []  # noqa: RUF012
+    # What each submit meets before the rules above: "reset" (the task is made, the connection
+    # closed with no answer), "429" or "402" (refused, nothing made).
+    answers: list[str] = []  # noqa: RUF012
 
     def do_POST(self) -> None:
         tasks = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
@@ -391,7 +395,18 @@ class FakeRunware(BaseHTTPRequestHandler):
             status, body = 400, {"errors": [{"code": "taskFailedOrNotFound", "message": "no such task", "taskUUID": task["taskUUID"]}]}
         if task["taskType"] == "videoInference":
             with FakeKie.lock:
-                if task["taskUUID"] in self.tasks:
+                answer = self.answers.pop(0) if self.answers else ""
+                if answer == "reset":
+                    if task["taskUUID"] not in self.tasks:
+                        self.tasks.append(task["taskUUID"])
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if answer in ("429", "402"):
+                    status = int(answer)
+                    code = "rateLimitExceeded" if answer == "429" else "insufficientCredits"
+                    body = {"errors": [{"code": code, "message": f"refused ({answer})", "taskUUID": task["taskUUID"]}]}
+                elif task["taskUUID"] in self.tasks:
                     status = 400
                     body = {"errors": [{"code": "conflictTaskUUID", "message": "taken", "parameter": "taskUUID", "taskUUID": task["taskUUID"]}]}
                 else:
@@ -419,7 +434,7 @@ def test_a_runware_claim_whose_answer_was_never_recorded_is_sent_again_once(
     for a task that was never created, and the job failed as generation_failed."""
     from aleph_pipeline.providers.runware import task_uuid
 
-    FakeRunware.tasks = []
+    FakeRunware.tasks, FakeRunware.answers = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRunware)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -446,6 +461,51 @@ def test_a_runware_claim_whose_answer_was_never_recorded_is_sent_again_once(
         reconcile()
         assert FakeRunware.tasks == [task_uuid(job_id)]  # one task, whichever it was
         assert (job(job_id).state, job(job_id).provider_task_id) == (JobState.SUBMITTED, task_uuid(job_id))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["before the deadline", "past the deadline"])
+@pytest.mark.parametrize("refusal", ["429", "402"])
+def test_a_runware_job_whose_unanswered_request_made_the_task_is_never_failed_as_not_taken(
+    kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch, refusal: str, late: bool
+) -> None:
+    """Found by the chaos run in CI: Runware reset the connection after taking the request; the
+    repeat (safe: same taskUUID) was refused with a 429 on the last attempt, and the job failed as
+    provider_unavailable ("did not take the request") while its task ran and was charged. A 402 on
+    the repeat may even be because the first request was charged."""
+    from aleph_pipeline.providers.runware import task_uuid
+
+    FakeRunware.tasks, FakeRunware.answers = [], ["reset", refusal]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRunware)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoints = {**dict.fromkeys(PROVIDER_IDS, "http://127.0.0.1:9"), "runware": f"http://127.0.0.1:{server.server_address[1]}"}
+        monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps(endpoints))
+        monkeypatch.setenv("SUBMIT_MAX_ATTEMPTS", "2")
+        clear_caches()
+        job_id = upload_pair(kie, sidecar={"prompt": "snow", "provider": "runware", "model": "runway:2@1"})
+        with pytest.raises(TransientError):
+            handle_object_created(kie["input"], "incoming/team/shot.json", 1)  # reset: sent again, same taskUUID
+        deadline = int(job(job_id).item["deadlineAt"])
+        handle_object_created(kie["input"], "incoming/team/shot.json", 2)  # the last attempt is refused
+        waiting = job(job_id)
+        assert waiting.state == JobState.RECEIVED and waiting.submit_unanswered
+        assert "may have taken the task" in str(waiting.waiting_for)
+        assert int(waiting.item["deadlineAt"]) == deadline  # a repeat never pushes the deadline out
+        assert FakeRunware.tasks == [task_uuid(job_id)]
+        if late:
+            # Past its deadline, the task still running: an ambiguous submit, never "not taken".
+            report = reconcile(deadline + 10)
+            assert report.timed_out == 1
+            error = error_json(kie, job_id)
+            assert error["code"] == "submit_ambiguous" and "RemoteProtocolError" in error["message"]
+        else:
+            # Before it, the reconciler sends the same request again: "taskUUID taken" proves the task.
+            reconcile()
+            assert (job(job_id).state, job(job_id).provider_task_id) == (JobState.SUBMITTED, task_uuid(job_id))
+        assert FakeRunware.tasks == [task_uuid(job_id)]
     finally:
         server.shutdown()
         server.server_close()

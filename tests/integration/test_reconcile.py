@@ -176,3 +176,27 @@ def test_claims_are_left_alone_for_the_claim_settle_time(indexed: dict[str, Any]
     put(indexed, "8" * 32, "RECEIVED", submission=settled, deadlineAt=int(now) - 1)
     assert reconcile(now).timed_out == 1
     assert [state("7" * 32), state("8" * 32)] == ["RECEIVED", "FAILED"]
+
+
+def test_an_older_failure_without_error_json_is_repaired_however_many_failed_after_it(indexed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the 500-job chaos run: the repair looked at the newest failures only, so a job cut
+    off before its error.json stayed without one once more than a batch of jobs failed after it."""
+    from aleph_pipeline.errors import JobError
+    from aleph_pipeline.outputs import fail_job
+
+    monkeypatch.setenv("RECONCILE_BATCH_SIZE", "3")
+    clear_caches()
+    store = JobStore()
+    recent = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 60))
+    # The oldest failure's invocation was cut off between the FAILED write and error.json.
+    put(indexed, "0" * 32, "FAILED", updatedAt=recent, error={"code": "generation_failed", "message": "m", "stage": "provider"})
+    newer = [f"{index:032d}" for index in range(1, 8)]  # more than a batch, each with its error.json
+    for job_id in newer:
+        put(indexed, job_id, "RECEIVED")
+        fail_job(store, job_id, JobError("generation_failed", "the provider failed it", "provider"))
+    report = reconcile()
+    assert report.repaired == 1
+    document = json.loads(indexed["s3"].get_object(Bucket=indexed["output"], Key=f"x/{'0' * 32}/error.json")["Body"].read())
+    assert document["code"] == "generation_failed"
+    # Noted as written: the next run has nothing to repair and reads no error.json again.
+    assert reconcile().repaired == 0 and reconcile().examined == 0

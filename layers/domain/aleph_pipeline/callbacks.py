@@ -87,7 +87,7 @@ def apply_outcome(store: JobStore, job: Job, provider: Provider, outcome: Outcom
     """
     if job.state == JobState.FAILED:
         # A repeat of the outcome that failed it may follow an invocation cut off before error.json.
-        write_error_json(job)
+        write_error_json(store, job)
     if job.state in TERMINAL or job.state == JobState.SUCCEEDED:
         logger.info("late or repeated outcome; no change", extra={"state": job.state})
         return "ignored"

@@ -90,7 +90,7 @@ def finalize_job(job_id: str) -> None:
     if job is not None and job.state == JobState.FAILED and job.reached(JobState.SUCCEEDED):
         # A retry after an invocation cut off between the FAILED write and error.json.
         clear_outputs(job)
-        write_error_json(job)
+        write_error_json(store, job)
         return
     if job is None or job.state != JobState.SUCCEEDED:
         logger.info("nothing to finalize", extra={"job_id": job_id, "state": job.state if job else None})

@@ -28,7 +28,7 @@ from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 from . import polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
-from .jobs import Job, JobState, JobStore, epoch_after
+from .jobs import Claim, Job, JobState, JobStore, epoch_after
 from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relative
 from .log import logger
 from .outputs import fail_job, write_error_json
@@ -327,7 +327,7 @@ def _image_url(sidecar_info: storage.ObjectInfo, reference: str) -> str:
 
 def act(store: JobStore, job: Job, facts: IntakeFacts, action: Action, time_left: Callable[[], float] | None = None) -> None:
     if action.act == Act.REWRITE_ERROR:
-        write_error_json(job)
+        write_error_json(store, job)
     elif action.act == Act.FAIL and action.error is not None:
         fail_job(store, job.id, action.error, unless_claimed=True)
     elif action.act == Act.RETRY:
@@ -365,14 +365,18 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     try:
         task_id = plan.provider.submit(request)
     except ProviderError as exc:
-        _after_refusal(store, job_id, claim.claim_id, exc, attempts_left, idempotent=plan.provider.idempotent_submit)
+        _after_refusal(store, job_id, claim, exc, attempts_left, idempotent=plan.provider.idempotent_submit)
         return
     except (JobError, TransientError) as exc:
         # Raised before anything was sent (the key could not be read just now).
-        store.release_claim(job_id, claim.claim_id, str(exc))
         if isinstance(exc, JobError) and not (exc.retryable and attempts_left):
+            if claim.sent_before:
+                _await_earlier_send(store, job_id, claim, str(exc))
+                return
+            store.release_claim(job_id, claim.claim_id, str(exc))
             fail_job(store, job_id, exc)
             return
+        store.release_claim(job_id, claim.claim_id, str(exc))
         raise TransientError(str(exc)) from exc
     moved = store.mark_submitted(job_id, task_id)
     logger.info("submitted", extra={"provider": plan.provider.id, "model": plan.model, "provider_task_id": task_id})
@@ -380,18 +384,29 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         polling.start(job_id)  # no callback will come: the job's own poll loop finds the outcome
 
 
-def _after_refusal(store: JobStore, job_id: str, claim_id: str, exc: ProviderError, attempts_left: bool, *, idempotent: bool) -> None:
+def _after_refusal(store: JobStore, job_id: str, claim: Claim, exc: ProviderError, attempts_left: bool, *, idempotent: bool) -> None:
     if exc.kind == "ambiguous" and idempotent and attempts_left:
         # The same request again either creates the task or is answered "already taken": one task.
-        store.release_claim(job_id, claim_id, exc.message)
+        store.release_claim(job_id, claim.claim_id, exc.message, may_have_reached=True)
         raise TransientError(exc.message) from exc
     if exc.kind == "ambiguous":
         # Never resubmit: the callback (it carries our job id and token) or a poll settles it,
         # or the deadline fails it as `submit_ambiguous`.
-        store.note_unanswered(job_id, claim_id, exc.message)
+        store.note_unanswered(job_id, claim.claim_id, claim.sent_before or exc.message)
         logger.warning("submission outcome unknown; waiting for the provider", extra={"reason": exc.message})
         return
     if exc.kind == "retryable" and attempts_left:
-        store.release_claim(job_id, claim_id, exc.message)
+        store.release_claim(job_id, claim.claim_id, exc.message)
         raise TransientError(exc.message) from exc
+    if claim.sent_before:
+        _await_earlier_send(store, job_id, claim, exc.message)
+        return
     fail_job(store, job_id, exc.to_job_error())
+
+
+def _await_earlier_send(store: JobStore, job_id: str, claim: Claim, answer: str) -> None:
+    """A repeat that ends without a task id, after an earlier request went unanswered: that one
+    may have made the task (and a refusal now, a 402 say, may be because it did). Never failed
+    as "not taken": the job waits for the callback or a poll, or its deadline (`submit_ambiguous`)."""
+    store.note_unanswered(job_id, claim.claim_id, str(claim.sent_before))
+    logger.warning("a repeated submit was not taken; the earlier request may have been", extra={"reason": answer})

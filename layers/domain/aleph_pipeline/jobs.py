@@ -60,6 +60,9 @@ class Claim:
 
     claim_id: str
     token: str
+    # Why an earlier request for this job may have reached the provider unanswered (a reset, a
+    # 5xx), if one did: the job may have a task already, so no later answer may fail it as "not taken".
+    sent_before: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,12 @@ class Job:
         return int(self.item.get("pollSeq", 0))
 
     @property
+    def sent_before(self) -> str | None:
+        """Why an earlier request may have reached the provider unanswered (see ``JobStore.release_claim``)."""
+        sent = self.item.get("ambiguousSend")
+        return str(sent["reason"]) if isinstance(sent, dict) else None
+
+    @property
     def submission_claimed(self) -> bool:
         return "submission" in self.item
 
@@ -123,7 +132,7 @@ class Job:
         if self.state != JobState.RECEIVED:
             return None
         if self.submit_unanswered:
-            return "awaiting the provider after an unanswered submit (it may have taken the task; never sent again)"
+            return "awaiting the provider after an unanswered submit (it may have taken the task; no second task is ever made)"
         if self.submission_claimed:
             return "submitting to the provider"
         if self.item.get("lastRefusal"):
@@ -272,7 +281,8 @@ class JobStore:
             "submission = :claim",
             "callbackToken = if_not_exists(callbackToken, :token)",
             "tokenHash = if_not_exists(tokenHash, :hash)",
-            "deadlineAt = :deadline",
+            # Set by the first claim only: retries after refusals never push the deadline out.
+            "deadlineAt = if_not_exists(deadlineAt, :deadline)",
         ]
         try:
             answer = self.table.update_item(
@@ -287,17 +297,26 @@ class JobStore:
             if _conditional_failed(exc):
                 return None
             raise
-        return Claim(claim_id, str(answer["Attributes"]["callbackToken"]))
+        claimed = Job(answer["Attributes"])
+        return Claim(claim_id, str(claimed.item["callbackToken"]), claimed.sent_before)
 
-    def release_claim(self, job_id: str, claim_id: str, refusal: str) -> None:
-        """Give the claim back after the provider provably did not take the request (429, 455, no
-        connection). The token stays: the next attempt sends the same callback URL."""
+    def release_claim(self, job_id: str, claim_id: str, refusal: str, *, may_have_reached: bool = False) -> None:
+        """Give the claim back for another attempt: after the provider provably did not take the
+        request (429, 455, no connection), or, with ``may_have_reached``, after an unanswered
+        request to a provider whose repeat cannot make a second task (Runware's own taskUUID).
+        The latter is remembered for good (``ambiguousSend``): such a job may have a task, so it
+        is never failed as "not taken". The token stays: every attempt sends the same callback URL."""
+        values: dict[str, Any] = {":claim": claim_id, ":received": JobState.RECEIVED.value, ":refusal": refusal[:500], ":at": now_iso()}
+        expression = "REMOVE submission SET lastRefusal = :refusal, updatedAt = :at"
+        if may_have_reached:
+            expression += ", ambiguousSend = if_not_exists(ambiguousSend, :sent)"
+            values[":sent"] = {"reason": refusal[:500], "at": values[":at"]}
         self._update_if(
             Key={"jobId": job_id},
-            UpdateExpression="REMOVE submission SET lastRefusal = :refusal, updatedAt = :at",
+            UpdateExpression=expression,
             ConditionExpression="#status = :received AND submission.claimId = :claim",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value, ":refusal": refusal[:500], ":at": now_iso()},
+            ExpressionAttributeValues=values,
         )
 
     def note_unanswered(self, job_id: str, claim_id: str, reason: str) -> bool:
@@ -460,17 +479,36 @@ class JobStore:
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return found[:limit]
 
-    def recent(self, state: JobState, since: str, limit: int) -> list[Job]:
-        """Up to ``limit`` jobs in ``state`` updated since ``since``, newest first (GSI query)."""
-        page = self.table.query(
-            IndexName=STATUS_INDEX,
-            KeyConditionExpression="#status = :state AND updatedAt >= :since",
+    def failed_without_error_json(self, since: str, limit: int) -> list[Job]:
+        """Up to ``limit`` FAILED jobs updated since ``since`` whose ``error.json`` is not known to be
+        written (``note_error_written``), oldest first. Pages through the status index, so any number
+        of newer failures cannot hide an older one."""
+        found: list[Job] = []
+        query: dict[str, Any] = {
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "#status = :state AND updatedAt >= :since",
+            "FilterExpression": "attribute_not_exists(errorWritten)",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":state": JobState.FAILED.value, ":since": since},
+        }
+        while len(found) < limit:
+            page = self.table.query(**query)
+            found.extend(Job(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return found[:limit]
+
+    def note_error_written(self, job_id: str) -> None:
+        """Record that the FAILED job's ``error.json`` is in place (the reconciler's repair skips it).
+        ``updatedAt`` stays: it is when the job failed."""
+        self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET errorWritten = :yes",
+            ConditionExpression="#status = :failed",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":state": state.value, ":since": since},
-            ScanIndexForward=False,
-            Limit=limit,
+            ExpressionAttributeValues={":yes": True, ":failed": JobState.FAILED.value},
         )
-        return [Job(item) for item in page.get("Items", [])]
 
     def note_polled(self, job_id: str, state: JobState) -> None:
         """Record a poll that found the job still running, so other stale jobs get their turn."""

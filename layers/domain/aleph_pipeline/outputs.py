@@ -45,7 +45,7 @@ def fail_job(store: JobStore, job_id: str, error: JobError, *, unless_claimed: b
         return
     if job.reached(JobState.SUCCEEDED):
         clear_outputs(job)  # results copied before the failure must not stand beside error.json
-    write_error_json(job)
+    write_error_json(store, job)
     if moved:
         logger.warning("job failed", extra={"job_id": job_id, "error_code": error.code, "stage": error.stage})
 
@@ -59,7 +59,8 @@ def clear_outputs(job: Job) -> None:
         logger.info("partial outputs removed", extra={"keys": keys})
 
 
-def write_error_json(job: Job) -> None:
+def write_error_json(store: JobStore, job: Job) -> None:
+    """Write the FAILED job's ``error.json`` (again, after a cut-off invocation) and note it on the job."""
     item = job.to_manifest()
     document: dict[str, Any] = {
         **item.get("error", {}),
@@ -72,6 +73,7 @@ def write_error_json(job: Job) -> None:
         "history": item.get("history", []),
     }
     storage.put_json(get_settings().output_bucket_name, job.output_prefix + "error.json", {k: v for k, v in document.items() if v is not None})
+    store.note_error_written(job.id)
 
 
 def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict[str, Any]:

@@ -12,7 +12,10 @@ number per run, never a scan) and:
   until the deadline. It never submits again: that could pay twice.
 - SUCCEEDED past the finalize grace period: touches the job so the stream runs finalize again,
   a bounded number of times, then fails it.
-- FAILED in the last hour: writes ``error.json`` again where an invocation was cut off before it.
+- FAILED in the last hour and ``error.json`` not noted as written: writes it where an invocation
+  was cut off before it (paged, so newer failures never hide an older one).
+- RECEIVED after an unanswered request to a provider whose repeat makes no second task (Runware):
+  sends it again; whatever a later repeat is answered, the job is never failed as "not taken".
 
 A job examined but not settled is touched (``updatedAt``), so the next run looks at others first:
 a few jobs that cannot be settled never hold back the rest. Each provider's calls are isolated:
@@ -111,7 +114,7 @@ def reconcile(now: float | None = None, time_left: Callable[[], float] | None = 
         ((job, _settle_submitted) for job in _by_provider(store.stale(JobState.SUBMITTED, _iso(run.now - settings.callback_grace_seconds), limit))),
         ((job, _settle_received) for job in _by_provider(store.stale(JobState.RECEIVED, _iso(run.now - received_age), limit))),
         ((job, _settle_succeeded) for job in store.stale(JobState.SUCCEEDED, _iso(run.now - settings.finalize_grace_seconds), limit)),
-        ((job, _repair_failed) for job in store.recent(JobState.FAILED, _iso(run.now - FAILED_REPAIR_SECONDS), limit)),
+        ((job, _repair_failed) for job in store.failed_without_error_json(_iso(run.now - FAILED_REPAIR_SECONDS), limit)),
     )
     # Dead-lettered uploads first: they have no job yet, nothing else would ever find them.
     if settings.submit_dead_letter_queue_url:
@@ -205,30 +208,40 @@ def _settle_received(run: _Run, job: Job) -> None:
         # The same request again (the task id is the job's own) creates the task or is answered
         # "already taken": one task either way. A poll could not tell "never created" from
         # "failed" (Runware answers both with taskFailedOrNotFound).
-        run.store.release_claim(job.id, str(job.item["submission"].get("claimId")), "the submit's answer was never recorded; sent again with the same task id")
+        claim_id = str(job.item["submission"].get("claimId"))
+        run.store.release_claim(job.id, claim_id, "the submit's answer was never recorded; sent again with the same task id", may_have_reached=True)
         current = run.store.get(job.id)
         if current is not None:
             reconsider(run.store, current, run.time_left)
             after = run.store.get(job.id)
             run.report.settled += after is not None and after.state != JobState.RECEIVED
         return
+    _settle_ambiguous(run, job, provider)
+
+
+def _settle_ambiguous(run: _Run, job: Job, provider: Provider) -> None:
+    """A job whose request may have reached the provider without an answer: it waits for the
+    callback or a poll, and at its deadline fails as ``submit_ambiguous``, never as "not taken"."""
     reference = provider.own_reference(job.id)
     # Only a success settles an unconfirmed submission: "failed" may mean the task never existed
     # (Runware answers both with taskFailedOrNotFound), and such a job ends as submit_ambiguous.
     if reference and _poll_and_apply(run, job, reference, successes_only=True):
         return
-    if _past_deadline(job, run.now):
-        reason = (job.item["submission"].get("unanswered") or {}).get("reason") or "the submitting invocation ended before the answer was recorded"
-        error = JobError(
-            "submit_ambiguous",
-            f"{job.provider} gave no clear answer to the submission ({reason}) and neither a callback nor a poll settled it within "
-            f"{settings.job_deadline_seconds} s. The provider may have run and charged the task: look for job {job.id} in its task "
-            "list (the callback URL contains the job id) before uploading the sidecar again.",
-            STAGE_SUBMIT,
-        )
-        _time_out(run, job, error)
-    else:
+    if not _past_deadline(job, run.now):
         run.store.note_polled(job.id, JobState.RECEIVED)
+        return
+    unanswered = (job.item.get("submission") or {}).get("unanswered") or {}
+    reason = unanswered.get("reason") or job.sent_before or "the submitting invocation ended before the answer was recorded"
+    error = JobError(
+        "submit_ambiguous",
+        f"{job.provider} gave no clear answer to the submission ({reason}) and neither a callback nor a poll settled it within "
+        f"{get_settings().job_deadline_seconds} s. The provider may have run and charged the task: look for job {job.id} in its task "
+        "list (the callback URL contains the job id) before uploading the sidecar again.",
+        STAGE_SUBMIT,
+    )
+    # An unclaimed job (a repeat was refused and its claim given back) fails only while no new attempt holds a claim.
+    fail_job(run.store, job.id, error, only_from=JobState.RECEIVED, unless_claimed=not job.submission_claimed)
+    run.report.timed_out += 1
 
 
 def _settle_unclaimed(run: _Run, job: Job) -> None:
@@ -252,6 +265,10 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
         # refused for now (a 429): no pairing timeout. The job waits for the next try, like any
         # refused submit, until its own deadline.
         run.store.note_polled(job.id, JobState.RECEIVED)
+        return
+    if current.sent_before:
+        # A repeat was refused after an earlier request went unanswered: that one may have made the task.
+        _settle_ambiguous(run, current, get_provider(str(current.provider)))
         return
     if past_pairing and current.item.get("pairingDeadline") is not None:
         awaiting = current.item.get("awaitingVideo")
@@ -295,10 +312,13 @@ def _settle_succeeded(run: _Run, job: Job) -> None:
 
 
 def _repair_failed(run: _Run, job: Job) -> None:
-    """A FAILED job whose error.json was never written (its invocation was cut off between the two)."""
+    """A FAILED job whose error.json is not known to be written: its invocation was cut off between
+    the two (or it failed before jobs noted it). One HEAD tells which."""
     if storage.head(get_settings().output_bucket_name, job.output_prefix + "error.json") is None:
-        write_error_json(job)
+        write_error_json(run.store, job)
         run.report.repaired += 1
+    else:
+        run.store.note_error_written(job.id)
 
 
 def _time_out(run: _Run, job: Job, error: JobError) -> None:
