@@ -336,7 +336,7 @@ class JobStore:
         request provably not taken (never after an unanswered one). False when the claim is not
         this one any more (the job moved on another way)."""
         at = now_iso()
-        entry = {"provider": provider, "model": model, "reason": refusal.message[:500], "code": refusal.code, "at": at}
+        entry: dict[str, Any] = {"provider": provider, "model": model, "reason": refusal.message[:500], "code": refusal.code, "at": at}
         entry["providerCode"] = refusal.details.get("providerCode")
         return self._update_if(
             Key={"jobId": job_id},
