@@ -73,6 +73,8 @@ MESSAGES = {
     402: "Insufficient Credits - Account does not have enough credits to perform the operation",
     404: "Not Found - The requested resource or endpoint does not exist",
     429: "Rate Limited - Request limit has been exceeded for this resource",
+    455: "Service Unavailable - The system is under maintenance",
+    505: "Feature Disabled - The requested feature is currently disabled",
     500: "Server Error - An unexpected error occurred while processing the request",
 }
 # The shared submit faults, in crun's terms: fault -> (HTTP status, body code). Rate limits and
@@ -81,6 +83,8 @@ SUBMIT_FAULT_CODES: dict[str, tuple[int | None, int]] = {
     "submit_429": (429, 429),
     "submit_500": (500, 500),
     "insufficient_credits": (None, 402),
+    "maintenance": (None, 455),
+    "feature_disabled": (None, 505),
 }
 STATUS = {"queued": "pending", "running": "running", "success": "success", "failed": "failed"}
 

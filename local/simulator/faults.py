@@ -13,6 +13,8 @@ fault                      task created?  what the client sees
 submit_429                 no             429, the provider's rate-limit body
 submit_500                 no             500, the provider's error body
 insufficient_credits       no             402 (kie: HTTP 200, code 402 in the body)
+maintenance                no             kie/apikley: HTTP 200, code 455 in the body; crun: 455
+feature_disabled           no             crun: 505 (feature disabled)
 submit_5xx_after_create    YES            502 / 504 gateway HTML page, or a 500 JSON body
 reset_after_read           YES            the connection reset, no HTTP answer at all
 read_timeout               YES            the answer held past the client's read timeout
@@ -38,6 +40,14 @@ SUBMIT_FAULTS: dict[str, tuple[int, int, str]] = {
     "submit_500": (500, 500, "Server Error - An unexpected error occurred while processing the request"),
     # kie answers credit problems with HTTP 200 and the code in the body.
     "insufficient_credits": (200, 402, "Insufficient credits: the account does not have enough credits"),
+    # kie answers maintenance with HTTP 200 and the code in the body too.
+    "maintenance": (200, 455, "The service is currently unavailable due to system maintenance, please try again later"),
+    "feature_disabled": (200, 505, "The feature is currently disabled"),
+}
+# Submit faults only some protocols have an answer of their own for: the others never meet them.
+SUBMIT_FAULT_PROVIDERS: dict[str, frozenset[str]] = {
+    "maintenance": frozenset({"kie", "apikley", "crun"}),
+    "feature_disabled": frozenset({"crun"}),
 }
 
 # Faults decided once per created task that spoil its submit answer: the task EXISTS, runs and
@@ -190,6 +200,8 @@ class FaultBook:
         """The first submit-time fault that applies to this request, if any."""
         with self._lock:
             for rule in self._rules:
+                if provider not in SUBMIT_FAULT_PROVIDERS.get(rule.fault, (provider,)):
+                    continue
                 if rule.fault in SUBMIT_FAULTS and self._take(rule, provider, prompt):
                     return rule
         return None

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     output_bucket_name: str = Field(json_schema_extra=WIRING)
     input_prefix: str = "incoming/"
     default_provider: str = "kie"
+    # The failover chain (``ProviderChain``): provider ids, comma-separated, tried in order; empty = none.
+    provider_chain: str = ""
     callback_api_url: str = Field(default="", json_schema_extra=WIRING)
     provider_secret_id: str = Field(default="", json_schema_extra=WIRING)
     presigned_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from typing import Any
@@ -33,7 +33,7 @@ from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relativ
 from .log import logger
 from .outputs import fail_job, write_error_json
 from .providers import Provider, ProviderError, SubmitRequest, VideoInfo, get_provider
-from .sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar, sidecar_too_large
+from .sidecar import MAX_SIDECAR_BYTES, PROVIDER_IDS, Sidecar, parse_sidecar, sidecar_too_large
 
 # Time a submission may take once claimed: the provider's connect and read timeouts, and a margin
 # for the writes around it. An event is not started with less time left (the function would be
@@ -69,6 +69,9 @@ class SubmitPlan:
     video: VideoSource
     reference_urls: tuple[str, ...]
     frame_urls: tuple[str, ...]
+    # The job's failover chain (None: one provider), and what its choice means for the record.
+    chain: tuple[str, ...] | None = None
+    chain_record: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -190,10 +193,17 @@ def _on_video(store: JobStore, bucket: str, video_key: InputKey, receive_count: 
 
 
 def _run(store: JobStore, job: Job, receive_count: int, time_left: Callable[[], float] | None, sidecar_info: storage.ObjectInfo | None = None) -> None:
-    facts = observe(store, job, receive_count, sidecar_info)
-    action = decide(facts)
-    logger.info("intake decided", extra={"action": action.act.value, "reason": action.reason or (action.error.code if action.error else "")})
-    act(store, job, facts, action, time_left)
+    # Once more for each provider of a chain that refused the job "not now, and not you".
+    for _ in range(len(PROVIDER_IDS) + 1):
+        facts = observe(store, job, receive_count, sidecar_info)
+        action = decide(facts)
+        logger.info("intake decided", extra={"action": action.act.value, "reason": action.reason or (action.error.code if action.error else "")})
+        if not act(store, job, facts, action, time_left):
+            return
+        moved = store.get(job.id)
+        if moved is None:
+            return
+        job = moved
 
 
 def reconsider(store: JobStore, job: Job, time_left: Callable[[], float] | None = None) -> None:
@@ -228,22 +238,83 @@ def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage
         return IntakeFacts(job.state, sidecar_current=False)
     try:
         sidecar, _document = parse_sidecar(raw)
-        provider = get_provider(sidecar.provider or settings.default_provider)
-        model = provider.resolve_model(sidecar)
-        provider.check(sidecar, model, None)
+        chain = provider_chain(sidecar)
+        if chain is None:
+            provider = get_provider(sidecar.provider or settings.default_provider)
+            candidates = [(provider, provider.resolve_model(sidecar))]
+        else:
+            candidates = _chain_candidates(chain, sidecar, job)
+        candidates = _honouring(candidates, sidecar, None, job)
         video, awaiting = _find_video(store, job.id, info, sidecar)
         if video is None:
             return IntakeFacts(job.state, awaiting=awaiting, attempts_left=attempts_left)
         video_info = VideoInfo(video.extension, video.info.size if video.info else None, partial(storage.read_range, video.info) if video.info else None)
-        provider.check(sidecar, model, video_info)  # the provider's formats and limits first: the plainest reason
+        # The provider's formats and limits first: the plainest reason.
+        provider, model = _honouring(candidates, sidecar, video_info, job)[0]
         video_info.check_container()  # a file that is not the video its name says stops here, before any provider
         reference_urls = tuple(_image_url(info, ref) for ref in sidecar.reference_images or ())
         frame_urls = tuple(_image_url(info, entry if isinstance(entry, str) else entry.image) for entry in sidecar.frame_images or ())
         provider.api_key()  # read before the claim: a missing key fails here, not after a claim
     except JobError as error:
         return IntakeFacts(job.state, problem=error, attempts_left=attempts_left)
-    plan = SubmitPlan(provider, model, sidecar, raw.decode("utf-8-sig"), video, reference_urls, frame_urls)
+    record: dict[str, Any] = {}
+    if chain is not None:
+        record["providerChain"] = list(chain)
+        if sidecar.model is not None and model != sidecar.model:
+            record["modelNote"] = f"model `{sidecar.model}` is not offered by `{provider.id}`: its default model `{model}` runs the edit"
+    plan = SubmitPlan(provider, model, sidecar, raw.decode("utf-8-sig"), video, reference_urls, frame_urls, chain, record)
     return IntakeFacts(job.state, plan=plan, attempts_left=attempts_left)
+
+
+def provider_chain(sidecar: Sidecar) -> tuple[str, ...] | None:
+    """The providers a job may fail over along, in order: the sidecar's ``providers``, else the
+    stack's ``ProviderChain`` unless the sidecar names its ``provider``. None for one provider."""
+    if sidecar.providers is not None:
+        return tuple(sidecar.providers)
+    if sidecar.provider is not None:
+        return None
+    chain = tuple(name.strip() for name in get_settings().provider_chain.split(",") if name.strip())
+    return chain or None
+
+
+def _chain_candidates(chain: tuple[str, ...], sidecar: Sidecar, job: Job) -> list[tuple[Provider, str]]:
+    """The chain's providers the job has not been refused by, each with its model: the sidecar's
+    model where the provider offers it, else the provider's default (a model belongs to one provider)."""
+    providers = [get_provider(name) for name in chain]
+    if sidecar.model is not None and not any(sidecar.model in provider.models for provider in providers):
+        offered = "; ".join(f"{provider.id}: {', '.join(provider.models)}" for provider in providers)
+        raise JobError("unknown_model", f"model `{sidecar.model}` is offered by no provider of the chain {', '.join(chain)} ({offered})", STAGE_INTAKE)
+    tried = {entry.get("provider") for entry in job.providers_tried}
+    return [(p, sidecar.model if sidecar.model in p.models else p.default_model) for p in providers if p.id not in tried]
+
+
+def _honouring(candidates: list[tuple[Provider, str]], sidecar: Sidecar, video: VideoInfo | None, job: Job) -> list[tuple[Provider, str]]:
+    """The candidates that honour every option of the sidecar (``Provider.check``), in order.
+    Raises the check's own error for a job with one provider; for a chain, an error that names
+    each provider and its answer (the last refusal's code once providers have refused the job)."""
+    honouring: list[tuple[Provider, str]] = []
+    refusals: list[JobError] = []
+    for provider, model in candidates:
+        try:
+            provider.check(sidecar, model, video)
+        except JobError as error:
+            refusals.append(error)
+            continue
+        honouring.append((provider, model))
+    if honouring:
+        return honouring
+    tried = job.providers_tried
+    if not tried and len(refusals) == 1 and provider_chain(sidecar) is None:
+        raise refusals[0]
+    answers = [f"{entry.get('provider')}: {entry.get('reason')}" for entry in tried]
+    answers += [f"{provider.id}: {error.message}" for (provider, _model), error in zip(candidates, refusals, strict=True)]
+    if tried:
+        last = tried[-1]
+        message = f"every provider of the job's chain refused it or cannot honour it: {'; '.join(answers)}"
+        details = {"providerCode": last["providerCode"]} if last.get("providerCode") is not None else {}
+        raise JobError(str(last.get("code") or "provider_rejected"), message, "submit", details=details)
+    first = refusals[0] if refusals else JobError("unsupported_option", "the chain names no provider", STAGE_INTAKE)
+    raise JobError(first.code, f"no provider of the chain can honour this sidecar: {'; '.join(answers)}", first.stage, first.retryable)
 
 
 def _find_video(store: JobStore, job_id: str, sidecar_info: storage.ObjectInfo, sidecar: Sidecar) -> tuple[VideoSource | None, str]:
@@ -325,7 +396,8 @@ def _image_url(sidecar_info: storage.ObjectInfo, reference: str) -> str:
 # ---- act -----------------------------------------------------------------------------------------
 
 
-def act(store: JobStore, job: Job, facts: IntakeFacts, action: Action, time_left: Callable[[], float] | None = None) -> None:
+def act(store: JobStore, job: Job, facts: IntakeFacts, action: Action, time_left: Callable[[], float] | None = None) -> bool:
+    """Do the action; True when the job moved to the next provider of its chain (decide again)."""
     if action.act == Act.REWRITE_ERROR:
         write_error_json(store, job)
     elif action.act == Act.FAIL and action.error is not None:
@@ -335,10 +407,11 @@ def act(store: JobStore, job: Job, facts: IntakeFacts, action: Action, time_left
     elif action.act == Act.WAIT:
         store.update_details(job.id, {"awaitingVideo": facts.awaiting})
     elif action.act == Act.SUBMIT and facts.plan is not None:
-        _submit_once(store, job.id, facts.plan, facts.attempts_left, time_left)
+        return _submit_once(store, job.id, facts.plan, facts.attempts_left, time_left)
+    return False
 
 
-def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: bool, time_left: Callable[[], float] | None) -> None:
+def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: bool, time_left: Callable[[], float] | None) -> bool:
     settings = get_settings()
     if time_left is not None and time_left() < seconds_needed_to_submit():
         raise TransientError("too little time left in this invocation to submit; the event is retried")
@@ -349,6 +422,7 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         "model": plan.model,
         "sidecarJson": plan.sidecar_json,
         "expectedResults": plan.sidecar.number_results or 1,
+        **plan.chain_record,
     }
     if video.info is not None:
         details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
@@ -359,32 +433,36 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     claim = store.claim_submission(job_id, epoch_after(settings.job_deadline_seconds), details)
     if claim is None:
         logger.info("submission already claimed")
-        return
+        return False
     callback_url = f"{settings.callback_api_url}/callbacks/{quote(plan.provider.id)}/{job_id}?token={claim.token}"
     request = SubmitRequest(job_id, plan.sidecar, plan.model, video_url, plan.reference_urls, callback_url, plan.frame_urls)
     try:
         task_id = plan.provider.submit(request)
     except ProviderError as exc:
-        _after_refusal(store, job_id, claim, exc, attempts_left, idempotent=plan.provider.idempotent_submit)
-        return
+        return _after_refusal(store, job_id, claim, exc, attempts_left, idempotent=plan.provider.idempotent_submit, plan=plan)
     except (JobError, TransientError) as exc:
         # Raised before anything was sent (the key could not be read just now).
         if isinstance(exc, JobError) and not (exc.retryable and attempts_left):
             if claim.sent_before:
                 _await_earlier_send(store, job_id, claim, str(exc))
-                return
+                return False
             store.release_claim(job_id, claim.claim_id, str(exc))
             fail_job(store, job_id, exc)
-            return
+            return False
         store.release_claim(job_id, claim.claim_id, str(exc))
         raise TransientError(str(exc)) from exc
     moved = store.mark_submitted(job_id, task_id)
     logger.info("submitted", extra={"provider": plan.provider.id, "model": plan.model, "provider_task_id": task_id})
     if moved and not plan.provider.webhooks:
         polling.start(job_id)  # no callback will come: the job's own poll loop finds the outcome
+    return False
 
 
-def _after_refusal(store: JobStore, job_id: str, claim: Claim, exc: ProviderError, attempts_left: bool, *, idempotent: bool) -> None:
+def _after_refusal(
+    store: JobStore, job_id: str, claim: Claim, exc: ProviderError, attempts_left: bool, *, idempotent: bool, plan: SubmitPlan | None = None
+) -> bool:
+    """Settle a submit the provider did not answer with a task id; True when the job moved to the
+    next provider of its chain."""
     if exc.kind == "ambiguous" and idempotent and attempts_left:
         # The same request again either creates the task or is answered "already taken": one task.
         store.release_claim(job_id, claim.claim_id, exc.message, may_have_reached=True)
@@ -394,14 +472,21 @@ def _after_refusal(store: JobStore, job_id: str, claim: Claim, exc: ProviderErro
         # or the deadline fails it as `submit_ambiguous`.
         store.note_unanswered(job_id, claim.claim_id, claim.sent_before or exc.message)
         logger.warning("submission outcome unknown; waiting for the provider", extra={"reason": exc.message})
-        return
+        return False
+    if exc.not_you and plan is not None and plan.chain is not None and not claim.sent_before:
+        # Provably not taken, and no earlier request of this job may have made a task: the next
+        # provider of the chain gets it (none left: intake fails it naming every answer).
+        moved = store.move_on(job_id, claim.claim_id, plan.provider.id, plan.model, exc.to_job_error())
+        logger.warning("provider refused the job for now; moving along the chain", extra={"provider": plan.provider.id, "reason": exc.message})
+        return moved
     if exc.kind == "retryable" and attempts_left:
         store.release_claim(job_id, claim.claim_id, exc.message)
         raise TransientError(exc.message) from exc
     if claim.sent_before:
         _await_earlier_send(store, job_id, claim, exc.message)
-        return
+        return False
     fail_job(store, job_id, exc.to_job_error())
+    return False
 
 
 def _await_earlier_send(store: JobStore, job_id: str, claim: Claim, answer: str) -> None:

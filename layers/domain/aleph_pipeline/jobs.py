@@ -116,6 +116,13 @@ class Job:
     def submission_claimed(self) -> bool:
         return "submission" in self.item
 
+    @property
+    def providers_tried(self) -> list[dict[str, Any]]:
+        """The providers of the job's chain that refused it, in order, each with why it moved on
+        (``{provider, model, reason, code, providerCode, at}``; see ``JobStore.move_on``)."""
+        tried: list[dict[str, Any]] = _plain(self.item.get("providersTried") or [])
+        return [entry for entry in tried if isinstance(entry, dict)]
+
     def reached(self, state: JobState) -> bool:
         """Whether the job's history passes through ``state``."""
         return any(isinstance(entry, dict) and entry.get("state") == state.value for entry in self.item.get("history", ()))
@@ -135,6 +142,9 @@ class Job:
             return "awaiting the provider after an unanswered submit (it may have taken the task; no second task is ever made)"
         if self.submission_claimed:
             return "submitting to the provider"
+        if self.item.get("providersTried") and not self.item.get("lastRefusal"):
+            last = self.providers_tried[-1]
+            return f"moving to the next provider of its chain: {last.get('provider')} did not take it ({last.get('reason')})"
         if self.item.get("lastRefusal"):
             return f"retrying: the provider did not take the request ({self.item['lastRefusal']})"
         if self.item.get("awaitingVideo"):
@@ -317,6 +327,23 @@ class JobStore:
             ConditionExpression="#status = :received AND submission.claimId = :claim",
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues=values,
+        )
+
+    def move_on(self, job_id: str, claim_id: str, provider: str, model: str, refusal: JobError) -> bool:
+        """Give the claim back after ``provider`` refused the job in a way that says "not now, and
+        not you" (maintenance, out of credits), and record it in ``providersTried``, in one
+        conditional write: intake then picks the next provider of the job's chain. Only for a
+        request provably not taken (never after an unanswered one). False when the claim is not
+        this one any more (the job moved on another way)."""
+        at = now_iso()
+        entry: dict[str, Any] = {"provider": provider, "model": model, "reason": refusal.message[:500], "code": refusal.code, "at": at}
+        entry["providerCode"] = refusal.details.get("providerCode")
+        return self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="REMOVE submission, lastRefusal SET providersTried = list_append(if_not_exists(providersTried, :none), :entry), updatedAt = :at",
+            ConditionExpression="#status = :received AND submission.claimId = :claim",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value, ":none": [], ":entry": [_dynamo(entry)], ":at": at},
         )
 
     def note_unanswered(self, job_id: str, claim_id: str, reason: str) -> bool:

@@ -93,6 +93,8 @@ def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict
         "provider": item.get("provider"),
         "model": item.get("model"),
         "providerTaskId": item.get("providerTaskId"),
+        # Every provider of the chain that did not take the job, and why it moved on.
+        "providersTried": job.providers_tried,
         "cost": item.get("cost"),
         "source": source,
         "outputs": outputs,
@@ -100,4 +102,6 @@ def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict
         "createdAt": item.get("createdAt"),
         "completedAt": completed_at,
     }
+    if item.get("modelNote"):
+        document["modelNote"] = item["modelNote"]  # the sidecar's model belongs to another provider of the chain
     return document

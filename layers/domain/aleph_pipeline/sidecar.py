@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -57,7 +58,10 @@ class Sidecar(BaseModel):
     prompt: NonEmptyStr
     """the edit to make, in words"""
     provider: Literal["kie", "apikley", "runware", "crun", "replicate", "runway"] | None = None
-    """who runs the edit (default: the stack's `DefaultProvider`)"""
+    """who runs the edit (default: the stack's `ProviderChain`, else its `DefaultProvider`)"""
+    providers: list[Literal["kie", "apikley", "runware", "crun", "replicate", "runway"]] | None = Field(default=None, min_length=1, max_length=6)
+    """a failover chain instead of `provider`: tried in order, the job moves on when a provider answers maintenance, feature disabled or out of credits
+    (default: the stack's `ProviderChain`)"""
     model: NonEmptyStr | None = None
     """the provider's model id (default: the provider's default model)"""
     video: NonEmptyStr | None = None
@@ -91,6 +95,15 @@ class Sidecar(BaseModel):
     """merged into the provider's request as-is (the escape hatch for fields not modelled here); may not replace the prompt, video or callback fields"""
     metadata: dict[str, Any] | None = None
     """free-form, copied into `job.json` (never sent to the provider)"""
+
+    @field_validator("providers")
+    @classmethod
+    def _a_chain(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and info.data.get("provider") is not None:
+            raise ValueError("give either `provider` or `providers` (a chain), not both")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("names a provider more than once")
+        return value
 
     @field_validator("output_format", mode="before")
     @classmethod

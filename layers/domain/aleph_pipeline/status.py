@@ -20,6 +20,14 @@ class HistoryEntry(BaseModel):
     at: str = Field(description="when (ISO 8601, UTC)")
 
 
+class ProviderTried(BaseModel):
+    provider: str = Field(description="a provider of the job's chain that did not take it")
+    model: str | None = Field(default=None, description="the model it was asked for")
+    reason: str = Field(default="", description="its answer (maintenance, feature disabled, out of credits)")
+    code: str | None = Field(default=None, description="the error code that answer maps to")
+    at: str | None = Field(default=None, description="when the job moved on (ISO 8601, UTC)")
+
+
 class Timings(BaseModel):
     createdAt: str | None = Field(description="when the job was received")
     submittedAt: str | None = Field(default=None, description="when the provider took it")
@@ -60,6 +68,7 @@ class JobStatus(BaseModel):
     )
     timings: Timings
     history: list[HistoryEntry]
+    providersTried: list[ProviderTried] = Field(default_factory=list, description="the providers of its chain the job moved on from, in order, and why")
     error: StatusError | None = None
     outputs: list[OutputLink] = Field(description="results and cover, then job.json or error.json; empty while the job runs")
 
@@ -120,6 +129,11 @@ def describe(job: Job) -> JobStatus:
             elapsedSeconds=_seconds_between(item.get("createdAt"), finished or item.get("updatedAt")),
         ),
         history=history,
+        providersTried=[
+            ProviderTried(**{k: v for k, v in entry.items() if k in ProviderTried.model_fields and v is not None})
+            for entry in job.providers_tried
+            if entry.get("provider")
+        ],
         error=StatusError(**{k: v for k, v in error.items() if k in StatusError.model_fields and v is not None}) if isinstance(error, dict) else None,
         outputs=outputs,
     )

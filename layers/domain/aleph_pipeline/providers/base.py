@@ -18,7 +18,7 @@ from ..sidecar import Sidecar
 # Answer codes that say a submit was not taken (rate limited, down for maintenance): safe to send again.
 NOT_TAKEN_CODES = frozenset({"429", "455"})
 # Fields every provider takes or that never reach a provider.
-COMMON_FIELDS = frozenset({"prompt", "provider", "model", "video", "metadata", "providerOptions"})
+COMMON_FIELDS = frozenset({"prompt", "provider", "providers", "model", "video", "metadata", "providerOptions"})
 
 
 @dataclass(frozen=True)
@@ -113,14 +113,19 @@ class ProviderError(Exception):
     ``kind``: ``refused`` (the provider said no; retrying cannot help), ``retryable`` (the
     provider did not take the request: rate limit, server error, no connection) or
     ``ambiguous`` (the request may have reached the provider; resubmitting could pay twice).
+
+    ``not_you``: the provider did not take the request and will not take it for a while, whoever
+    asks again (maintenance, a feature disabled, the account out of credits): a job with a
+    provider chain moves to the next provider. Never set on an ambiguous answer.
     """
 
-    def __init__(self, kind: Literal["refused", "retryable", "ambiguous"], code: str, message: str, status: int | None = None):
+    def __init__(self, kind: Literal["refused", "retryable", "ambiguous"], code: str, message: str, status: int | None = None, *, not_you: bool = False):
         super().__init__(f"{code}: {message}")
         self.kind = kind
         self.code = code
         self.message = message
         self.status = status
+        self.not_you = not_you and kind != "ambiguous"
 
     def to_job_error(self) -> JobError:
         code = "provider_rejected" if self.kind == "refused" else "provider_unavailable"

@@ -71,6 +71,8 @@ VIDEO_EXTENSIONS = ("mp4", "mov", "webm", "m4v")
 # later"; 500 means "later" for a poll, and is ambiguous for a submit (see Provider.submit_failure).
 RETRYABLE_CODES = frozenset({429, 455, 500, 502, 503, 504})
 GENERATION_FAILED = 501
+# Maintenance, feature disabled, insufficient credits: not now, and not this provider (a chain moves on).
+NOT_YOU_CODES = frozenset({455, 505, 402})
 
 
 def crun_input(request: SubmitRequest) -> dict[str, Any]:
@@ -261,12 +263,13 @@ class CrunProtocol(Provider):
         code = body.get("code") if isinstance(body, dict) else None
         effective = code if _is_int(code) and code != 200 else status
         text = _message(body) or f"HTTP {status}"
+        not_you = effective in NOT_YOU_CODES
         if effective in RETRYABLE_CODES or (isinstance(effective, int) and effective >= 500 and effective not in (GENERATION_FAILED, 505)):
-            return ProviderError("retryable", str(effective), f"{self.id}: {text}", status)
+            return ProviderError("retryable", str(effective), f"{self.id}: {text}", status, not_you=not_you)
         if effective == 200 or effective is None:
             # HTTP 200 without a readable body: the request may have been taken.
             return ProviderError("ambiguous", "unreadable", f"{self.id} gave an unreadable answer ({text})", status)
-        return ProviderError("refused", str(effective), f"{self.id}: {text}", status)
+        return ProviderError("refused", str(effective), f"{self.id}: {text}", status, not_you=not_you)
 
     # ---- helpers ---------------------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ MANAGED_FIELDS = frozenset({"prompt", "videoUrl", "callBackUrl"})
 # A signed callback older (or newer) than this is refused: a captured one cannot be replayed later.
 SIGNATURE_MAX_AGE_SECONDS = 300
 RETRYABLE_CODES = frozenset({429, 455, 500, 502, 503, 504})
+# Maintenance, insufficient credits: not now, and not this provider (a chain moves on).
+NOT_YOU_CODES = frozenset({455, 402})
 SIGNED_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
@@ -192,12 +194,13 @@ class KieProtocol(Provider):
         message = body.get("msg") if isinstance(body, dict) else None
         effective = code if isinstance(code, int) and not isinstance(code, bool) and code != 200 else status
         text = message if isinstance(message, str) and message else f"HTTP {status}"
+        not_you = effective in NOT_YOU_CODES
         if effective in RETRYABLE_CODES or (isinstance(effective, int) and effective >= 500):
-            return ProviderError("retryable", str(effective), f"{self.id}: {text}", status)
+            return ProviderError("retryable", str(effective), f"{self.id}: {text}", status, not_you=not_you)
         if effective == 200 or effective is None:
             # HTTP 200 without a readable body: the request may have been taken.
             return ProviderError("ambiguous", "unreadable", f"{self.id} gave an unreadable answer ({text})", status)
-        return ProviderError("refused", str(effective), f"{self.id}: {text}", status)
+        return ProviderError("refused", str(effective), f"{self.id}: {text}", status, not_you=not_you)
 
     key_check: ClassVar[str] = "GET /api/v1/chat/credit (the account's credits)"
 

@@ -145,7 +145,8 @@ class ReplicateProtocol(Provider):
         if 200 <= status < 300:
             # A success status without a readable body: the request may have been taken.
             return ProviderError("ambiguous", "unreadable", f"{self.id} gave an unreadable answer ({text})", status)
-        return ProviderError("refused", str(status), f"{self.id}: {text}", status)
+        # 402 insufficient credit: not now, and not this provider (a chain moves on).
+        return ProviderError("refused", str(status), f"{self.id}: {text}", status, not_you=status == 402)
 
     # ---- webhook signatures -----------------------------------------------------------------------
 

@@ -306,9 +306,11 @@ class RunwareProtocol(Provider):
         text = f"{self.id}: {message}" + (f" ({code})" if code else "")
         if status == 200 and not errors:
             return ProviderError("ambiguous", "unreadable", f"{self.id} gave an unreadable answer (HTTP 200)", status)
+        # Insufficient balance (402, or a balance/credit code): not now, and not this provider (a chain moves on).
+        not_you = status == 402 or (code is not None and any(word in code.lower() for word in ("balance", "credit")))
         if classify_code(code, status):
-            return ProviderError("retryable", code or str(status), text, status)
-        return ProviderError("refused", code or str(status), text, status)
+            return ProviderError("retryable", code or str(status), text, status, not_you=not_you)
+        return ProviderError("refused", code or str(status), text, status, not_you=not_you)
 
     key_check: ClassVar[str] = 'POST /v1 [{"taskType": "authentication"}]'
 
