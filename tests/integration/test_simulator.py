@@ -582,5 +582,5 @@ def test_reset_after_read_creates_the_task_then_resets_the_connection(sim: Sim) 
     assert logged["reset"] is True and logged["http_status"] is None
     assert sim.submit_ok()  # the server keeps serving after the reset (count exhausted)
     known = sim.control("GET", "faults")["known"]
-    assert known["submit"] == ["submit_429", "submit_500", "insufficient_credits"]  # the faults that create no task
+    assert known["submit"] == ["submit_429", "submit_500", "insufficient_credits", "maintenance", "feature_disabled"]  # the faults that create no task
     assert set(known["answer"]) == {"read_timeout", "submit_5xx_after_create", "reset_after_read"}

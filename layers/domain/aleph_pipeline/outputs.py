@@ -69,6 +69,7 @@ def write_error_json(store: JobStore, job: Job) -> None:
         "provider": item.get("provider"),
         "model": item.get("model"),
         "providerTaskId": item.get("providerTaskId"),
+        "providersTried": item.get("providersTried"),
         "failedAt": item.get("updatedAt"),
         "history": item.get("history", []),
     }
