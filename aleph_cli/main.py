@@ -6,6 +6,7 @@
     aleph watch <jobId>
     aleph get <jobId> --to out/
     aleph doctor
+    aleph dashboard
 
 The stack is a deployed one named by ``--stack`` (or ``ALEPH_STACK``; found through its
 CloudFormation outputs, with your usual AWS credentials), else the local stack whose
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aleph_cli import doctor, jobs
+from aleph_cli import dashboard, doctor, jobs
 from aleph_cli.errors import CliError
 from aleph_cli.stack import LOCAL_DIR, STACK_JSON, StackInfo, discover
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     checkup = commands.add_parser("doctor", help="check the stack: provider keys, callback API, schedule, DLQs, stuck jobs (exit 1 if any needs fixing)")
     checkup.set_defaults(command=cmd_doctor)
+
+    commands.add_parser("dashboard", help="print the URL of the stack's CloudWatch dashboard").set_defaults(command=cmd_dashboard)
     return parser
 
 
@@ -179,6 +182,11 @@ def cmd_doctor(stack: StackInfo, args: argparse.Namespace) -> int:
     for check in checks:
         print(check.line)
     return 1 if any(check.verdict == "fix" for check in checks) else 0
+
+
+def cmd_dashboard(stack: StackInfo, args: argparse.Namespace) -> int:
+    print(dashboard.dashboard_url(stack))
+    return 0
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -13,6 +13,8 @@ exactly what its template entry gives it (Globals and its own ``Environment``) w
 the Lambda runtime's variables, and the local-only settings: ``AWS_ENDPOINT_URL``,
 ``PROVIDER_ENDPOINTS``, ``RESULT_HOSTS``, ``ALLOW_HTTP_RESULT_URLS``, and ``CALLBACK_API_URL`` for the
 functions whose entry defines it. ``--env NAME=VALUE`` (``handler_env=``) adds to every function's.
+``--parameter NAME=VALUE`` (``parameters=``) gives a template parameter a value other than its
+default, as ``sam deploy --parameter-overrides`` does (e.g. ``InputCleanup=delete``).
 
 ``--aws-faults JSON`` (or ``aws_faults=``) makes AWS fail the handlers' calls at a seeded rate
 and cuts invocations off, as described in ``local.aws_faults``; what was injected goes to
@@ -163,6 +165,7 @@ class LocalStack:
         strict_env: bool = False,
         provider_url: str | None = None,
         provider_keys: str | Path | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir) if workdir else DEFAULT_WORKDIR
         self.moto_port = moto_port if moto_port is not None else _env_port("ALEPH_MOTO_PORT")
@@ -178,6 +181,8 @@ class LocalStack:
         self.handler_overrides = {k: Path(v) for k, v in (handlers or {}).items()}
         # Settings a test or a user changes for the handlers (e.g. shorter grace periods).
         self.handler_env_overrides = dict(handler_env or {})
+        # Template parameters given other values than their defaults (sam deploy's overrides).
+        self.parameter_overrides = dict(parameters or {})
         self.template_path = Path(template) if template else None
         self.sqs_concurrency = sqs_concurrency
         self.sqs_wait_seconds = sqs_wait_seconds
@@ -312,6 +317,10 @@ class LocalStack:
             self.stack_json.unlink()
         self.config = load_template_config(self.template_path)
         self.warnings.extend(self.config.warnings)
+        unknown = sorted(set(self.parameter_overrides) - set(self.config.parameters))
+        if unknown:
+            raise ValueError(f"the template has no parameter {', '.join(unknown)} (it has {', '.join(sorted(self.config.parameters))})")
+        self.config.parameters.update(self.parameter_overrides)
 
         self.moto_url = self._start_moto()
         if self.simulator_enabled:
@@ -639,6 +648,7 @@ class LocalStack:
             "handler_env": self.env,
             "function_env": {name: self.function_env(name) for name in self.functions},
             "template": str(self.config.source) if self.config and self.config.source else None,
+            "parameter_overrides": self.parameter_overrides,
             "logs": {name: str(self.workdir / f"{name}.log") for name, _ in self._processes},
             "pid": os.getpid(),
             "aws_faults_report": str(self.aws_faults_report) if self.aws_faults is not None else None,
@@ -872,6 +882,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--schedule-interval", type=float, default=None, help="run scheduled functions every N seconds instead of the template's rate")
     parser.add_argument("--env", action="append", type=_env_arg, default=[], metavar="NAME=VALUE", help="set a handler environment variable (repeatable)")
     parser.add_argument(
+        "--parameter",
+        action="append",
+        type=_env_arg,
+        default=[],
+        metavar="NAME=VALUE",
+        help="give a template parameter a value other than its default, e.g. InputCleanup=delete (repeatable)",
+    )
+    parser.add_argument(
         "--aws-faults",
         type=_aws_faults_arg,
         default=None,
@@ -932,6 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             strict_env=args.strict_env,
             provider_url=args.provider_url,
             provider_keys=args.provider_keys,
+            parameters=dict(args.parameter),
         )
     except ValueError as exc:  # a bad provider URL or keys file: the message names it, never a key
         log.error("%s", exc)

@@ -87,6 +87,33 @@ def test_submitted_and_succeeded_moves_time_the_submit_and_the_provider(capsys: 
     assert metrics == [("JobsSubmitted", 1.0), ("UploadToSubmitSeconds", 2.5), ("ProviderSeconds", 57.5)]
 
 
+def test_a_submitted_job_counts_by_provider_and_model(capsys: pytest.CaptureFixture[str]) -> None:
+    telemetry.job_moved({"status": "SUBMITTED", "provider": "runware", "model": "runway:aleph@1", "jobId": "job-3", "history": []})
+    telemetry.job_moved({"status": "SUBMITTED", "provider": "kie", "jobId": "job-4", "history": []})  # no model recorded
+    lines = emf_lines(capsys.readouterr().out)
+    assert [metric_of(line) for line in lines] == [("JobsSubmitted", "Count", ["Model", "Provider", "service"], 1.0)] * 2
+    assert [(line["Provider"], line["Model"]) for line in lines] == [("runware", "runway:aleph@1"), ("kie", "unknown")]
+
+
+def test_a_reconcile_run_prints_its_backlog(capsys: pytest.CaptureFixture[str]) -> None:
+    from aleph_pipeline.reconcile import ReconcileReport
+
+    telemetry.reconcile_backlog(ReconcileReport(examined=7, timed_out=2, out_of_time=1, polled=5).as_dict())
+    metrics = [metric_of(line) for line in emf_lines(capsys.readouterr().out)]
+    assert metrics == [
+        ("ReconcileExamined", "Count", ["service"], 7.0),
+        ("ReconcileTimedOut", "Count", ["service"], 2.0),
+        ("ReconcileOutOfTime", "Count", ["service"], 1.0),
+    ]
+
+
+def test_a_failed_input_clean_up_is_counted_by_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    telemetry.input_cleanup_failed("job-5", "delete")
+    (line,) = emf_lines(capsys.readouterr().out)
+    assert metric_of(line) == ("InputCleanupFailed", "Count", ["Mode", "service"], 1.0)
+    assert (line["Mode"], line["jobId"]) == ("delete", "job-5")
+
+
 def test_a_failure_before_a_provider_was_chosen_is_counted_under_unknown(capsys: pytest.CaptureFixture[str]) -> None:
     telemetry.job_moved({"status": "FAILED", "error": {"code": "invalid_sidecar"}, "history": history(("RECEIVED", "2026-01-01T00:00:00Z"))})
     (line,) = emf_lines(capsys.readouterr().out)

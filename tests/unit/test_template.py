@@ -170,6 +170,7 @@ UNNAMED_TYPES = {
     "AWS::Lambda::Permission",
     "AWS::Lambda::EventSourceMapping",
     "AWS::ApiGatewayV2::Stage",  # $default, unique within its API
+    "AWS::IAM::RolePolicy",  # PolicyName is unique within its role
 }
 STACK_PSEUDO_PARAMETERS = {"AWS::StackName", "AWS::StackId"}
 
@@ -744,6 +745,29 @@ def _granted(props: dict[str, Any]) -> set[tuple[str, str]]:
 @pytest.mark.parametrize("function", sorted(ALLOWED_ACTIONS))
 def test_each_function_is_granted_exactly_what_it_calls(template: dict[str, Any], function: str) -> None:
     assert _granted(_props(template["Resources"], function)) == ALLOWED_ACTIONS[function]
+
+
+# FinalizeFunction's grants for InputCleanup, each in a policy of its own that exists only in its mode.
+INPUT_CLEANUP_GRANTS = {
+    "tag": ("FinalizeTagInputsPolicy", {("s3:GetObjectTagging", "InputBucket/*"), ("s3:PutObjectTagging", "InputBucket/*")}),
+    "delete": (
+        "FinalizeDeleteInputsPolicy",
+        {("s3:GetObject", "InputBucket/*"), ("s3:DeleteObject", "InputBucket/*"), ("dynamodb:Query", "JobsTable/index/by-status")},
+    ),
+}
+
+
+def test_input_cleanup_grants_finalize_only_what_its_mode_needs(template: dict[str, Any]) -> None:
+    resources, conditions = template["Resources"], template["Conditions"]
+    parameter = template["Parameters"]["InputCleanup"]
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("none", ["none", "tag", "delete"])
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["INPUT_CLEANUP"] == {"Ref": "InputCleanup"}
+    policies = {name for name, body in resources.items() if body["Type"] == "AWS::IAM::RolePolicy"}
+    assert policies == {name for name, _ in INPUT_CLEANUP_GRANTS.values()}
+    for mode, (name, expected) in INPUT_CLEANUP_GRANTS.items():
+        assert conditions[resources[name]["Condition"]] == {"Fn::Equals": [{"Ref": "InputCleanup"}, mode]}
+        assert _props(resources, name)["RoleName"] == {"Ref": "FinalizeFunctionRole"}
+        assert _granted({"Policies": [{"Statement": _props(resources, name)["PolicyDocument"]["Statement"]}]}) == expected
 
 
 def test_every_function_has_its_grants_pinned(resources: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ variable. The local stack watches for wiring fields read with their default and 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     input_bucket_name: str = Field(json_schema_extra=WIRING)
     output_bucket_name: str = Field(json_schema_extra=WIRING)
     input_prefix: str = "incoming/"
+    # After a job is COMPLETED: leave its input sidecar and video, tag them, or delete them (cleanup.py).
+    input_cleanup: Literal["none", "tag", "delete"] = "none"
     default_provider: str = "kie"
     # The failover chain (``ProviderChain``): provider ids, comma-separated, tried in order; empty = none.
     provider_chain: str = ""

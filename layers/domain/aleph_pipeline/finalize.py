@@ -9,6 +9,7 @@ from functools import lru_cache
 import httpx
 
 from . import media, storage, telemetry
+from .cleanup import clean_up_inputs
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
 from .jobs import Job, JobState, JobStore, now_iso
@@ -140,11 +141,11 @@ def finalize_job(job_id: str) -> None:
         outputs.extend(_copy_cover(job, cover, bucket, copy))
     completed_at = now_iso()
     document = manifest(job, outputs, completed_at)
-    manifest_key = job.output_prefix + "job.json"
-    storage.put_json(bucket, manifest_key, document)
+    storage.put_json(bucket, job.output_prefix + "job.json", document)
     if store.mark_completed(job_id, outputs, completed_at):
         logger.info("completed", extra={"outputs": [output["key"] for output in outputs]})
         telemetry.provider_cost(job_id, str(job.provider), job.item.get("cost"))
+        clean_up_inputs(store, job)  # only now: a job never loses its inputs before it is COMPLETED
 
 
 def _copy_cover(job: Job, cover: str, bucket: str, copy: dict[str, object]) -> list[dict[str, object]]:

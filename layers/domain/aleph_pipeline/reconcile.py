@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain, zip_longest
 
-from . import storage
+from . import storage, telemetry
 from .callbacks import apply_outcome
 from .clients import client
 from .config import get_settings
@@ -129,6 +129,7 @@ def reconcile(now: float | None = None, time_left: Callable[[], float] | None = 
             break
         _guarded(run, job, settle)
     logger.info("reconciled", extra=report.as_dict())
+    telemetry.reconcile_backlog(report.as_dict())
     return report
 
 

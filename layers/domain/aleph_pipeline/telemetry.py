@@ -28,12 +28,13 @@ class MetricSpec:
     dimensions: tuple[str, ...]
 
 
-# Dimension sets kept to two ([Provider] and [Provider, FailureCode]): each set is a metric billed.
+# Dimension sets kept few ([Provider], [Provider, Model], [Provider, FailureCode]): each set is a metric billed.
 # The provider is not known yet when a job is received (intake reads the sidecar after), so
 # JobsReceived has only the service dimension.
 CATALOGUE: dict[str, MetricSpec] = {
     "JobsReceived": MetricSpec(MetricUnit.Count, ()),
-    "JobsSubmitted": MetricSpec(MetricUnit.Count, ("Provider",)),
+    # By model too, where it stays cheap: one metric per (provider, model) actually used.
+    "JobsSubmitted": MetricSpec(MetricUnit.Count, ("Provider", "Model")),
     "JobsCompleted": MetricSpec(MetricUnit.Count, ("Provider",)),
     "JobsFailed": MetricSpec(MetricUnit.Count, ("Provider", "FailureCode")),
     "UploadToSubmitSeconds": MetricSpec(MetricUnit.Seconds, ("Provider",)),
@@ -41,6 +42,12 @@ CATALOGUE: dict[str, MetricSpec] = {
     "ProviderSeconds": MetricSpec(MetricUnit.Seconds, ("Provider",)),
     "CopyBytesPerSecond": MetricSpec(MetricUnit.BytesPerSecond, ("Provider",)),
     "ProviderCostUSD": MetricSpec(MetricUnit.NoUnit, ("Provider",)),
+    # The reconciler's backlog, once per run: jobs it examined, failed at their deadline, and
+    # whether it ran out of time with work left (non-zero: the backlog outgrows a run).
+    "ReconcileExamined": MetricSpec(MetricUnit.Count, ()),
+    "ReconcileTimedOut": MetricSpec(MetricUnit.Count, ()),
+    "ReconcileOutOfTime": MetricSpec(MetricUnit.Count, ()),
+    "InputCleanupFailed": MetricSpec(MetricUnit.Count, ("Mode",)),
 }
 
 
@@ -77,7 +84,7 @@ def job_moved(item: dict[str, Any]) -> None:
     job_id = str(item.get("jobId") or "") or None
     times = _state_times(item)
     if state == "SUBMITTED":
-        emit("JobsSubmitted", 1, job_id, Provider=provider)
+        emit("JobsSubmitted", 1, job_id, Provider=provider, Model=str(item.get("model") or UNKNOWN))
         _emit_between("UploadToSubmitSeconds", times, "RECEIVED", "SUBMITTED", provider=provider, job_id=job_id)
     elif state == "SUCCEEDED":
         _emit_between("ProviderSeconds", times, "SUBMITTED", "SUCCEEDED", provider=provider, job_id=job_id)
@@ -101,6 +108,17 @@ def provider_cost(job_id: str, provider: str, cost_usd: Any) -> None:
     """The cost the provider reported for the job (nothing when it reports none)."""
     if isinstance(cost_usd, int | float | Decimal) and not isinstance(cost_usd, bool):
         emit("ProviderCostUSD", float(cost_usd), job_id, Provider=provider)
+
+
+def reconcile_backlog(report: dict[str, int]) -> None:
+    """A reconcile run's backlog, from its report (``ReconcileReport.as_dict``)."""
+    emit("ReconcileExamined", report.get("examined", 0))
+    emit("ReconcileTimedOut", report.get("timed_out", 0))
+    emit("ReconcileOutOfTime", report.get("out_of_time", 0))
+
+
+def input_cleanup_failed(job_id: str, mode: str) -> None:
+    emit("InputCleanupFailed", 1, job_id, Mode=mode)
 
 
 def _state_times(item: dict[str, Any]) -> dict[str, datetime]:
