@@ -174,6 +174,7 @@ class LocalResources:
                 add(role, {"Ref": url, "Arn": queue_arn(url, region), "QueueName": url.rstrip("/").rsplit("/", 1)[-1]})
         add("secret", {"Ref": secret_arn(str(info["secret_id"]), region, account)})
         parameters = dict(config.parameters)
+        parameters.update(info.get("parameter_overrides") or {})  # the local stack's --parameter values
         parameters["EventBusName"] = str(info.get("event_bus_name") or parameters.get("EventBusName") or "default")
         return cls(region=region, account=account, attributes=attributes, parameters=parameters)
 
@@ -199,7 +200,8 @@ def function_grants(expanded: Mapping[str, Any], local: LocalResources) -> dict[
         role_ref = props.get("Role")
         if folder is None or not (isinstance(role_ref, dict) and "Fn::GetAtt" in role_ref):
             continue
-        role = resources[role_ref["Fn::GetAtt"][0]]["Properties"]
+        role_id = role_ref["Fn::GetAtt"][0]
+        role = resources[role_id]["Properties"]
         name = folder.rstrip("/").rsplit("/", 1)[-1]
         found: list[Grant] = []
         for arn in role.get("ManagedPolicyArns") or []:
@@ -207,8 +209,17 @@ def function_grants(expanded: Mapping[str, Any], local: LocalResources) -> dict[
             if policy not in MANAGED_POLICIES:
                 raise ValueError(f"{name}'s role has managed policy {arn}: say what it grants in MANAGED_POLICIES")
             found += [Grant(action, "*", "*", managed=policy) for action in MANAGED_POLICIES[policy]]
-        for policy in role.get("Policies") or []:
-            for statement in _listed(policy["PolicyDocument"]["Statement"]):
+        documents = [policy["PolicyDocument"] for policy in role.get("Policies") or []]
+        # A parameter's own grants (InputCleanup's): a RolePolicy on the role, counted when its Condition holds.
+        conditions: Mapping[str, Any] = expanded.get("Conditions") or {}
+        for extra in resources.values():
+            extra_props = extra.get("Properties") or {}
+            if extra.get("Type") != "AWS::IAM::RolePolicy" or extra_props.get("RoleName") != {"Ref": role_id}:
+                continue
+            if "Condition" not in extra or _condition_holds(conditions[extra["Condition"]], conditions, local):
+                documents.append(extra_props["PolicyDocument"])
+        for document in documents:
+            for statement in _listed(document["Statement"]):
                 if statement.get("Effect") != "Allow" or "NotAction" in statement or "NotResource" in statement:
                     raise ValueError(f"{name}: only Allow statements with Action and Resource are audited, got {statement}")
                 for expression in _listed(statement["Resource"]):
@@ -216,6 +227,19 @@ def function_grants(expanded: Mapping[str, Any], local: LocalResources) -> dict[
                     found += [Grant(str(action), resolved, _label(expression)) for action in _listed(statement["Action"])]
         grants[name] = found
     return grants
+
+
+def _condition_holds(expression: Any, conditions: Mapping[str, Any], local: LocalResources) -> bool:
+    """A template Condition with the local stack's parameter values (Fn::Equals, Fn::Not, Condition)."""
+    ((key, value),) = expression.items()
+    if key == "Fn::Equals":
+        left, right = (_resolve(side, local) for side in value)
+        return left == right
+    if key == "Fn::Not":
+        return not _condition_holds(value[0], conditions, local)
+    if key == "Condition":
+        return _condition_holds(conditions[value], conditions, local)
+    raise ValueError(f"cannot evaluate the condition {json.dumps(expression)} locally")
 
 
 # ------------------------------------------------------------------------------ calls
