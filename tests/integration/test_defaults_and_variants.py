@@ -4,11 +4,16 @@ kie-protocol provider that counts the tasks it was asked to make."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aleph_cli import jobs as cli_jobs
+from aleph_cli.errors import CliError
+from aleph_cli.stack import StackInfo
 from aleph_pipeline.finalize import finalize_job
 from aleph_pipeline.intake import handle_object_created
 from aleph_pipeline.jobs import JobState, JobStore
@@ -128,3 +133,26 @@ def test_too_many_prompts_is_one_failed_job_naming_the_limit(team: dict[str, Any
     assert [item["jobId"] for item in job_items(team)] == [job_id]
     assert "at most 20 are accepted" in error_json(team, job_id)["message"]
     assert FakeKie.tasks == []
+
+
+def test_the_cli_uploads_a_variants_sidecar_and_lists_its_jobs_in_prompt_order(team: dict[str, Any], tmp_path: Path) -> None:
+    stack = StackInfo(
+        "local",
+        team["input"],
+        "incoming/",
+        team["output"],
+        team["table_name"],
+        region="us-east-1",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        credentials=("test", "test"),
+    )
+    video = tmp_path / "shot.mp4"
+    video.write_bytes(MP4)
+    submitted = cli_jobs.upload_pair(stack, video, {"prompts": ["snow", "rain", "fog"], "provider": "kie"}, folder=team["name"])
+    assert len(submitted.job_ids) == 3 and submitted.job_id == submitted.job_ids[0]
+    handle_object_created(team["input"], submitted.sidecar_key)
+    listed = cli_jobs.sidecar_jobs(stack, submitted.sidecar_key)
+    assert [entry["jobId"] for entry in listed] == list(submitted.job_ids)
+    assert [json.loads(entry["sidecarJson"])["prompt"] for entry in listed] == ["snow", "rain", "fog"]
+    with pytest.raises(CliError, match="at most 20 are accepted"):
+        cli_jobs.sidecar_job_ids(team["input"], submitted.sidecar_key, "v", {"prompts": ["p"] * 21})
