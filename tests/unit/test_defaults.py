@@ -85,6 +85,7 @@ def test_prompts_make_one_document_per_prompt() -> None:
     assert variant_prompts(document) == ["snow", "rain"]
     assert variant_document(document, 1) == {"seed": 3, "prompt": "rain"}
     assert variant_prompts({"prompt": "snow"}) is None
+    assert variant_document({"prompt": None, "prompts": ["snow"]}, 0) == {"prompt": "snow"}  # null is no prompt
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,7 @@ def variant_prompts(document: dict[str, Any]) -> list[str] | None:
     if "prompts" not in document:
         return None
     prompts = document["prompts"]
-    if "prompt" in document:
+    if document.get("prompt") is not None:  # a null `prompt` is no prompt
         raise JobError("invalid_sidecar", "give either `prompt` (one job) or `prompts` (one job per prompt), not both", STAGE_INTAKE)
     if not isinstance(prompts, list) or not prompts:
         raise JobError("invalid_sidecar", f"field `prompts`: must be a list of 1 to {MAX_PROMPTS} prompts (got {quote_value(prompts)})", STAGE_INTAKE)
@@ -186,7 +186,7 @@ def variant_document(document: dict[str, Any], index: int | None) -> dict[str, A
         return document
     if not 0 <= index < len(prompts):
         raise JobError("invalid_sidecar", f"the sidecar has {len(prompts)} prompts, none at index {index}", STAGE_INTAKE)
-    variant = {name: value for name, value in document.items() if name != "prompts"}
+    variant = {name: value for name, value in document.items() if name not in {"prompt", "prompts"}}
     variant["prompt"] = prompts[index]
     return variant
 
