@@ -15,8 +15,9 @@ from typing import Any
 
 from aleph_cli.errors import CliError
 from aleph_cli.stack import StackInfo
+from aleph_pipeline.errors import JobError
 from aleph_pipeline.jobs import Job
-from aleph_pipeline.keys import VIDEO_EXTENSIONS, job_id_for
+from aleph_pipeline.keys import VIDEO_EXTENSIONS, job_id_for, variant_job_id
 from aleph_pipeline.storage import ObjectInfo
 
 STATES = ("RECEIVED", "SUBMITTED", "SUCCEEDED", "COMPLETED")  # the way forward; FAILED can follow any
@@ -26,9 +27,10 @@ POLL_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class Submitted:
-    job_id: str
+    job_id: str  # the first job's (a sidecar with `prompts` makes one job per prompt)
     video_key: str
     sidecar_key: str
+    job_ids: tuple[str, ...] = ()  # every job of the sidecar, in prompt order
 
 
 def upload_pair(stack: StackInfo, video: Path, sidecar: Mapping[str, Any], *, name: str | None = None, folder: str = "") -> Submitted:
@@ -38,7 +40,7 @@ def upload_pair(stack: StackInfo, video: Path, sidecar: Mapping[str, Any], *, na
     extension = video.suffix.lower().lstrip(".")
     if extension not in VIDEO_EXTENSIONS:
         raise CliError(f"{video}: not a video the pipeline takes (.{extension}); use one of: {', '.join(VIDEO_EXTENSIONS)}")
-    if not sidecar.get("prompt"):
+    if not sidecar.get("prompt") and not sidecar.get("prompts"):
         raise CliError("a prompt is needed (--prompt)")
     folder = folder.strip("/")
     stem = f"{stack.input_prefix}{folder + '/' if folder else ''}{name or video.stem}"
@@ -49,7 +51,30 @@ def upload_pair(stack: StackInfo, video: Path, sidecar: Mapping[str, Any], *, na
     )
     head = stack.s3.head_object(Bucket=stack.input_bucket, Key=sidecar_key)
     info = ObjectInfo(stack.input_bucket, sidecar_key, int(head["ContentLength"]), head["ETag"].strip('"'), head["LastModified"], head.get("VersionId"))
-    return Submitted(job_id_for(stack.input_bucket, sidecar_key, info.version_marker), video_key, sidecar_key)
+    ids = sidecar_job_ids(stack.input_bucket, sidecar_key, info.version_marker, sidecar)
+    return Submitted(ids[0], video_key, sidecar_key, ids)
+
+
+def sidecar_job_ids(bucket: str, sidecar_key: str, version_marker: str, sidecar: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ids of the jobs the pipeline makes for a sidecar: one per prompt of ``prompts``, or one."""
+    from aleph_pipeline.sidecar import variant_prompts  # pydantic: only for a sidecar being uploaded
+
+    try:
+        prompts = variant_prompts(dict(sidecar))
+    except JobError as exc:
+        raise CliError(exc.message) from exc
+    if prompts is None:
+        return (job_id_for(bucket, sidecar_key, version_marker),)
+    return tuple(variant_job_id(bucket, sidecar_key, version_marker, index) for index in range(len(prompts)))
+
+
+def sidecar_jobs(stack: StackInfo, sidecar_key: str) -> list[dict[str, Any]]:
+    """Every job made from the sidecar ``sidecar_key`` (any upload of it), variants in prompt
+    order: what to compare when a sidecar has ``prompts``."""
+    kwargs: dict[str, Any] = {"FilterExpression": "sidecarKey = :key", "ExpressionAttributeValues": {":key": sidecar_key}, "ConsistentRead": True}
+    items = [item for page in _pages(stack.table.scan, kwargs) for item in page if "status" in item]
+    items.sort(key=lambda item: (str(item.get("createdAt", "")), int(item.get("variantIndex", 0))))
+    return [Job(item).to_manifest() for item in items]
 
 
 def get_job(stack: StackInfo, job_id: str) -> dict[str, Any] | None:

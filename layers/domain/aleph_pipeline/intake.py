@@ -25,15 +25,15 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
-from . import polling, storage
+from . import defaults, polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Claim, Job, JobState, JobStore, epoch_after
-from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relative
+from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relative, variant_job_id
 from .log import logger
 from .outputs import fail_job, write_error_json
 from .providers import Provider, ProviderError, SubmitRequest, VideoInfo, get_provider
-from .sidecar import MAX_SIDECAR_BYTES, PROVIDER_IDS, Sidecar, parse_sidecar, sidecar_too_large
+from .sidecar import MAX_SIDECAR_BYTES, PROVIDER_IDS, Sidecar, read_document, sidecar_too_large, validate_sidecar, variant_document, variant_prompts
 
 # Time a submission may take once claimed: the provider's connect and read timeouts, and a margin
 # for the writes around it. An event is not started with less time left (the function would be
@@ -72,6 +72,11 @@ class SubmitPlan:
     # The job's failover chain (None: one provider), and what its choice means for the record.
     chain: tuple[str, ...] | None = None
     chain_record: dict[str, Any] = field(default_factory=dict)
+    field_sources: dict[str, str] = field(default_factory=dict)  # each field's folder defaults key, or "sidecar"
+
+    @property
+    def uses_defaults(self) -> bool:
+        return any(source != defaults.SIDECAR_SOURCE for source in self.field_sources.values())
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ def handle_object_created(bucket: str, key: str, receive_count: int = 1, time_le
         _on_sidecar(store, bucket, input_key, receive_count, time_left)
     elif input_key.kind == "video":
         _on_video(store, bucket, input_key, receive_count, time_left)
+    elif input_key.kind == "defaults":
+        logger.info("ignored: folder defaults are read with each sidecar below them, never a job", extra={"key": key})
     else:
         logger.info("ignored: neither a sidecar nor a video", extra={"key": key})
 
@@ -164,22 +171,48 @@ def _on_sidecar(store: JobStore, bucket: str, sidecar_key: InputKey, receive_cou
     if info is None:
         logger.info("sidecar gone before it was read", extra={"key": sidecar_key.key})
         return
-    job_id = job_id_for(bucket, sidecar_key.key, info.version_marker)
-    logger.thread_safe_append_keys(job_id=job_id)
-    job, created = store.create(
-        job_id,
-        {
-            "inputBucket": bucket,
-            "sidecarKey": sidecar_key.key,
-            "sidecarETag": info.etag,
-            "sidecarVersion": info.version_marker,
-            "outputPrefix": output_prefix(sidecar_key.key, settings.input_prefix, job_id),
-            "pairingDeadline": epoch_after(settings.pairing_timeout_seconds),
-        },
-    )
-    if not created:
-        logger.info("sidecar event repeated", extra={"state": job.state})
-    _run(store, job, receive_count, time_left, sidecar_info=info)
+    raw = storage.read_bytes(info, MAX_SIDECAR_BYTES) if info.size <= MAX_SIDECAR_BYTES else None
+    # One job per prompt of `prompts`; one job for anything else (a sidecar that cannot be read
+    # fails as that job, in `observe`). The same version always makes the same jobs.
+    count = _variant_count(raw)
+    variants: list[tuple[str, dict[str, Any]]] = [(job_id_for(bucket, sidecar_key.key, info.version_marker), {})]
+    if count:
+        variants = [
+            (variant_job_id(bucket, sidecar_key.key, info.version_marker, index), {"variantIndex": index, "variantCount": count}) for index in range(count)
+        ]
+    retry: TransientError | None = None
+    for job_id, variant in variants:
+        logger.thread_safe_append_keys(job_id=job_id)
+        job, created = store.create(
+            job_id,
+            {
+                "inputBucket": bucket,
+                "sidecarKey": sidecar_key.key,
+                "sidecarETag": info.etag,
+                "sidecarVersion": info.version_marker,
+                "outputPrefix": output_prefix(sidecar_key.key, settings.input_prefix, job_id),
+                "pairingDeadline": epoch_after(settings.pairing_timeout_seconds),
+                **variant,
+            },
+        )
+        if not created:
+            logger.info("sidecar event repeated", extra={"state": job.state})
+        try:
+            _run(store, job, receive_count, time_left, sidecar_info=info, sidecar_raw=raw)
+        except TransientError as exc:
+            retry = retry or exc  # the other variants go on; the redelivery finds the ones done
+    if retry is not None:
+        raise retry
+
+
+def _variant_count(raw: bytes | None) -> int:
+    """How many prompts the sidecar's ``prompts`` holds; 0 for a sidecar without valid ``prompts``."""
+    if raw is None:
+        return 0
+    try:
+        return len(variant_prompts(read_document(raw)) or ())
+    except JobError:
+        return 0
 
 
 def _on_video(store: JobStore, bucket: str, video_key: InputKey, receive_count: int, time_left: Callable[[], float] | None) -> None:
@@ -192,10 +225,18 @@ def _on_video(store: JobStore, bucket: str, video_key: InputKey, receive_count: 
         _run(store, job, receive_count, time_left)
 
 
-def _run(store: JobStore, job: Job, receive_count: int, time_left: Callable[[], float] | None, sidecar_info: storage.ObjectInfo | None = None) -> None:
+def _run(
+    store: JobStore,
+    job: Job,
+    receive_count: int,
+    time_left: Callable[[], float] | None,
+    *,
+    sidecar_info: storage.ObjectInfo | None = None,
+    sidecar_raw: bytes | None = None,
+) -> None:
     # Once more for each provider of a chain that refused the job "not now, and not you".
     for _ in range(len(PROVIDER_IDS) + 1):
-        facts = observe(store, job, receive_count, sidecar_info)
+        facts = observe(store, job, receive_count, sidecar_info, sidecar_raw)
         action = decide(facts)
         logger.info("intake decided", extra={"action": action.act.value, "reason": action.reason or (action.error.code if action.error else "")})
         if not act(store, job, facts, action, time_left):
@@ -219,8 +260,11 @@ def reconsider(store: JobStore, job: Job, time_left: Callable[[], float] | None 
 # ---- observe -------------------------------------------------------------------------------------
 
 
-def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage.ObjectInfo | None = None) -> IntakeFacts:
-    """Read what the decision needs, stopping at the first fact that settles it."""
+def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage.ObjectInfo | None = None, sidecar_raw: bytes | None = None) -> IntakeFacts:
+    """Read what the decision needs, stopping at the first fact that settles it.
+
+    ``sidecar_raw`` is the content of ``sidecar_info``'s version when the caller read it already.
+    """
     settings = get_settings()
     attempts_left = receive_count < settings.submit_max_attempts
     if job.state != JobState.RECEIVED or job.submission_claimed:
@@ -233,11 +277,15 @@ def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage
     if info.size > MAX_SIDECAR_BYTES:
         # Only the first MAX_SIDECAR_BYTES + 1 bytes would be read: name the real size.
         return IntakeFacts(job.state, problem=sidecar_too_large(info.size), attempts_left=attempts_left)
-    raw = storage.read_bytes(info, MAX_SIDECAR_BYTES)
+    raw = sidecar_raw if sidecar_raw is not None and sidecar_info is not None else storage.read_bytes(info, MAX_SIDECAR_BYTES)
     if raw is None:
         return IntakeFacts(job.state, sidecar_current=False)
+    sources: dict[str, str] = {}
     try:
-        sidecar, _document = parse_sidecar(raw)
+        variant_index = job.item.get("variantIndex")
+        document = variant_document(read_document(raw), None if variant_index is None else int(variant_index))
+        merged, sources = defaults.merge(document, defaults.load_defaults(info.bucket, info.key, settings.input_prefix))
+        sidecar = validate_sidecar(merged)
         chain = provider_chain(sidecar)
         if chain is None:
             provider = get_provider(sidecar.provider or settings.default_provider)
@@ -256,13 +304,15 @@ def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage
         frame_urls = tuple(_image_url(info, entry if isinstance(entry, str) else entry.image) for entry in sidecar.frame_images or ())
         provider.api_key()  # read before the claim: a missing key fails here, not after a claim
     except JobError as error:
-        return IntakeFacts(job.state, problem=error, attempts_left=attempts_left)
+        return IntakeFacts(job.state, problem=defaults.naming_sources(error, sources), attempts_left=attempts_left)
     record: dict[str, Any] = {}
     if chain is not None:
         record["providerChain"] = list(chain)
         if sidecar.model is not None and model != sidecar.model:
             record["modelNote"] = f"model `{sidecar.model}` is not offered by `{provider.id}`: its default model `{model}` runs the edit"
-    plan = SubmitPlan(provider, model, sidecar, raw.decode("utf-8-sig"), video, reference_urls, frame_urls, chain, record)
+    # The job's own sidecar, as it was run: the variant's prompt, the folder defaults merged in.
+    sidecar_json = json.dumps(merged, ensure_ascii=False)
+    plan = SubmitPlan(provider, model, sidecar, sidecar_json, video, reference_urls, frame_urls, chain, record, sources)
     return IntakeFacts(job.state, plan=plan, attempts_left=attempts_left)
 
 
@@ -407,6 +457,8 @@ def act(store: JobStore, job: Job, facts: IntakeFacts, action: Action, time_left
     elif action.act == Act.WAIT:
         store.update_details(job.id, {"awaitingVideo": facts.awaiting})
     elif action.act == Act.SUBMIT and facts.plan is not None:
+        if facts.plan.uses_defaults:
+            store.update_details(job.id, {"fieldSources": facts.plan.field_sources})  # job.json names them
         return _submit_once(store, job.id, facts.plan, facts.attempts_left, time_left)
     return False
 

@@ -9,8 +9,10 @@ from typing import Literal
 
 VIDEO_EXTENSIONS = ("mp4", "mov", "webm", "avi", "m4v")
 SIDECAR_EXTENSION = "json"
+# A folder's defaults for the sidecars at or below it (read with each sidecar, never a job itself).
+DEFAULTS_NAME = "_defaults.json"
 
-KeyKind = Literal["sidecar", "video", "other"]
+KeyKind = Literal["sidecar", "defaults", "video", "other"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ def classify(key: str) -> InputKey:
         return InputKey(key, "other", key, "")
     extension = extension.lower()
     stem = key[: len(key) - len(extension) - 1]
+    if name == DEFAULTS_NAME:
+        return InputKey(key, "defaults", stem, extension)
     if extension == SIDECAR_EXTENSION:
         return InputKey(key, "sidecar", stem, extension)
     if extension in VIDEO_EXTENSIONS:
@@ -52,6 +56,28 @@ def job_id_for(bucket: str, key: str, version_marker: str) -> str:
     """Deterministic: the same sidecar object always maps to the same job, a new upload to a new one."""
     digest = hashlib.sha256("\x00".join((bucket, key, version_marker)).encode("utf-8"))
     return digest.hexdigest()[:32]
+
+
+def variant_job_id(bucket: str, key: str, version_marker: str, index: int) -> str:
+    """The job of a sidecar's ``prompts[index]``: deterministic like ``job_id_for``, one per prompt."""
+    digest = hashlib.sha256("\x00".join((bucket, key, version_marker, f"prompts[{index}]")).encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def defaults_keys(sidecar_key: str, input_prefix: str, max_depth: int) -> list[str]:
+    """The ``_defaults.json`` keys that apply to a sidecar, nearest folder first: its own folder,
+    then each parent down to the input prefix's folder, at most ``max_depth`` of them."""
+    keys: list[str] = []
+    folder = posixpath.dirname(sidecar_key)
+    while len(keys) < max_depth:
+        candidate = f"{folder}/{DEFAULTS_NAME}" if folder else DEFAULTS_NAME
+        if not candidate.startswith(input_prefix):
+            break
+        keys.append(candidate)
+        if not folder:
+            break
+        folder = posixpath.dirname(folder)
+    return keys
 
 
 def resolve_relative(sidecar_key: str, reference: str, input_prefix: str) -> str | None:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from . import storage
 from .config import get_settings
+from .defaults import SIDECAR_SOURCE
 from .errors import JobError
 from .jobs import Job, JobState, JobStore
 from .log import logger
@@ -89,6 +90,7 @@ def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict
         "jobId": job.id,
         "state": JobState.COMPLETED.value,
         "sidecar": job.sidecar_document,
+        "fieldSources": field_sources(job),
         "metadata": (job.sidecar_document or {}).get("metadata"),
         "sidecarKey": item.get("sidecarKey"),
         "provider": item.get("provider"),
@@ -105,4 +107,14 @@ def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict
     }
     if item.get("modelNote"):
         document["modelNote"] = item["modelNote"]  # the sidecar's model belongs to another provider of the chain
+    if item.get("variantIndex") is not None:
+        document["variant"] = {"index": item["variantIndex"], "count": item.get("variantCount")}  # prompts[index] of the sidecar
     return document
+
+
+def field_sources(job: Job) -> dict[str, str]:
+    """Where each field of the job's sidecar came from: a folder's ``_defaults.json`` key, or ``"sidecar"``."""
+    recorded = job.to_manifest().get("fieldSources")
+    if isinstance(recorded, dict):
+        return {str(name): str(source) for name, source in recorded.items()}
+    return dict.fromkeys(job.sidecar_document or {}, SIDECAR_SOURCE)  # no defaults applied: intake records none

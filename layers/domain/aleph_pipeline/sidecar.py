@@ -20,6 +20,7 @@ from pydantic import (
 from .errors import STAGE_INTAKE, JobError
 
 MAX_SIDECAR_BYTES = 256 * 1024
+MAX_PROMPTS = 20  # a sidecar's `prompts`: one job each
 PROVIDER_IDS = ("kie", "apikley", "runware", "crun", "replicate", "runway")
 
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -56,7 +57,7 @@ class Sidecar(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False, strict=True, use_attribute_docstrings=True)
 
     prompt: NonEmptyStr
-    """the edit to make, in words"""
+    """the edit to make, in words; or `prompts`, a list of up to 20 edits of the same video (one job each, with its own job id and output folder)"""
     provider: Literal["kie", "apikley", "runware", "crun", "replicate", "runway"] | None = None
     """who runs the edit (default: the stack's `ProviderChain`, else its `DefaultProvider`)"""
     providers: list[Literal["kie", "apikley", "runware", "crun", "replicate", "runway"]] | None = Field(default=None, min_length=1, max_length=6)
@@ -137,26 +138,70 @@ def parse_sidecar(raw: bytes) -> tuple[Sidecar, dict[str, Any]]:
 
     Raises ``JobError`` whose message names every problem found.
     """
+    document = read_document(raw)
+    return validate_sidecar(document), document
+
+
+def read_document(raw: bytes, name: str = "the sidecar") -> dict[str, Any]:
+    """The JSON object in ``raw`` (a sidecar, or the folder defaults ``name``), not yet validated."""
     if len(raw) > MAX_SIDECAR_BYTES:
         raise sidecar_too_large(len(raw))
     try:
         text = raw.decode("utf-8-sig")  # a byte-order mark from a Windows editor is harmless
     except UnicodeDecodeError as exc:
-        raise JobError("invalid_json", f"the sidecar is not UTF-8 text ({exc.reason} at byte {exc.start})", STAGE_INTAKE) from exc
+        raise JobError("invalid_json", f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})", STAGE_INTAKE) from exc
     if not text.strip():
-        raise JobError("invalid_json", "the sidecar is empty; it must be a JSON object with at least a `prompt`", STAGE_INTAKE)
+        raise JobError("invalid_json", f"{name} is empty; it must be a JSON object with at least a `prompt`", STAGE_INTAKE)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JobError("invalid_json", f"the sidecar is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", STAGE_INTAKE) from exc
+        raise JobError("invalid_json", f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", STAGE_INTAKE) from exc
     except RecursionError as exc:
-        raise JobError("invalid_json", "the sidecar is nested too deeply", STAGE_INTAKE) from exc
+        raise JobError("invalid_json", f"{name} is nested too deeply", STAGE_INTAKE) from exc
     if not isinstance(document, dict):
-        raise JobError("invalid_sidecar", f"the sidecar must be a JSON object, not {_json_type(document)}", STAGE_INTAKE)
+        raise JobError("invalid_sidecar", f"{name} must be a JSON object, not {_json_type(document)}", STAGE_INTAKE)
+    return document
+
+
+def validate_sidecar(document: dict[str, Any]) -> Sidecar:
+    """One job's sidecar (``prompts`` already expanded, folder defaults already merged)."""
     try:
-        return Sidecar.model_validate(document), document
+        return Sidecar.model_validate(document)
     except ValidationError as exc:
         raise JobError("invalid_sidecar", describe_validation_error(exc), STAGE_INTAKE) from exc
+
+
+def variant_prompts(document: dict[str, Any]) -> list[str] | None:
+    """The sidecar's ``prompts`` (one job each), or None when it has a single ``prompt``.
+
+    Raises ``JobError`` for ``prompts`` that is not a list of 1 to ``MAX_PROMPTS`` non-empty
+    strings, or that comes with a ``prompt``.
+    """
+    if "prompts" not in document:
+        return None
+    prompts = document["prompts"]
+    if document.get("prompt") is not None:  # a null `prompt` is no prompt
+        raise JobError("invalid_sidecar", "give either `prompt` (one job) or `prompts` (one job per prompt), not both", STAGE_INTAKE)
+    if not isinstance(prompts, list) or not prompts:
+        raise JobError("invalid_sidecar", f"field `prompts`: must be a list of 1 to {MAX_PROMPTS} prompts (got {quote_value(prompts)})", STAGE_INTAKE)
+    if len(prompts) > MAX_PROMPTS:
+        raise JobError("invalid_sidecar", f"field `prompts`: {len(prompts)} prompts; at most {MAX_PROMPTS} are accepted (one job each)", STAGE_INTAKE)
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise JobError("invalid_sidecar", f"field `prompts.{index}`: must be a non-empty string (got {quote_value(prompt)})", STAGE_INTAKE)
+    return [prompt.strip() for prompt in prompts]
+
+
+def variant_document(document: dict[str, Any], index: int | None) -> dict[str, Any]:
+    """The document of one job: ``prompts[index]`` as its ``prompt`` (the document itself when ``index`` is None)."""
+    prompts = variant_prompts(document)
+    if index is None or prompts is None:
+        return document
+    if not 0 <= index < len(prompts):
+        raise JobError("invalid_sidecar", f"the sidecar has {len(prompts)} prompts, none at index {index}", STAGE_INTAKE)
+    variant = {name: value for name, value in document.items() if name not in {"prompt", "prompts"}}
+    variant["prompt"] = prompts[index]
+    return variant
 
 
 def sidecar_too_large(size: int) -> JobError:
@@ -193,7 +238,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     if len(unique) > MAX_PROBLEMS_LISTED:
         text += f"; and {len(unique) - MAX_PROBLEMS_LISTED} more problems"
     if unknown_top_level:
-        text += f"; allowed fields: {', '.join(ALLOWED_FIELDS)}"
+        # `prompts` never reaches the model: it is expanded into one `prompt` per job first.
+        text += f"; allowed fields: {', '.join(ALLOWED_FIELDS)}; or `prompts` instead of `prompt`"
     return text
 
 
