@@ -98,7 +98,12 @@ def ensure_runtime() -> Path:
 def first_use_imports(handler: str) -> list[str]:
     """What a handler's first invocation imports beyond its init: the modules its ``app.py``
     imports inside a function, then boto3 (every handler calls AWS; ``clients.py`` imports it then)."""
-    tree = ast.parse((REPO_ROOT / "functions" / handler / "app.py").read_text(encoding="utf-8"))
+    return [*function_level_imports((REPO_ROOT / "functions" / handler / "app.py").read_text(encoding="utf-8")), "boto3"]
+
+
+def function_level_imports(source: str) -> list[str]:
+    """The absolute modules ``source`` imports inside its functions, in order, each once."""
+    tree = ast.parse(source)
     deferred: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -107,7 +112,7 @@ def first_use_imports(handler: str) -> list[str]:
                     deferred.append(inner.module)
                 elif isinstance(inner, ast.Import):
                     deferred.extend(alias.name for alias in inner.names)
-    return [*dict.fromkeys(deferred), "boto3"]
+    return list(dict.fromkeys(deferred))
 
 
 def cold_path(handler: str) -> list[str]:
