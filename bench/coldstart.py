@@ -1,24 +1,25 @@
-"""Cold start: the time to import each handler module in a fresh interpreter, against ``import boto3``.
+"""Cold start: the whole import cost of a handler's cold invocation, against ``import boto3``.
 
 The Lambda Python runtime has boto3, so ``import boto3`` is the floor a handler cannot go under
-once it talks to AWS. A handler's own import (its init phase) should cost at most 1.5x that.
+once it talks to AWS. A cold invocation pays the handler module's init and then whatever its
+first invocation imports (a function-level import in ``app.py``, and boto3, which every handler
+uses and ``clients.py`` imports on first use): Lambda bills and waits for both, so the figure is
+one, that whole cold path, and the target is 1.5x the floor for every handler in ``functions/``.
 
 To be faithful to Lambda, the children do not see this repository's development environment
 (moto, click, pytest... would change what some libraries import): they run ``python -S`` with
 ``sys.path`` = the function's directory, ``layers/domain`` (the layer's code) and
 ``bench/.runtime``, a directory holding exactly the layer's requirements plus boto3 (installed
-once with ``pip install --target``, like ``sam build`` does). Each module is imported once first
+once with ``pip install --target``, like ``sam build`` does). Each target is imported once first
 so its bytecode is compiled (not counted), then 10 rounds run every target in a shuffled order
-(a noisy moment on a shared machine hits all of them alike); the median counts.
-
-The handlers import the domain package on first use, so their init is Powertools only. A
-deferred import is not free: the first invocation pays it. That is why each handler has a second
-row, its init plus everything its first invocation imports (the domain entry point and boto3):
-the whole import cost of a cold invocation, printed for information (the target is on the init).
+(a noisy moment on a shared machine hits all of them alike); the median counts. The clock is the
+child's CPU time: importing is CPU work, and on a shared machine the wall clock mostly measures
+how long the other processes kept the CPU (a Lambda sandbox has its CPU share to itself).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -33,9 +34,7 @@ from bench.common import median, save, table, verdict
 from local.client import REPO_ROOT
 
 RUNTIME = REPO_ROOT / "bench" / ".runtime"
-HANDLERS = ("submit", "callback", "finalize")
-# What each handler imports on its first invocation (the domain entry point, and boto3 through it).
-FIRST_USE = {"submit": "aleph_pipeline.intake", "callback": "aleph_pipeline.callbacks", "finalize": "aleph_pipeline.finalize"}
+HANDLERS = tuple(sorted(app.parent.name for app in (REPO_ROOT / "functions").glob("*/app.py")))
 ROUNDS = 10
 TARGET = 1.5
 # The handlers' environment as the template's Globals give it (values are placeholders).
@@ -67,10 +66,10 @@ HANDLER_ENV = {
 _CHILD = """
 import sys, time
 sys.path[:0] = [p for p in sys.argv[2:] if p]
-started = time.perf_counter()
+started = time.process_time()
 for module in sys.argv[1].split(","):
     __import__(module)
-print(time.perf_counter() - started)
+print(time.process_time() - started)
 """
 
 
@@ -96,13 +95,37 @@ def ensure_runtime() -> Path:
     return RUNTIME
 
 
+def first_use_imports(handler: str) -> list[str]:
+    """What a handler's first invocation imports beyond its init: the modules its ``app.py``
+    imports inside a function, then boto3 (every handler calls AWS; ``clients.py`` imports it then)."""
+    return [*function_level_imports((REPO_ROOT / "functions" / handler / "app.py").read_text(encoding="utf-8")), "boto3"]
+
+
+def function_level_imports(source: str) -> list[str]:
+    """The absolute modules ``source`` imports inside its functions, in order, each once."""
+    tree = ast.parse(source)
+    deferred: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and inner.module and not inner.level:
+                    deferred.append(inner.module)
+                elif isinstance(inner, ast.Import):
+                    deferred.extend(alias.name for alias in inner.names)
+    return list(dict.fromkeys(deferred))
+
+
+def cold_path(handler: str) -> list[str]:
+    """The modules a cold invocation of ``handler`` imports, in order: its init, then its first use."""
+    return ["app", *first_use_imports(handler)]
+
+
 def targets() -> dict[str, tuple[str, list[str]]]:
-    """name -> (module to import, extra sys.path entries in front of the runtime)."""
+    """name -> (modules to import, comma-separated; extra sys.path entries in front of the runtime)."""
     found: dict[str, tuple[str, list[str]]] = {"boto3": ("boto3", [str(RUNTIME)])}
     for name in HANDLERS:
         paths = [str(REPO_ROOT / "functions" / name), str(REPO_ROOT / "layers" / "domain"), str(RUNTIME)]
-        found[name] = ("app", paths)
-        found[f"{name}+first"] = (f"app,{FIRST_USE[name]},boto3", paths)
+        found[name] = (",".join(cold_path(name)), paths)
     return found
 
 
@@ -114,11 +137,15 @@ def import_seconds(module: str, paths: list[str]) -> float:
     return float(done.stdout.strip())
 
 
-def imported_modules(paths: list[str]) -> set[str]:
-    """Top-level packages a handler imports at init (to show what it defers)."""
-    code = "import sys; sys.path[:0]=sys.argv[1:]; before=set(sys.modules); import app; print(' '.join({m.split('.')[0] for m in set(sys.modules)-before}))"
+def imported_modules(modules: str, paths: list[str]) -> set[str]:
+    """Top-level packages a cold invocation imports (to show what each handler pulls in)."""
+    code = (
+        "import sys; sys.path[:0]=sys.argv[2:]; before=set(sys.modules)\n"
+        "for m in sys.argv[1].split(','): __import__(m)\n"
+        "print(' '.join({m.split('.')[0] for m in set(sys.modules)-before}))"
+    )
     env = {"PATH": os.environ.get("PATH", ""), **HANDLER_ENV}
-    done = subprocess.run([sys.executable, "-S", "-c", code, *paths], env=env, capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run([sys.executable, "-S", "-c", code, modules, *paths], env=env, capture_output=True, text=True, timeout=60, check=True)
     return {name for name in done.stdout.split() if not name.startswith("_") and re.match(r"^[a-z]", name)}
 
 
@@ -135,13 +162,14 @@ def main(rounds: int = ROUNDS) -> dict[str, Any]:
             module, paths = named[name]
             samples[name].append(import_seconds(module, paths))
     floor = median(samples["boto3"])
-    third_party = {"aws_lambda_powertools", "boto3", "botocore", "httpx", "pydantic", "pydantic_core", "pydantic_settings", "anyio", "s3transfer"}
-    summary: dict[str, Any] = {"rounds": rounds, "target_ratio": TARGET, "python": sys.version.split()[0], "targets": {}}
+    third_party = {"aws_lambda_powertools", "botocore", "httpx", "pydantic", "pydantic_settings", "anyio"}
+    summary: dict[str, Any] = {"rounds": rounds, "clock": "process CPU time", "target_ratio": TARGET, "python": sys.version.split()[0], "targets": {}}
     for name, values in samples.items():
         entry: dict[str, Any] = {"median_ms": median(values) * 1000, "ratio": median(values) / floor, "runs_ms": [v * 1000 for v in values]}
         if name in HANDLERS:
             entry["met"] = entry["ratio"] <= TARGET
-            entry["libraries_at_init"] = sorted(imported_modules(named[name][1]) & third_party)
+            entry["first_use"] = first_use_imports(name)
+            entry["libraries"] = sorted(imported_modules(*named[name]) & third_party)
         summary["targets"][name] = entry
     summary["all_met"] = all(entry.get("met", True) for entry in summary["targets"].values())
     save("coldstart", summary)
@@ -151,15 +179,11 @@ def main(rounds: int = ROUNDS) -> dict[str, Any]:
 def report(summary: dict[str, Any]) -> str:
     rows = []
     for name, entry in summary["targets"].items():
-        if name == "boto3":
-            label = "import boto3 (floor)"
-        elif name in HANDLERS:
-            label = f"functions/{name}/app.py (init)"
-        else:
-            label = f"  + first invocation's imports ({FIRST_USE[name.split('+')[0]]}, boto3)"
+        label = "import boto3 (floor)" if name == "boto3" else f"functions/{name}/app.py + {', '.join(entry['first_use'])}"
         result = verdict(entry["met"]) if "met" in entry else ""
-        rows.append([label, f"{entry['median_ms']:.0f} ms", f"{entry['ratio']:.2f}x", result, " ".join(entry.get("libraries_at_init", []))])
-    return table([f"import (median of {summary['rounds']}, fresh interpreter)", "time", "vs floor", f"<= {TARGET}x", "libraries imported at init"], rows)
+        rows.append([label, f"{entry['median_ms']:.0f} ms", f"{entry['ratio']:.2f}x", result, " ".join(entry.get("libraries", []))])
+    headers = [f"cold path: init + first invocation's imports (CPU, median of {summary['rounds']}, fresh interpreter)", "time", "vs floor", f"<= {TARGET}x"]
+    return table([*headers, "libraries besides boto3"], rows)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aleph_pipeline.callbacks import receive_callback
 from aleph_pipeline.log import logger
 
 app = APIGatewayHttpResolver()
@@ -17,7 +18,6 @@ app = APIGatewayHttpResolver()
 @app.post("/callbacks/<provider>/<job_id>")
 def callback(provider: str, job_id: str) -> Response[str]:
     logger.thread_safe_clear_keys()
-    from aleph_pipeline.callbacks import receive_callback  # on first use, not at init: see bench/coldstart.py
 
     event = app.current_event
     raw = event.body or ""

@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aleph_pipeline.finalize import finalize_job
 from aleph_pipeline.log import logger
 
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
@@ -16,7 +17,6 @@ processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire
 
 def record_handler(record: DynamoDBRecord) -> None:
     logger.thread_safe_clear_keys()  # each record is its own job
-    from aleph_pipeline.finalize import finalize_job  # on first use, not at init: see bench/coldstart.py
 
     keys = record.dynamodb.keys if record.dynamodb else {}
     finalize_job(str(keys["jobId"]))

@@ -9,7 +9,9 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aleph_pipeline.errors import TransientError
 from aleph_pipeline.log import logger
+from aleph_pipeline.polling import handle_poll_message, seconds_needed_to_poll
 
 # A batch whose records all failed is reported like any other, not raised: SQS retries just those.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -17,9 +19,6 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     logger.thread_safe_clear_keys()  # each record is its own job
-    # On first use, not at init: see bench/coldstart.py
-    from aleph_pipeline.errors import TransientError
-    from aleph_pipeline.polling import handle_poll_message, seconds_needed_to_poll
 
     # A record started with too little time left could be cut off mid-poll: report it as failed
     # untouched, and SQS delivers it again (the same message may take its own step again).

@@ -9,6 +9,8 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aleph_pipeline.errors import TransientError
+from aleph_pipeline.intake import handle_object_created, object_created_records, seconds_needed_to_submit
 from aleph_pipeline.log import logger
 
 # A batch whose records all failed is reported like any other, not raised: SQS retries just those.
@@ -17,9 +19,6 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     logger.thread_safe_clear_keys()  # each record is its own job
-    # On first use, not at init: see bench/coldstart.py
-    from aleph_pipeline.errors import TransientError
-    from aleph_pipeline.intake import handle_object_created, object_created_records, seconds_needed_to_submit
 
     def time_left() -> float:
         return lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context is not None else float("inf")

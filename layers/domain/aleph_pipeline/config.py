@@ -1,5 +1,9 @@
 """Settings read once from the environment (the template's Globals, or the local stack).
 
+Each field is read from the variable of its name in any case (``JOBS_TABLE_NAME`` for
+``jobs_table_name``); a dict or list field's variable holds JSON. A plain pydantic model fed from
+``os.environ``: pydantic-settings did the same and doubled a cold start's import cost.
+
 A *wiring* field (``WIRING``) names a resource or a URL of the stack: its default is no value a
 deployed function could work with, so the template must give each function that reads it the
 variable. The local stack watches for wiring fields read with their default and names them.
@@ -7,17 +11,18 @@ variable. The local stack watches for wiring fields read with their default and 
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 WIRING: dict[str, Any] = {"wiring": True}
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     jobs_table_name: str = Field(json_schema_extra=WIRING)
     input_bucket_name: str = Field(json_schema_extra=WIRING)
@@ -91,6 +96,26 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
 
+_STRUCTURED = (dict, list, tuple, set, frozenset)
+
+
+def environment_values(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, Any]:
+    """The fields' values found in ``environ`` (names in any case), structured ones decoded from JSON."""
+    by_name = {name.lower(): value for name, value in environ.items()}
+    values: dict[str, Any] = {}
+    for field, info in Settings.model_fields.items():
+        if field not in by_name:
+            continue
+        value: Any = by_name[field]
+        if (get_origin(info.annotation) or info.annotation) in _STRUCTURED:
+            try:
+                value = json.loads(value)
+            except ValueError as error:  # the value is not shown: it may be long, and it is config
+                raise ValueError(f"environment variable {field.upper()} must hold JSON ({error})") from None
+        values[field] = value
+    return values
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+    return Settings.model_validate(environment_values())
