@@ -189,7 +189,7 @@ class EnvironmentWatch:
         return True
 
     def defaulted(self, field: str, *, wiring: bool) -> None:
-        variable = field.upper()  # pydantic-settings: the field's name, any case, no prefix
+        variable = field.upper()  # config.environment_values: the field's name, any case, no prefix
         with self._lock:
             first = field not in self._reads
             self._reads.setdefault(field, {"variable": variable, "field": field, "wiring": wiring})

@@ -2,7 +2,7 @@
 
 Each field is read from the variable of its name in any case (``JOBS_TABLE_NAME`` for
 ``jobs_table_name``); a dict or list field's variable holds JSON. A plain pydantic model fed from
-``os.environ``: pydantic-settings did the same and doubled a cold start's import cost.
+``os.environ``: pydantic-settings did the same at an import cost every cold start paid.
 
 A *wiring* field (``WIRING``) names a resource or a URL of the stack: its default is no value a
 deployed function could work with, so the template must give each function that reads it the
