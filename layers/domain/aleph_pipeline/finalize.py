@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import httpx
 
-from . import media, storage, telemetry
+from . import budget, media, storage, telemetry
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
 from .jobs import Job, JobState, JobStore, now_iso
@@ -144,7 +144,7 @@ def finalize_job(job_id: str) -> None:
     storage.put_json(bucket, manifest_key, document)
     if store.mark_completed(job_id, outputs, completed_at):
         logger.info("completed", extra={"outputs": [output["key"] for output in outputs]})
-        telemetry.provider_cost(job_id, str(job.provider), job.item.get("cost"))
+        budget.settle(job_id, str(job.provider), job.item.get("cost"))
 
 
 def _copy_cover(job: Job, cover: str, bucket: str, copy: dict[str, object]) -> list[dict[str, object]]:

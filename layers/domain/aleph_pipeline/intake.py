@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
-from . import polling, storage
+from . import budget, polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Claim, Job, JobState, JobStore, epoch_after
@@ -69,6 +69,7 @@ class SubmitPlan:
     video: VideoSource
     reference_urls: tuple[str, ...]
     frame_urls: tuple[str, ...]
+    video_info: VideoInfo | None = None  # what the cost estimate reads (its length)
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage
         provider.api_key()  # read before the claim: a missing key fails here, not after a claim
     except JobError as error:
         return IntakeFacts(job.state, problem=error, attempts_left=attempts_left)
-    plan = SubmitPlan(provider, model, sidecar, raw.decode("utf-8-sig"), video, reference_urls, frame_urls)
+    plan = SubmitPlan(provider, model, sidecar, raw.decode("utf-8-sig"), video, reference_urls, frame_urls, video_info)
     return IntakeFacts(job.state, plan=plan, attempts_left=attempts_left)
 
 
@@ -354,6 +355,8 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
     else:
         details["videoUrl"] = video.url
+    if not _reserve_spend(store, job_id, plan, video_url=video_url, attempts_left=attempts_left, details=details):
+        return
     # The claim is the record that a request may be on its way: written before anything that can
     # be cut off, so a killed invocation leaves a claimed job the reconciler settles, never a resend.
     claim = store.claim_submission(job_id, epoch_after(settings.job_deadline_seconds), details)
@@ -375,6 +378,7 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
                 return
             store.release_claim(job_id, claim.claim_id, str(exc))
             fail_job(store, job_id, exc)
+            budget.release(job_id)
             return
         store.release_claim(job_id, claim.claim_id, str(exc))
         raise TransientError(str(exc)) from exc
@@ -382,6 +386,23 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     logger.info("submitted", extra={"provider": plan.provider.id, "model": plan.model, "provider_task_id": task_id})
     if moved and not plan.provider.webhooks:
         polling.start(job_id)  # no callback will come: the job's own poll loop finds the outcome
+
+
+def _reserve_spend(store: JobStore, job_id: str, plan: SubmitPlan, *, video_url: str, attempts_left: bool, details: dict[str, Any]) -> bool:
+    """Estimate the job's cost (recorded in ``details`` as ``costEstimate``) and reserve it in the
+    budgets, before the claim; False when the job failed here (over budget) with nothing sent."""
+    video = replace(plan.video_info or VideoInfo(plan.video.extension, None), url=video_url)
+    try:
+        estimate = plan.provider.estimate_cost(plan.sidecar, plan.model, video)
+        budget.reserve(job_id, plan.provider.id, estimate)
+    except JobError as error:
+        if error.retryable and attempts_left:
+            raise TransientError(error.message) from error
+        fail_job(store, job_id, error, unless_claimed=True)
+        return False
+    if estimate is not None:
+        details["costEstimate"] = estimate
+    return True
 
 
 def _after_refusal(store: JobStore, job_id: str, claim: Claim, exc: ProviderError, attempts_left: bool, *, idempotent: bool) -> None:
@@ -402,6 +423,7 @@ def _after_refusal(store: JobStore, job_id: str, claim: Claim, exc: ProviderErro
         _await_earlier_send(store, job_id, claim, exc.message)
         return
     fail_job(store, job_id, exc.to_job_error())
+    budget.release(job_id)  # refused or never taken, and no earlier request unanswered: nothing was spent
 
 
 def _await_earlier_send(store: JobStore, job_id: str, claim: Claim, answer: str) -> None:

@@ -41,6 +41,8 @@ CATALOGUE: dict[str, MetricSpec] = {
     "ProviderSeconds": MetricSpec(MetricUnit.Seconds, ("Provider",)),
     "CopyBytesPerSecond": MetricSpec(MetricUnit.BytesPerSecond, ("Provider",)),
     "ProviderCostUSD": MetricSpec(MetricUnit.NoUnit, ("Provider",)),
+    # How much of a budget (Budget: daily or monthly) is spent or reserved, after each reservation.
+    "BudgetUsedPercent": MetricSpec(MetricUnit.Percent, ("Budget",)),
 }
 
 

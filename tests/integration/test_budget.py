@@ -1,0 +1,133 @@
+"""The spend limits against moto server (real HTTP) and the provider simulator (real HTTP): jobs
+submitted at once get through exactly as far as the budget reaches, and a refusal gives the
+reservation back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from aleph_pipeline import budget
+from aleph_pipeline.intake import handle_object_created
+from aleph_pipeline.jobs import JobState, JobStore
+from aleph_pipeline.keys import job_id_for
+from aleph_pipeline.storage import head
+from local.media import make_clip
+from local.simulator.server import SimulatorServer
+
+from .conftest import clear_caches
+
+pytestmark = pytest.mark.timeout(120)
+
+KIE_KEY = "sim-kie-key"
+PRICE_USD = 1.25
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("budget") / "clip.mp4"
+    make_clip(path, seconds=3, size="160x120")
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[str]:
+    with SimulatorServer("127.0.0.1", 0) as running:
+        yield running.url
+
+
+@pytest.fixture
+def priced(aws: dict[str, Any], sim: str, clip: bytes, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """kie at the simulator, at PRICE_USD a job, with a daily budget of ten jobs."""
+    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"kie": f"{sim}/kie"}))
+    monkeypatch.setenv("CALLBACK_API_URL", "https://api.example.test")
+    monkeypatch.setenv("PROVIDER_PRICES", json.dumps({"kie": {"perJob": PRICE_USD}}))
+    monkeypatch.setenv("DAILY_BUDGET_USD", str(10 * PRICE_USD))
+    monkeypatch.setenv("MONTHLY_BUDGET_USD", "")
+    boto3.client("secretsmanager", endpoint_url=aws["s3"].meta.endpoint_url).put_secret_value(SecretId=aws["secret"], SecretString=json.dumps({"kie": KIE_KEY}))
+    clear_caches()
+    httpx.post(f"{sim}/_sim/reset").raise_for_status()
+    return {**aws, "sim": sim, "clip": clip}
+
+
+def upload_pair(aws: dict[str, Any], stem: str) -> str:
+    aws["s3"].put_object(Bucket=aws["input"], Key=f"{stem}.mp4", Body=aws["clip"])
+    aws["s3"].put_object(Bucket=aws["input"], Key=f"{stem}.json", Body=json.dumps({"prompt": "snow", "provider": "kie"}).encode())
+    info = head(aws["input"], f"{stem}.json")
+    assert info is not None
+    return job_id_for(aws["input"], f"{stem}.json", info.version_marker)
+
+
+def submits(sim: str) -> list[dict[str, Any]]:
+    return [r for r in httpx.get(f"{sim}/_sim/requests").json() if r["provider"] == "kie" and r["method"] == "POST"]
+
+
+def day_spent(aws: dict[str, Any]) -> Decimal:
+    key = budget.periods()[0].key
+    item = aws["table"].get_item(Key={"jobId": key}, ConsistentRead=True).get("Item") or {}
+    return Decimal(item.get("spent", 0))
+
+
+def test_a_budget_for_ten_of_twenty_jobs_submitted_at_once_lets_exactly_ten_through(priced: dict[str, Any]) -> None:
+    stems = [f"incoming/batch/clip-{index:02d}" for index in range(20)]
+    job_ids = [upload_pair(priced, stem) for stem in stems]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(lambda stem: handle_object_created(priced["input"], f"{stem}.json"), stems))
+
+    jobs = [JobStore().get(job_id) for job_id in job_ids]
+    submitted = [job for job in jobs if job is not None and job.state == JobState.SUBMITTED]
+    failed = [job for job in jobs if job is not None and job.state == JobState.FAILED]
+    assert len(submitted) == 10 and len(failed) == 10
+    assert len(submits(priced["sim"])) == 10  # the provider saw exactly the ten that fit
+    assert all(job.item["costEstimate"] == Decimal(str(PRICE_USD)) for job in submitted)
+    for job in failed:
+        error = job.item["error"]
+        assert error["code"] == "budget_exceeded"
+        assert "daily budget is $12.50" in error["message"] and "$1.25" in error["message"]
+        assert "submission" not in job.item and "providerTaskId" not in job.item  # nothing was sent
+    assert day_spent(priced) == Decimal("12.5")
+
+    # The same events again (SQS redelivers): no job reserves twice, nothing more is sent.
+    for stem in stems:
+        handle_object_created(priced["input"], f"{stem}.json", receive_count=2)
+    assert day_spent(priced) == Decimal("12.5")
+    assert len(submits(priced["sim"])) == 10
+
+
+def test_a_refused_submission_gives_its_reservation_back(priced: dict[str, Any]) -> None:
+    httpx.post(f"{priced['sim']}/_sim/faults", json=[{"fault": "insufficient_credits", "provider": "kie", "count": 1}]).raise_for_status()
+    refused = upload_pair(priced, "incoming/refused/clip")
+    handle_object_created(priced["input"], "incoming/refused/clip.json")
+
+    job = JobStore().get(refused)
+    assert job is not None and job.state == JobState.FAILED and job.item["error"]["code"] != "budget_exceeded"
+    assert len(submits(priced["sim"])) == 1
+    assert day_spent(priced) == 0  # reserved, then released: the refusal spent nothing
+    reservation = priced["table"].get_item(Key={"jobId": budget.reservation_key(refused)}, ConsistentRead=True)["Item"]
+    assert reservation["state"] == budget.RELEASED
+
+    # The budget it gave back is there for the next job.
+    taken = upload_pair(priced, "incoming/next/clip")
+    handle_object_created(priced["input"], "incoming/next/clip.json")
+    found = JobStore().get(taken)
+    assert found is not None and found.state == JobState.SUBMITTED
+    assert day_spent(priced) == Decimal(str(PRICE_USD))
+
+
+def test_a_completed_job_settles_its_reservation_at_the_real_cost(priced: dict[str, Any]) -> None:
+    job_id = upload_pair(priced, "incoming/settle/clip")
+    handle_object_created(priced["input"], "incoming/settle/clip.json")
+    assert day_spent(priced) == Decimal(str(PRICE_USD))
+
+    budget.settle(job_id, "kie", Decimal("0.4"))
+    budget.settle(job_id, "kie", Decimal("0.4"))  # finalize run twice settles once
+    assert day_spent(priced) == Decimal("0.4")
+    reservation = priced["table"].get_item(Key={"jobId": budget.reservation_key(job_id)}, ConsistentRead=True)["Item"]
+    assert reservation["state"] == budget.SETTLED and reservation["cost"] == Decimal("0.4")
