@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aleph_cli import doctor, jobs
+from aleph_cli import cost, doctor, jobs
 from aleph_cli.errors import CliError
 from aleph_cli.stack import LOCAL_DIR, STACK_JSON, StackInfo, discover
 
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     checkup = commands.add_parser("doctor", help="check the stack: provider keys, callback API, schedule, DLQs, stuck jobs (exit 1 if any needs fixing)")
     checkup.set_defaults(command=cmd_doctor)
+    cost.add_parser(commands)
     return parser
 
 

@@ -14,6 +14,7 @@ import boto3
 import httpx
 import pytest
 
+from aleph_cli.main import main
 from aleph_pipeline import budget
 from aleph_pipeline.intake import handle_object_created
 from aleph_pipeline.jobs import JobState, JobStore
@@ -23,6 +24,7 @@ from local.media import make_clip
 from local.simulator.server import SimulatorServer
 
 from .conftest import clear_caches
+from .test_reconcile import indexed  # noqa: F401  (the fixture: the table with its status index)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,7 +86,9 @@ def test_a_budget_for_ten_of_twenty_jobs_submitted_at_once_lets_exactly_ten_thro
     jobs = [JobStore().get(job_id) for job_id in job_ids]
     submitted = [job for job in jobs if job is not None and job.state == JobState.SUBMITTED]
     failed = [job for job in jobs if job is not None and job.state == JobState.FAILED]
-    assert len(submitted) == 10 and len(failed) == 10
+    assert len(submitted) == 10 and len(failed) == 10, " | ".join(
+        f"{job.item['status']} {sorted(job.item)}" for job in jobs if job not in submitted and job not in failed
+    )
     assert len(submits(priced["sim"])) == 10  # the provider saw exactly the ten that fit
     assert all(job.item["costEstimate"] == Decimal(str(PRICE_USD)) for job in submitted)
     for job in failed:
@@ -131,3 +135,34 @@ def test_a_completed_job_settles_its_reservation_at_the_real_cost(priced: dict[s
     assert day_spent(priced) == Decimal("0.4")
     reservation = priced["table"].get_item(Key={"jobId": budget.reservation_key(job_id)}, ConsistentRead=True)["Item"]
     assert reservation["state"] == budget.SETTLED and reservation["cost"] == Decimal("0.4")
+
+
+def test_aleph_cost_prints_the_spend_from_the_jobs_table(
+    indexed: dict[str, Any],  # noqa: F811
+    priced: dict[str, Any],
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sent = [upload_pair(priced, f"incoming/team-{team}/clip") for team in ("a", "b")]
+    for team in ("a", "b"):
+        handle_object_created(priced["input"], f"incoming/team-{team}/clip.json")
+    priced["table"].update_item(Key={"jobId": sent[1]}, UpdateExpression="SET cost = :cost", ExpressionAttributeValues={":cost": Decimal("0.4")})
+    (tmp_path / "stack.json").write_text(
+        json.dumps(
+            {
+                "input_bucket": priced["input"],
+                "input_prefix": "incoming/",
+                "output_bucket": priced["output"],
+                "jobs_table": priced["table_name"],
+                "s3_endpoint": priced["s3"].meta.endpoint_url,
+            }
+        )
+    )
+    capsys.readouterr()
+    assert main(["--local", str(tmp_path), "cost", "--by", "folder", "--since", "2000-01-01"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["team-a", "1", "1.25", "*", "(1.25", "estimated)"]  # kie reports no cost: its estimate, marked
+    assert lines[2].split() == ["team-b", "1", "0.40"]  # the reported cost
+    assert lines[3].split()[:3] == ["total", "2", "1.65"]
+    # Counter and reservation items are no jobs: nothing else is listed.
+    assert len(lines) == 6

@@ -1,13 +1,17 @@
 """Daily and monthly spend limits, held across every Lambda instance by counters in the jobs table.
 
-A job reserves its cost estimate before its submission is claimed: one DynamoDB transaction puts
-the job's reservation (``budget#job#<jobId>``, written once: a retry of the job finds it and
-reserves nothing more) and ADDs the estimate to the day's and the month's counters
-(``budget#day#2026-12-01``, ``budget#month#2026-12``), each on the condition that it stays within
-its budget. Of any number of jobs reserving at once, exactly those that fit get through. The
-reservation is settled with the real cost once the job completes (the counters move by the
-difference), or released when the job failed before anything was sent. Counter and reservation
-items have no ``status``: they are never jobs, and never in the status index.
+A job reserves its cost estimate before its submission is claimed. Its reservation item
+(``budget#job#<jobId>``) is written once, so a retry of the job reserves nothing more; then the
+estimate is ADDed to the day's and the month's counters (``budget#day#2026-12-01``,
+``budget#month#2026-12``), each in one conditional update that holds only while the counter stays
+within its budget: of any number of jobs reserving at once, exactly those that fit get through.
+A job that does not fit gives back what it took from the other counter. The reservation is
+settled at the real cost when the job completes (the counters move by the difference), or
+released when the job failed before anything was sent. A crash between two of these writes can
+only leave a counter too high, never too low: the budget may refuse early, it never lets a job
+overspend. Plain conditional updates, not a transaction: transactions on a hot counter item
+cancel each other (TransactionConflict). Counter and reservation items have no ``status``: they
+are never jobs, and never in the status index.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from typing import Any
 from . import telemetry
 from .config import get_settings
 from .errors import STAGE_SUBMIT, JobError
-from .jobs import _table, now_iso
+from .jobs import _conditional_failed, _table, now_iso
 from .log import logger
 
 # The share of a budget at which BudgetUsedPercent's alarm fires (template.yaml, BudgetAlarm).
 ALARM_PERCENT = 80
-RESERVED, SETTLED, RELEASED = "reserved", "settled", "released"
+RESERVING, RESERVED, SETTLED, RELEASED = "reserving", "reserved", "settled", "released"
 
 
 @dataclass(frozen=True)
@@ -70,54 +74,84 @@ def reserve(job_id: str, provider: str, estimate: float | None, table: Any | Non
         )
     table = table if table is not None else _table()
     amount = usd(estimate)
-    items: list[dict[str, Any]] = [
-        {
-            "Put": {
-                "TableName": table.name,
-                "Item": {
-                    "jobId": reservation_key(job_id),
-                    "state": RESERVED,
-                    "amount": amount,
-                    "provider": provider,
-                    "counters": [period.key for period in budgets],
-                    "reservedAt": now_iso(),
-                },
-                "ConditionExpression": "attribute_not_exists(jobId)",
-            }
-        }
-    ]
-    for period in budgets:
-        items.append(
-            {
-                "Update": {
-                    "TableName": table.name,
-                    "Key": {"jobId": period.key},
-                    "UpdateExpression": "ADD spent :amount SET #limit = :limit",
-                    # DynamoDB conditions do no arithmetic: the room left is worked out here.
-                    "ConditionExpression": "attribute_not_exists(spent) OR spent <= :room",
-                    "ExpressionAttributeNames": {"#limit": "limit"},
-                    "ExpressionAttributeValues": {":amount": amount, ":limit": usd(period.limit), ":room": usd(period.limit) - amount},
-                }
-            }
-        )
     if amount > usd(min(period.limit for period in budgets)):
         _refuse(table, budgets, estimate)
-    try:
-        table.meta.client.transact_write_items(TransactItems=items)
-    except Exception as exc:
-        reasons = [str(reason.get("Code", "")) for reason in getattr(exc, "response", {}).get("CancellationReasons", [])]
-        if not reasons:
-            raise
-        if reasons[0] == "ConditionalCheckFailed":
-            logger.info("budget already reserved for this job")
-            return
-        if "ConditionalCheckFailed" in reasons:
-            _refuse(table, [period for period, reason in zip(budgets, reasons[1:], strict=True) if reason == "ConditionalCheckFailed"], estimate)
-        raise
+    reservation = _open(table, job_id, provider, amount, budgets)
+    if reservation.get("state") == RELEASED:
+        _refuse(table, budgets, estimate)  # refused before, and the job's failure was not recorded
+    if reservation.get("state") != RESERVING:
+        logger.info("budget already reserved for this job", extra={"state": reservation.get("state")})
+        return
+    counted = set(reservation.get("counted", ()))
+    amount = Decimal(reservation["amount"])
     for period in budgets:
-        spent = _spent(table, period.key)
+        if period.key in counted:
+            continue  # counted by an attempt cut off before it finished
+        if not _add(table, period.key, amount, room=usd(period.limit) - amount, limit=usd(period.limit)):
+            for key in counted:  # give back what this job took from the other budget
+                _add(table, key, -amount)
+            _set_state(table, job_id, RELEASED, RESERVING)
+            _refuse(table, [period], estimate)
+        table.update_item(Key={"jobId": reservation_key(job_id)}, UpdateExpression="ADD counted :key", ExpressionAttributeValues={":key": {period.key}})
+        counted.add(period.key)
+    _set_state(table, job_id, RESERVED, RESERVING)
+    for period in budgets:
         if period.limit > 0:
-            telemetry.emit("BudgetUsedPercent", round(100 * spent / period.limit, 2), job_id, Budget=period.name)
+            telemetry.emit("BudgetUsedPercent", round(100 * _spent(table, period.key) / period.limit, 2), job_id, Budget=period.name)
+
+
+def _open(table: Any, job_id: str, provider: str, amount: Decimal, budgets: list[Period]) -> dict[str, Any]:
+    """The job's reservation: made now (``reserving``), or the one an earlier attempt made."""
+    item = {"jobId": reservation_key(job_id), "state": RESERVING, "amount": amount, "provider": provider, "reservedAt": now_iso()}
+    try:
+        table.put_item(Item=item, ConditionExpression="attribute_not_exists(jobId)")
+    except Exception as exc:
+        if not _conditional_failed(exc):
+            raise
+        found: dict[str, Any] = table.get_item(Key={"jobId": reservation_key(job_id)}, ConsistentRead=True)["Item"]
+        return found
+    return item
+
+
+def _add(table: Any, key: str, amount: Decimal, *, room: Decimal | None = None, limit: Decimal | None = None) -> bool:
+    """ADD ``amount`` to a counter; with ``room``, only while it holds at most ``room`` (DynamoDB
+    conditions do no arithmetic: the room left is worked out by the caller). False when it did not fit."""
+    update: dict[str, Any] = {"Key": {"jobId": key}, "UpdateExpression": "ADD spent :amount", "ExpressionAttributeValues": {":amount": amount}}
+    if room is not None:
+        update["UpdateExpression"] += " SET #limit = :limit"
+        update["ConditionExpression"] = "attribute_not_exists(spent) OR spent <= :room"
+        update["ExpressionAttributeNames"] = {"#limit": "limit"}
+        update["ExpressionAttributeValues"].update({":room": room, ":limit": limit})
+    try:
+        table.update_item(**update)
+    except Exception as exc:
+        if _conditional_failed(exc):
+            return False
+        raise
+    return True
+
+
+def _set_state(table: Any, job_id: str, state: str, expected: str, **extra: Any) -> bool:
+    """Move the reservation from ``expected`` to ``state``; False when it was not in ``expected``."""
+    names, values = {"#state": "state"}, {":state": state, ":expected": expected, ":at": now_iso()}
+    sets = ["#state = :state", "closedAt = :at" if state in (SETTLED, RELEASED) else "reservedAt = if_not_exists(reservedAt, :at)"]
+    for index, (name, value) in enumerate(extra.items()):
+        names[f"#x{index}"] = name
+        values[f":x{index}"] = value
+        sets.append(f"#x{index} = :x{index}")
+    try:
+        table.update_item(
+            Key={"jobId": reservation_key(job_id)},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression="#state = :expected",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+    except Exception as exc:
+        if _conditional_failed(exc):
+            return False
+        raise
+    return True
 
 
 def _spent(table: Any, key: str) -> float:
@@ -157,39 +191,11 @@ def _close(job_id: str, state: str, cost: float | None, table: Any | None) -> No
     if not reservation or reservation.get("state") != RESERVED:
         return  # no budget was set when it was submitted, or it is closed already
     amount = Decimal(reservation["amount"])
+    extra = {"cost": usd(cost)} if cost is not None and state == SETTLED else {}
+    # The reservation's state moves first, in one conditional write: of two attempts, one moves the counters.
+    if not _set_state(table, job_id, state, RESERVED, **extra):
+        return
     delta = (usd(cost) if cost is not None else amount) - amount
-    values: dict[str, Any] = {":state": state, ":reserved": RESERVED, ":at": now_iso()}
-    expression = "SET #state = :state, closedAt = :at"
-    if cost is not None and state == SETTLED:
-        expression += ", cost = :cost"
-        values[":cost"] = usd(cost)
-    items: list[dict[str, Any]] = [
-        {
-            "Update": {
-                "TableName": table.name,
-                "Key": {"jobId": reservation_key(job_id)},
-                "UpdateExpression": expression,
-                "ConditionExpression": "#state = :reserved",
-                "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": values,
-            }
-        }
-    ]
     if delta:
-        for key in reservation.get("counters", []):
-            items.append(
-                {
-                    "Update": {
-                        "TableName": table.name,
-                        "Key": {"jobId": key},
-                        "UpdateExpression": "ADD spent :delta",
-                        "ExpressionAttributeValues": {":delta": delta},
-                    }
-                }
-            )
-    try:
-        table.meta.client.transact_write_items(TransactItems=items)
-    except Exception as exc:
-        if getattr(exc, "response", {}).get("CancellationReasons"):
-            return  # another attempt closed it first
-        raise
+        for key in reservation.get("counted", ()):
+            _add(table, key, delta)
