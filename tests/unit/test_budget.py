@@ -121,3 +121,16 @@ def test_counters_are_kept_per_utc_day_and_month(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("MONTHLY_BUDGET_USD", "900.5")
     keys = [(period.name, period.key, period.limit) for period in budget.periods(datetime(2026, 12, 1, 23, 59, tzinfo=UTC))]
     assert keys == [("daily", "budget#day#2026-12-01", 50.0), ("monthly", "budget#month#2026-12", 900.5)]
+
+
+def test_a_price_per_job_reads_no_header_and_an_unreadable_one_is_no_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[tuple[int, int]] = []
+
+    def unreadable(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return b"\x00" * length  # no container's header
+
+    prices(monkeypatch, kie={"perJob": 0.5}, apikley={"perSecond": 0.05})
+    assert adapter("kie").estimate_cost(sidecar(), "aleph", VideoInfo("mp4", 4096, unreadable)) == pytest.approx(0.5)
+    assert reads == []
+    assert adapter("apikley").estimate_cost(sidecar(), "aleph", VideoInfo("mp4", 4096, unreadable)) is None  # not an error: no estimate

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from typing import Any
@@ -391,7 +391,7 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
 def _reserve_spend(store: JobStore, job_id: str, plan: SubmitPlan, *, video_url: str, attempts_left: bool, details: dict[str, Any]) -> bool:
     """Estimate the job's cost (recorded in ``details`` as ``costEstimate``) and reserve it in the
     budgets, before the claim; False when the job failed here (over budget) with nothing sent."""
-    video = replace(plan.video_info or VideoInfo(plan.video.extension, None), url=video_url)
+    video = (plan.video_info or VideoInfo(plan.video.extension, None)).with_url(video_url)
     try:
         estimate = plan.provider.estimate_cost(plan.sidecar, plan.model, video)
         budget.reserve(job_id, plan.provider.id, estimate)

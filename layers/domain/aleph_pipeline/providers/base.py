@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
@@ -50,6 +50,20 @@ class VideoInfo:
         """The duration from the container header (a few ranged reads, never the whole file),
         read once. None when the video is known only by URL; a provider with duration limits asks."""
         return self.duration_seconds()
+
+    def known_duration(self) -> float | None:
+        """The duration if the header gives it, else None (for an estimate: never an error)."""
+        try:
+            return self.duration
+        except JobError:
+            return None
+
+    def with_url(self, url: str) -> VideoInfo:
+        """The same video with the URL the provider will fetch it from (the duration read stays read)."""
+        copy = replace(self, url=url)
+        if "duration" in self.__dict__:
+            copy.__dict__["duration"] = self.__dict__["duration"]
+        return copy
 
     def duration_seconds(self) -> float | None:
         """See ``duration`` (which caches it)."""
@@ -240,7 +254,9 @@ class Provider(ABC):
     def estimate_cost(self, sidecar: Sidecar, model: str, video: VideoInfo) -> float | None:
         """What the job will cost in USD, before it is sent; None when no price is known (or a
         price per second meets a video whose length is unknown)."""
-        return cost_from_rule(self.price_rule(model), video.duration, sidecar.number_results or 1)
+        rule = self.price_rule(model)
+        seconds = None if "perJob" in rule else video.known_duration()  # a price per job reads no header
+        return cost_from_rule(rule, seconds, sidecar.number_results or 1)
 
     @abstractmethod
     def submit(self, request: SubmitRequest) -> str:

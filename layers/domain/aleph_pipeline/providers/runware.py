@@ -128,7 +128,7 @@ class RunwareProtocol(Provider):
     def estimate_cost(self, sidecar: Sidecar, model: str, video: VideoInfo) -> float | None:
         """Price x seconds x ``numberResults``; a video known only by URL is priced at the longest
         Aleph 2.0 takes (30 s), so a budget is never reserved short."""
-        seconds = video.duration
+        seconds = video.known_duration()
         if seconds is None and model == ALEPH_2:
             seconds = ALEPH_2_SECONDS[1]
         return cost_from_rule(self.price_rule(model), seconds, sidecar.number_results or 1)
