@@ -117,6 +117,12 @@ def test_a_refused_submission_gives_its_reservation_back(priced: dict[str, Any])
     reservation = priced["table"].get_item(Key={"jobId": budget.reservation_key(refused)}, ConsistentRead=True)["Item"]
     assert reservation["state"] == budget.RELEASED
 
+    # Released, it can be made again (a move to another provider reserves that one's estimate).
+    budget.reserve(refused, "kie", 2.0)
+    assert day_spent(priced) == Decimal("2.0")
+    budget.release(refused)
+    assert day_spent(priced) == 0
+
     # The budget it gave back is there for the next job.
     taken = upload_pair(priced, "incoming/next/clip")
     handle_object_created(priced["input"], "incoming/next/clip.json")

@@ -77,8 +77,6 @@ def reserve(job_id: str, provider: str, estimate: float | None, table: Any | Non
     if amount > usd(min(period.limit for period in budgets)):
         _refuse(table, budgets, estimate)
     reservation = _open(table, job_id, provider, amount, budgets)
-    if reservation.get("state") == RELEASED:
-        _refuse(table, budgets, estimate)  # refused before, and the job's failure was not recorded
     if reservation.get("state") != RESERVING:
         logger.info("budget already reserved for this job", extra={"state": reservation.get("state")})
         return
@@ -101,10 +99,17 @@ def reserve(job_id: str, provider: str, estimate: float | None, table: Any | Non
 
 
 def _open(table: Any, job_id: str, provider: str, amount: Decimal, budgets: list[Period]) -> dict[str, Any]:
-    """The job's reservation: made now (``reserving``), or the one an earlier attempt made."""
+    """The job's reservation: made now (``reserving``), or the one an earlier attempt made. A
+    released one (refused, or given back before a move to another provider) is made again, at
+    this estimate."""
     item = {"jobId": reservation_key(job_id), "state": RESERVING, "amount": amount, "provider": provider, "reservedAt": now_iso()}
     try:
-        table.put_item(Item=item, ConditionExpression="attribute_not_exists(jobId)")
+        table.put_item(
+            Item=item,
+            ConditionExpression="attribute_not_exists(jobId) OR #state = :released",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues={":released": RELEASED},
+        )
     except Exception as exc:
         if not _conditional_failed(exc):
             raise
