@@ -131,10 +131,17 @@ def test_a_refused_submission_gives_its_reservation_back(priced: dict[str, Any])
     assert day_spent(priced) == Decimal(str(PRICE_USD))
 
 
-def test_a_completed_job_settles_its_reservation_at_the_real_cost(priced: dict[str, Any]) -> None:
+def test_a_completed_job_settles_its_reservation_at_the_real_cost(
+    priced: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "AlephPipeline")
     job_id = upload_pair(priced, "incoming/settle/clip")
+    capsys.readouterr()
     handle_object_created(priced["input"], "incoming/settle/clip.json")
     assert day_spent(priced) == Decimal(str(PRICE_USD))
+    # The share of the budget used, for the 80 % alarm: 1.25 of 12.50.
+    metrics = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"BudgetUsedPercent"' in line]
+    assert [(m["BudgetUsedPercent"], m["Budget"]) for m in metrics] == [([10.0], "daily")]
 
     budget.settle(job_id, "kie", Decimal("0.4"))
     budget.settle(job_id, "kie", Decimal("0.4"))  # finalize run twice settles once
