@@ -179,3 +179,23 @@ def test_aleph_cost_prints_the_spend_from_the_jobs_table(
     assert lines[3].split()[:3] == ["total", "2", "1.65"]
     # Counter and reservation items are no jobs: nothing else is listed.
     assert len(lines) == 6
+
+
+def test_a_crun_job_is_estimated_from_cruns_own_quote(priced: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"crun": f"{priced['sim']}/crun"}))
+    monkeypatch.setenv("PROVIDER_PRICES", json.dumps({"crun": {"creditUsd": 0.01}}))
+    boto3.client("secretsmanager", endpoint_url=priced["s3"].meta.endpoint_url).put_secret_value(
+        SecretId=priced["secret"], SecretString=json.dumps({"crun": "sim-crun-key"})
+    )
+    clear_caches()
+    stem = "incoming/crun/clip"
+    priced["s3"].put_object(Bucket=priced["input"], Key=f"{stem}.mp4", Body=priced["clip"])
+    priced["s3"].put_object(Bucket=priced["input"], Key=f"{stem}.json", Body=json.dumps({"prompt": "snow", "provider": "crun"}).encode())
+    info = head(priced["input"], f"{stem}.json")
+    assert info is not None
+    handle_object_created(priced["input"], f"{stem}.json")
+
+    job = JobStore().get(job_id_for(priced["input"], f"{stem}.json", info.version_marker))
+    assert job is not None and job.state == JobState.SUBMITTED
+    assert job.item["costEstimate"] == Decimal("0.6")  # the simulator quotes 60 credits, at a cent each
+    assert day_spent(priced) == Decimal("0.6")
