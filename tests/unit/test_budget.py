@@ -134,3 +134,16 @@ def test_a_price_per_job_reads_no_header_and_an_unreadable_one_is_no_estimate(mo
     assert adapter("kie").estimate_cost(sidecar(), "aleph", VideoInfo("mp4", 4096, unreadable)) == pytest.approx(0.5)
     assert reads == []
     assert adapter("apikley").estimate_cost(sidecar(), "aleph", VideoInfo("mp4", 4096, unreadable)) is None  # not an error: no estimate
+
+
+def test_an_estimate_over_a_whole_budget_names_that_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    class EmptyTable:
+        def get_item(self, **_: Any) -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setenv("DAILY_BUDGET_USD", "50")
+    monkeypatch.setenv("MONTHLY_BUDGET_USD", "5")
+    with pytest.raises(JobError) as raised:
+        budget.reserve("job", "runware", 8.4, table=EmptyTable())
+    assert raised.value.code == "budget_exceeded"
+    assert raised.value.message.startswith("the monthly budget is $5.00; $0.00 is spent or reserved in it already and this job's estimate is $8.40")

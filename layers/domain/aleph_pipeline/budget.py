@@ -74,9 +74,10 @@ def reserve(job_id: str, provider: str, estimate: float | None, table: Any | Non
         )
     table = table if table is not None else _table()
     amount = usd(estimate)
-    if amount > usd(min(period.limit for period in budgets)):
-        _refuse(table, budgets, estimate)
-    reservation = _open(table, job_id, provider, amount, budgets)
+    too_small = [period for period in budgets if amount > usd(period.limit)]
+    if too_small:
+        _refuse(table, too_small, estimate)
+    reservation = _open(table, job_id, provider, amount)
     if reservation.get("state") != RESERVING:
         logger.info("budget already reserved for this job", extra={"state": reservation.get("state")})
         return
@@ -98,7 +99,7 @@ def reserve(job_id: str, provider: str, estimate: float | None, table: Any | Non
             telemetry.emit("BudgetUsedPercent", round(100 * _spent(table, period.key) / period.limit, 2), job_id, Budget=period.name)
 
 
-def _open(table: Any, job_id: str, provider: str, amount: Decimal, budgets: list[Period]) -> dict[str, Any]:
+def _open(table: Any, job_id: str, provider: str, amount: Decimal) -> dict[str, Any]:
     """The job's reservation: made now (``reserving``), or the one an earlier attempt made. A
     released one (refused, or given back before a move to another provider) is made again, at
     this estimate."""
