@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aleph_cli import dashboard, doctor, jobs
+from aleph_cli import cost, dashboard, doctor, jobs
 from aleph_cli.errors import CliError
 from aleph_cli.stack import LOCAL_DIR, STACK_JSON, StackInfo, discover
 
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkup.set_defaults(command=cmd_doctor)
 
     commands.add_parser("dashboard", help="print the URL of the stack's CloudWatch dashboard").set_defaults(command=cmd_dashboard)
+    cost.add_parser(commands)
     return parser
 
 

@@ -232,6 +232,9 @@ class SubmittingProvider:
     def submit(self, request: Any) -> str:
         return "task-1"
 
+    def estimate_cost(self, sidecar: Any, model: str, video: Any) -> float | None:
+        return None
+
 
 @dataclass
 class ClaimingStore:

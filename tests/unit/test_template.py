@@ -13,6 +13,8 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
 
+from aleph_pipeline import budget
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
 EVENTS_DIR = ROOT / "events"
@@ -35,6 +37,9 @@ COMMON_ENV = {
     "RESULT_HOSTS",
     "ALLOW_HTTP_RESULT_URLS",
     "MAX_RESULT_BYTES",
+    "PROVIDER_PRICES",
+    "DAILY_BUDGET_USD",
+    "MONTHLY_BUDGET_USD",
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
 }
@@ -563,7 +568,8 @@ def test_callback_events_are_http_api_v2(path: Path) -> None:
 def _alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(namespace, metric, watched logical id) of an alarm, a metric-math alarm's metrics included."""
     metrics = [props] if "MetricName" in props else [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
-    return [(m["Namespace"], m["MetricName"], _references(m["Dimensions"][0]["Value"]).pop()) for m in metrics]
+    # A metric of the pipeline's own names its dimension's value (the budget alarms' `daily`), not a resource.
+    return [(m["Namespace"], m["MetricName"], next(iter(_references(value)), str(value))) for m in metrics for value in [m["Dimensions"][0]["Value"]]]
 
 
 def test_dead_letter_queues_and_function_errors_alarm_to_the_topic(resources: dict[str, Any], template: dict[str, Any]) -> None:
@@ -577,6 +583,10 @@ def test_dead_letter_queues_and_function_errors_alarm_to_the_topic(resources: di
     for function in functions:
         assert ("AWS/Lambda", "Errors", function) in watched, f"{function} has no error alarm"
     assert all(props["AlarmActions"] == [{"Ref": "AlarmTopic"}] for props in alarms.values())
+    for period in ("daily", "monthly"):
+        assert ("AlephPipeline", "BudgetUsedPercent", period) in watched
+    budget_alarms = [props for props in alarms.values() if props.get("MetricName") == "BudgetUsedPercent"]
+    assert {props["Threshold"] for props in budget_alarms} == {budget.ALARM_PERCENT} and len(budget_alarms) == 2
     subscription = resources["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
     assert template["Parameters"]["AlarmEmail"]["Default"] == ""

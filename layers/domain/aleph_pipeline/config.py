@@ -45,6 +45,13 @@ class Settings(BaseModel):
     max_result_bytes: int = Field(default=2 * 1024**3, ge=1)
     # A result download that takes longer than this is abandoned and retried.
     max_result_seconds: int = Field(default=600, ge=1)
+    # Prices for cost estimates (USD), "<provider>" or "<provider>/<model>" -> a rule: {"perJob": x},
+    # {"perSecond": x} (of input video) or {"creditUsd": x} with {"creditsPerSecond": n} where the
+    # provider prices in credits. {} keeps each adapter's documented defaults.
+    provider_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Spend limits in USD across every instance (``budget``); None (an empty parameter) is no limit.
+    daily_budget_usd: float | None = Field(default=None, ge=0)
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
     # Before finalize copies anything, ask the provider (with our key) whether the task really
     # succeeded and where its results are: a callback is a notification, not the truth.
     confirm_results_by_polling: bool = True
@@ -89,6 +96,11 @@ class Settings(BaseModel):
     def _prefix_ends_with_slash(cls, value: str) -> str:
         value = value.lstrip("/")
         return value if not value or value.endswith("/") else value + "/"
+
+    @field_validator("daily_budget_usd", "monthly_budget_usd", mode="before")
+    @classmethod
+    def _empty_is_no_budget(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("callback_api_url")
     @classmethod

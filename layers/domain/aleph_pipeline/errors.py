@@ -27,6 +27,7 @@ HINTS: dict[str, str] = {
     "provider_rejected": "The provider refused the request; the message says why.",
     "insufficient_credits": "Top up the provider account's credits (the message says what the edit costs), then upload the sidecar again.",
     "provider_unavailable": "The provider kept failing; upload the sidecar again to retry.",
+    "budget_exceeded": "Raise DailyBudgetUsd/MonthlyBudgetUsd (or wait for the next day or month), then upload the sidecar again.",
     "generation_failed": "The provider could not make the edit; adjust the prompt or input.",
     "result_unavailable": "The provider's result could not be fetched; it may have expired.",
     "result_rejected": "The provider's result URL was not on its allowed hosts.",
@@ -61,6 +62,10 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "provider_rejected": (STAGE_SUBMIT, "the provider refused the request (bad key, no credits, validation)"),
     "insufficient_credits": (STAGE_SUBMIT, "the provider's free estimate says the account cannot pay for the edit (crun.ai); nothing was created or spent"),
     "provider_unavailable": (STAGE_SUBMIT, "the provider kept answering 429/5xx or could not be reached"),
+    "budget_exceeded": (
+        STAGE_SUBMIT,
+        "the job's cost estimate does not fit in what is left of the daily or monthly budget (or no price is known); nothing was sent",
+    ),
     "generation_failed": (STAGE_PROVIDER, "the provider could not make the edit (moderation, bad input, ...)"),
     "deadline_exceeded": (STAGE_PROVIDER, "the provider did not finish within `JobDeadlineSeconds`"),
     "submit_ambiguous": (STAGE_SUBMIT, "the submit got no clear answer (a 5xx, a timeout after sending) and no callback or poll settled it by the deadline"),

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import httpx
 
-from . import media, storage, telemetry
+from . import budget, media, storage, telemetry
 from .cleanup import clean_up_inputs
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_PROVIDER, JobError, TransientError
@@ -144,7 +144,7 @@ def finalize_job(job_id: str) -> None:
     storage.put_json(bucket, job.output_prefix + "job.json", document)
     if store.mark_completed(job_id, outputs, completed_at):
         logger.info("completed", extra={"outputs": [output["key"] for output in outputs]})
-        telemetry.provider_cost(job_id, str(job.provider), job.item.get("cost"))
+        budget.settle(job_id, str(job.provider), job.item.get("cost"))
         clean_up_inputs(store, job)  # only now: a job never loses its inputs before it is COMPLETED
 
 

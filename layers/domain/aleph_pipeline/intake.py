@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
-from . import defaults, polling, storage
+from . import budget, defaults, polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Claim, Job, JobState, JobStore, epoch_after
@@ -73,6 +73,7 @@ class SubmitPlan:
     chain: tuple[str, ...] | None = None
     chain_record: dict[str, Any] = field(default_factory=dict)
     field_sources: dict[str, str] = field(default_factory=dict)  # each field's folder defaults key, or "sidecar"
+    video_info: VideoInfo | None = None  # what the cost estimate reads (its length)
 
     @property
     def uses_defaults(self) -> bool:
@@ -312,7 +313,7 @@ def observe(store: JobStore, job: Job, receive_count: int, sidecar_info: storage
             record["modelNote"] = f"model `{sidecar.model}` is not offered by `{provider.id}`: its default model `{model}` runs the edit"
     # The job's own sidecar, as it was run: the variant's prompt, the folder defaults merged in.
     sidecar_json = json.dumps(merged, ensure_ascii=False)
-    plan = SubmitPlan(provider, model, sidecar, sidecar_json, video, reference_urls, frame_urls, chain, record, sources)
+    plan = SubmitPlan(provider, model, sidecar, sidecar_json, video, reference_urls, frame_urls, chain, record, sources, video_info)
     return IntakeFacts(job.state, plan=plan, attempts_left=attempts_left)
 
 
@@ -480,6 +481,8 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
     else:
         details["videoUrl"] = video.url
+    if not _reserve_spend(store, job_id, plan, video_url=video_url, attempts_left=attempts_left, details=details):
+        return False
     # The claim is the record that a request may be on its way: written before anything that can
     # be cut off, so a killed invocation leaves a claimed job the reconciler settles, never a resend.
     claim = store.claim_submission(job_id, epoch_after(settings.job_deadline_seconds), details)
@@ -500,6 +503,7 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
                 return False
             store.release_claim(job_id, claim.claim_id, str(exc))
             fail_job(store, job_id, exc)
+            budget.release(job_id)
             return False
         store.release_claim(job_id, claim.claim_id, str(exc))
         raise TransientError(str(exc)) from exc
@@ -508,6 +512,23 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     if moved and not plan.provider.webhooks:
         polling.start(job_id)  # no callback will come: the job's own poll loop finds the outcome
     return False
+
+
+def _reserve_spend(store: JobStore, job_id: str, plan: SubmitPlan, *, video_url: str, attempts_left: bool, details: dict[str, Any]) -> bool:
+    """Estimate the job's cost (recorded in ``details`` as ``costEstimate``) and reserve it in the
+    budgets, before the claim; False when the job failed here (over budget) with nothing sent."""
+    video = (plan.video_info or VideoInfo(plan.video.extension, None)).with_url(video_url)
+    try:
+        estimate = plan.provider.estimate_cost(plan.sidecar, plan.model, video)
+        budget.reserve(job_id, plan.provider.id, estimate)
+    except JobError as error:
+        if error.retryable and attempts_left:
+            raise TransientError(error.message) from error
+        fail_job(store, job_id, error, unless_claimed=True)
+        return False
+    if estimate is not None:
+        details["costEstimate"] = estimate
+    return True
 
 
 def _after_refusal(
@@ -529,6 +550,8 @@ def _after_refusal(
         # Provably not taken, and no earlier request of this job may have made a task: the next
         # provider of the chain gets it (none left: intake fails it naming every answer).
         moved = store.move_on(job_id, claim.claim_id, plan.provider.id, plan.model, exc.to_job_error())
+        if moved:
+            budget.release(job_id)  # the next provider reserves its own estimate
         logger.warning("provider refused the job for now; moving along the chain", extra={"provider": plan.provider.id, "reason": exc.message})
         return moved
     if exc.kind == "retryable" and attempts_left:
@@ -538,6 +561,7 @@ def _after_refusal(
         _await_earlier_send(store, job_id, claim, exc.message)
         return False
     fail_job(store, job_id, exc.to_job_error())
+    budget.release(job_id)  # refused or never taken, and no earlier request unanswered: nothing was spent
     return False
 
 

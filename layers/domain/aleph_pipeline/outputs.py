@@ -99,6 +99,7 @@ def manifest(job: Job, outputs: list[dict[str, Any]], completed_at: str) -> dict
         # Every provider of the chain that did not take the job, and why it moved on.
         "providersTried": job.providers_tried,
         "cost": item.get("cost"),
+        "costEstimate": item.get("costEstimate"),
         "source": source,
         "outputs": outputs,
         "history": history,

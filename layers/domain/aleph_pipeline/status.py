@@ -62,7 +62,8 @@ class JobStatus(BaseModel):
     inputKey: str | None = None
     outputBucket: str
     outputPrefix: str | None = None
-    cost: float | None = None
+    cost: float | None = Field(default=None, description="what the provider reported the job cost (USD), when it reports one")
+    costEstimate: float | None = Field(default=None, description="the job's cost estimated before it was sent (USD; see ProviderPrices)")
     waitingFor: str | None = Field(
         default=None, description="why a RECEIVED job waits (its video, a provider that did not take the request, or an unanswered submit)"
     )
@@ -110,7 +111,7 @@ def describe(job: Job) -> JobStatus:
     for key, size in listed:
         outputs.append(OutputLink(key=key, size=int(size) if isinstance(size, int) else None, url=storage.presign_get(bucket, key, LINK_TTL_SECONDS)))
     error = item.get("error") if job.state == JobState.FAILED else None
-    cost = item.get("cost")
+    cost, estimate = item.get("cost"), item.get("costEstimate")
     return JobStatus(
         jobId=job.id,
         state=job.state.value,
@@ -121,6 +122,7 @@ def describe(job: Job) -> JobStatus:
         outputBucket=bucket,
         outputPrefix=prefix,
         cost=float(cost) if isinstance(cost, int | float) else None,
+        costEstimate=float(estimate) if isinstance(estimate, int | float) else None,
         waitingFor=job.waiting_for,
         timings=Timings(
             createdAt=item.get("createdAt"),

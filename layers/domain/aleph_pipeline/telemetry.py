@@ -48,6 +48,8 @@ CATALOGUE: dict[str, MetricSpec] = {
     "ReconcileTimedOut": MetricSpec(MetricUnit.Count, ()),
     "ReconcileOutOfTime": MetricSpec(MetricUnit.Count, ()),
     "InputCleanupFailed": MetricSpec(MetricUnit.Count, ("Mode",)),
+    # How much of a budget (Budget: daily or monthly) is spent or reserved, after each reservation.
+    "BudgetUsedPercent": MetricSpec(MetricUnit.Percent, ("Budget",)),
 }
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import httpx
 
 from .. import media
+from ..config import get_settings
 from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
 from ..sidecar import Sidecar
 
@@ -29,6 +30,8 @@ class VideoInfo:
     size: int | None  # bytes; None for an https URL whose size is unknown
     # Ranged reads of the video (offset, length) -> bytes; None for a video known only by URL.
     read_range: Callable[[int, int], bytes] | None = None
+    # The URL the provider will fetch the video from (set at submit, for an estimate that asks the provider).
+    url: str | None = None
 
     def check_container(self) -> None:
         """Refuse a file that is not the container its name says (a text file named ``clip.mp4``),
@@ -47,6 +50,20 @@ class VideoInfo:
         """The duration from the container header (a few ranged reads, never the whole file),
         read once. None when the video is known only by URL; a provider with duration limits asks."""
         return self.duration_seconds()
+
+    def known_duration(self) -> float | None:
+        """The duration if the header gives it, else None (for an estimate: never an error)."""
+        try:
+            return self.duration
+        except JobError:
+            return None
+
+    def with_url(self, url: str) -> VideoInfo:
+        """The same video with the URL the provider will fetch it from (the duration read stays read)."""
+        copy = replace(self, url=url)
+        if "duration" in self.__dict__:
+            copy.__dict__["duration"] = self.__dict__["duration"]
+        return copy
 
     def duration_seconds(self) -> float | None:
         """See ``duration`` (which caches it)."""
@@ -224,6 +241,28 @@ class Provider(ABC):
                 STAGE_INTAKE,
             )
 
+    # Documented prices, model (or "*" for any) -> a price rule (see ``Settings.provider_prices``,
+    # which overrides them key by key).
+    default_prices: ClassVar[Mapping[str, Mapping[str, float]]] = {}
+
+    def price_rule(self, model: str) -> dict[str, float]:
+        """The price rule for ``model``: the adapter's defaults, then ``ProviderPrices`` for the
+        provider, then for ``<provider>/<model>``, each overriding the one before."""
+        prices = get_settings().provider_prices
+        return {
+            **self.default_prices.get("*", {}),
+            **self.default_prices.get(model, {}),
+            **prices.get(self.id, {}),
+            **prices.get(f"{self.id}/{model}", {}),
+        }
+
+    def estimate_cost(self, sidecar: Sidecar, model: str, video: VideoInfo) -> float | None:
+        """What the job will cost in USD, before it is sent; None when no price is known (or a
+        price per second meets a video whose length is unknown)."""
+        rule = self.price_rule(model)
+        seconds = None if "perJob" in rule else video.known_duration()  # a price per job reads no header
+        return cost_from_rule(rule, seconds, sidecar.number_results or 1)
+
     @abstractmethod
     def submit(self, request: SubmitRequest) -> str:
         """Send the edit; return the provider's task id or raise ``ProviderError``."""
@@ -314,6 +353,19 @@ class Provider(ABC):
     @staticmethod
     def provider_failure(message: str, retryable: bool = False, code: str = "generation_failed") -> JobError:
         return JobError(code, message, STAGE_PROVIDER, retryable=retryable)
+
+
+def cost_from_rule(rule: Mapping[str, float], seconds: float | None, results: int) -> float | None:
+    """USD for ``results`` results of a ``seconds``-long video under a price rule: ``perJob``,
+    ``perSecond``, or ``creditsPerSecond`` x ``creditUsd``; None when the rule cannot say."""
+    if "perJob" in rule:
+        return round(rule["perJob"] * results, 6)
+    per_second = rule.get("perSecond")
+    if per_second is None and "creditsPerSecond" in rule and "creditUsd" in rule:
+        per_second = rule["creditsPerSecond"] * rule["creditUsd"]
+    if per_second is None or seconds is None:
+        return None
+    return round(per_second * seconds * results, 6)
 
 
 def unsupported(provider: str, model: str, fields: set[str]) -> JobError:

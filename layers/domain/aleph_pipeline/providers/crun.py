@@ -184,8 +184,18 @@ class CrunProtocol(Provider):
     def request_body(self, request: SubmitRequest) -> dict[str, Any]:
         return {"model": request.model, "callback_url": request.callback_url, "input": crun_input(request)}
 
-    def estimate(self, model: str, given: dict[str, Any]) -> None:
-        """``EstimateTask`` (free): raise ``JobError`` unless crun says this exact input is affordable.
+    def estimate_cost(self, sidecar: Sidecar, model: str, video: VideoInfo) -> float | None:
+        """crun's own quote (``EstimateTask``, free) in credits x ``creditUsd`` from ``ProviderPrices``;
+        without a credit price, a ``perJob`` price if one is set, else None (and no call)."""
+        credit_usd = self.price_rule(model).get("creditUsd")
+        if credit_usd is None or video.url is None:
+            return super().estimate_cost(sidecar, model, video)
+        credits = self.estimate(model, crun_input(SubmitRequest("", sidecar, model, video.url, (), "")))
+        return None if credits is None else round(credits * credit_usd, 6)
+
+    def estimate(self, model: str, given: dict[str, Any]) -> float | None:
+        """``EstimateTask`` (free): the credits it quotes (None when it quotes none); raises
+        ``JobError`` unless crun says this exact input is affordable.
 
         Every failure here is before anything is created, so none is ambiguous: one crun may get
         over is retryable, an answer that says not affordable (or 402) is ``insufficient_credits``.
@@ -205,7 +215,7 @@ class CrunProtocol(Provider):
             )
         affordable, cost, balance = data.get("affordable"), data.get("estimated_credits"), data.get("balance")
         if affordable is True:
-            return
+            return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
         if affordable is not False:
             raise JobError("provider_unavailable", "crun's estimate did not say whether the edit is affordable", STAGE_SUBMIT, retryable=True)
         raise JobError(

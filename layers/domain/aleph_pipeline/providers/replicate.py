@@ -70,6 +70,8 @@ FAILED = ("failed", "canceled")
 
 @dataclass
 class ReplicateProtocol(Provider):
+    # About $0.90 a run (a third-party cost table, not confirmed): ProviderPrices replaces it.
+    default_prices: ClassVar[Mapping[str, Mapping[str, float]]] = {"*": {"perJob": 0.90}}
     docs: ClassVar[ProviderDocs | None] = ProviderDocs(
         fields=frozenset(SUPPORTED_FIELDS) - COMMON_FIELDS,
         video_formats=VIDEO_EXTENSIONS,

@@ -29,6 +29,7 @@ from .base import (
     ResultItem,
     SubmitRequest,
     VideoInfo,
+    cost_from_rule,
     merge_provider_options,
     unsupported,
 )
@@ -119,7 +120,18 @@ class RunwareProtocol(Provider):
         price="Aleph 2.0: $0.28 per second of video; the cost of each job is recorded in job.json",
     )
 
+    # Runware's price list: Aleph 2.0 per second of input (Aleph 1's rate comes from ProviderPrices).
+    default_prices: ClassVar[Mapping[str, Mapping[str, float]]] = {ALEPH_2: {"perSecond": 0.28}}
+
     # ---- before any money is spent -------------------------------------------------------------
+
+    def estimate_cost(self, sidecar: Sidecar, model: str, video: VideoInfo) -> float | None:
+        """Price x seconds x ``numberResults``; a video known only by URL is priced at the longest
+        Aleph 2.0 takes (30 s), so a budget is never reserved short."""
+        seconds = video.known_duration()
+        if seconds is None and model == ALEPH_2:
+            seconds = ALEPH_2_SECONDS[1]
+        return cost_from_rule(self.price_rule(model), seconds, sidecar.number_results or 1)
 
     def own_reference(self, job_id: str) -> str | None:
         # Our taskUUID is derived from the job id, so a submission whose answer was lost can be polled.

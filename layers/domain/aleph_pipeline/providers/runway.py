@@ -105,6 +105,8 @@ def failure_error(provider_id: str, code: Any, failure: Any) -> JobError:
 
 @dataclass
 class RunwayProtocol(Provider):
+    # $0.01 a credit; aleph2's credits per second are not published: ProviderPrices' `creditsPerSecond`.
+    default_prices: ClassVar[Mapping[str, Mapping[str, float]]] = {"*": {"creditUsd": 0.01}}
     webhooks: ClassVar[bool] = False
     docs: ClassVar[ProviderDocs | None] = ProviderDocs(
         fields=SIDECAR_FIELDS,
