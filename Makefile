@@ -54,7 +54,7 @@ demo: $(VENV)/.installed
 # make local PROVIDER_URL=https://... PROVIDER_KEYS=keys.json: every provider at <url>/<provider>
 # with those keys, instead of the stack's own simulator (or set ALEPH_PROVIDER_URL/ALEPH_PROVIDER_KEYS).
 local: $(VENV)/.installed
-	$(PY) -m local.stack $(if $(PROVIDER_URL),--provider-url '$(PROVIDER_URL)') $(if $(PROVIDER_KEYS),--provider-keys '$(PROVIDER_KEYS)')
+	$(PY) -m local.stack $(if $(PROVIDER_URL),--provider-url '$(PROVIDER_URL)') $(if $(PROVIDER_KEYS),--provider-keys '$(PROVIDER_KEYS)') $(foreach parameter,$(PARAMETERS),--parameter '$(parameter)')
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
