@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from . import storage
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .keys import defaults_keys
+from .outputs import SIDECAR_SOURCE
 from .sidecar import MAX_SIDECAR_BYTES, Sidecar, describe_validation_error, read_document
 
 # Folders read above a sidecar (one HEAD each, and a GET where a defaults file is).
 MAX_DEFAULTS_DEPTH = 16
 # Fields that belong to each sidecar: a default prompt or video would make every job the same.
 NOT_DEFAULTS = ("prompt", "prompts", "video")
-SIDECAR_SOURCE = "sidecar"
 
 
 @dataclass(frozen=True)

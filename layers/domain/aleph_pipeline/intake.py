@@ -31,7 +31,7 @@ from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Claim, Job, JobState, JobStore, epoch_after
 from .keys import InputKey, classify, job_id_for, output_prefix, resolve_relative, variant_job_id
 from .log import logger
-from .outputs import fail_job, write_error_json
+from .outputs import SIDECAR_SOURCE, fail_job, write_error_json
 from .providers import Provider, ProviderError, SubmitRequest, VideoInfo, get_provider
 from .sidecar import MAX_SIDECAR_BYTES, PROVIDER_IDS, Sidecar, read_document, sidecar_too_large, validate_sidecar, variant_document, variant_prompts
 
@@ -77,7 +77,7 @@ class SubmitPlan:
 
     @property
     def uses_defaults(self) -> bool:
-        return any(source != defaults.SIDECAR_SOURCE for source in self.field_sources.values())
+        return any(source != SIDECAR_SOURCE for source in self.field_sources.values())
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from urllib.parse import urlsplit
 
 from . import storage
 from .config import get_settings
-from .defaults import SIDECAR_SOURCE
 from .errors import JobError
 from .jobs import Job, JobState, JobStore
 from .log import logger
 
 VIDEO_EXTENSIONS = {"mp4", "webm", "mov"}
+SIDECAR_SOURCE = "sidecar"  # a field's source in job.json when the sidecar itself gave it
 IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "webp"}
 
 

@@ -7,14 +7,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx
 
 from .. import media
 from ..config import get_settings
 from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError
-from ..sidecar import Sidecar
+
+if TYPE_CHECKING:  # types only: the sidecar model is built where a sidecar is read, not on every cold path
+    from ..sidecar import Sidecar
 
 # Answer codes that say a submit was not taken (rate limited, down for maintenance): safe to send again.
 NOT_TAKEN_CODES = frozenset({"429", "455"})

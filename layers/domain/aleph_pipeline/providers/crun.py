@@ -20,11 +20,10 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from ..errors import STAGE_INTAKE, STAGE_PROVIDER, STAGE_SUBMIT, JobError
-from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
     CallbackInvalid,
@@ -36,6 +35,9 @@ from .base import (
     VideoInfo,
     merge_provider_options,
 )
+
+if TYPE_CHECKING:  # types only: the sidecar model is built where a sidecar is read, not on every cold path
+    from ..sidecar import Sidecar
 
 CREATE_PATH = "/api/v1/client/job/CreateTask"
 TASK_INFO_PATH = "/api/v1/client/job/TaskInfo"

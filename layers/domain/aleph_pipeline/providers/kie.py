@@ -15,10 +15,9 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import TransientError
-from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
     CallbackInvalid,
@@ -31,6 +30,9 @@ from .base import (
     VideoInfo,
     merge_provider_options,
 )
+
+if TYPE_CHECKING:  # types only: the sidecar model is built where a sidecar is read, not on every cold path
+    from ..sidecar import Sidecar
 
 # Expired or short-lived result links: kie answers a fresh one for its own result URLs.
 DOWNLOAD_URL_PATH = "/api/v1/common/download-url"

@@ -25,10 +25,9 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import STAGE_INTAKE, JobError
-from ..sidecar import Sidecar
 from .base import (
     COMMON_FIELDS,
     CallbackInvalid,
@@ -41,6 +40,9 @@ from .base import (
     VideoInfo,
     merge_provider_options,
 )
+
+if TYPE_CHECKING:  # types only: the sidecar model is built where a sidecar is read, not on every cold path
+    from ..sidecar import Sidecar
 
 MODEL = "runwayml/gen4-aleph"
 PREDICTIONS_PATH = f"/v1/models/{MODEL}/predictions"

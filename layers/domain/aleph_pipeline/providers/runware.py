@@ -15,10 +15,9 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import STAGE_INTAKE, JobError
-from ..sidecar import FrameImage, Sidecar
 from .base import (
     COMMON_FIELDS,
     CallbackInvalid,
@@ -33,6 +32,9 @@ from .base import (
     merge_provider_options,
     unsupported,
 )
+
+if TYPE_CHECKING:  # types only: the sidecar model is built where a sidecar is read, not on every cold path
+    from ..sidecar import FrameImage, Sidecar
 
 ALEPH_1 = "runway:2@1"
 ALEPH_2 = "runway:aleph@2.0"
@@ -169,7 +171,7 @@ class RunwareProtocol(Provider):
                 STAGE_INTAKE,
             )
         for entry in sidecar.frame_images or ():
-            if isinstance(entry, FrameImage) and entry.timestamp is not None and entry.timestamp > seconds:
+            if not isinstance(entry, str) and entry.timestamp is not None and entry.timestamp > seconds:
                 raise JobError(
                     "invalid_sidecar",
                     f"field `frameImages`: timestamp {entry.timestamp:g} s is past the end of the {seconds:.2f}-second video",

@@ -19,13 +19,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from ..errors import STAGE_INTAKE, STAGE_PROVIDER, JobError, TransientError
-from ..sidecar import FrameImage, Sidecar
 from .base import (
     CallbackInvalid,
     Outcome,
@@ -36,6 +35,9 @@ from .base import (
     VideoInfo,
     merge_provider_options,
 )
+
+if TYPE_CHECKING:  # types only: the sidecar model is built where a sidecar is read, not on every cold path
+    from ..sidecar import FrameImage, Sidecar
 
 API_VERSION = "2024-11-06"
 UPLOADS_PATH = "/v1/uploads"
@@ -67,7 +69,7 @@ def utf16_length(text: str) -> int:
 def keyframe_position(entry: str | FrameImage) -> dict[str, Any]:
     """A frame image's place in the video as a keyframe: ``seconds`` for a timestamp, ``at``
     first/last for a frame. A bare image has no place: Runway cannot take it."""
-    if isinstance(entry, FrameImage):
+    if not isinstance(entry, str):
         if entry.timestamp is not None:
             return {"seconds": entry.timestamp}
         if entry.frame in ("first", 0):
@@ -145,7 +147,7 @@ class RunwayProtocol(Provider):
                 "video_duration", f"the video is {seconds:.2f} s long; model `{model}` edits videos of at most {MAX_VIDEO_SECONDS:g} seconds", STAGE_INTAKE
             )
         for entry in frames:
-            if isinstance(entry, FrameImage) and entry.timestamp is not None and entry.timestamp > seconds:
+            if not isinstance(entry, str) and entry.timestamp is not None and entry.timestamp > seconds:
                 raise JobError(
                     "invalid_sidecar",
                     f"field `frameImages`: timestamp {entry.timestamp:g} s is past the end of the {seconds:.2f}-second video",
