@@ -76,6 +76,8 @@ def test_submit_prompts_prints_every_job_and_list_sidecar_shows_each_variant_in_
     assert "1.00 USD" in lines[0] and "~" not in lines[0]
     assert f"~{PRICE_USD:.2f} USD" in lines[1]
     assert lines[2].startswith("~ an estimate made before sending")
+    code, out = aleph(priced, capsys, "status", job_ids[1])
+    assert re.search(r"^variant\s+1 of 2: rain$", out, re.MULTILINE), out
 
     code, out = aleph(priced, capsys, "list", "--sidecar", "incoming/nobody/none.json")
     assert (code, out) == (0, f"no jobs from s3://{priced['input']}/incoming/nobody/none.json\n")
