@@ -59,6 +59,7 @@ class Target:
     callback_api_url: str
     dlq_urls: Mapping[str, str]
     default_provider: str
+    provider_chain: tuple[str, ...] = ()  # the stack's ProviderChain: a job may be sent to any of them
     provider_endpoints: Mapping[str, str] = field(default_factory=dict)
     callback_grace_seconds: int = DEFAULT_CALLBACK_GRACE_SECONDS
     finalize_grace_seconds: int = DEFAULT_FINALIZE_GRACE_SECONDS
@@ -74,13 +75,20 @@ def api_key_of(entry: Any) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def check_keys(secret: Mapping[str, Any], default_provider: str, verify: Callable[[str, str], str | None], known: Sequence[str]) -> list[Check]:
-    """A key for the DefaultProvider and for every provider the secret names, each accepted by its
-    provider (``verify(provider, key)`` is None when accepted). The keys are never printed."""
+def check_keys(
+    secret: Mapping[str, Any], default_provider: str, verify: Callable[[str, str], str | None], known: Sequence[str], chain: Sequence[str] = ()
+) -> list[Check]:
+    """A key for the DefaultProvider, for every provider of the ProviderChain and for every
+    provider the secret names, each accepted by its provider (``verify(provider, key)`` is None
+    when accepted). The keys are never printed."""
     keyed = {provider: key for provider, entry in secret.items() if (key := api_key_of(entry))}
     checks: list[Check] = []
-    if default_provider not in keyed:
-        checks.append(fix(f"key {default_provider}", f"the provider secret has no key for `{default_provider}` (the DefaultProvider): add one"))
+    required = {default_provider: "the DefaultProvider"}
+    for provider in chain:
+        required.setdefault(provider, "in the ProviderChain")
+    for provider, why in required.items():
+        if provider not in keyed:
+            checks.append(fix(f"key {provider}", f"the provider secret has no key for `{provider}` ({why}): add one"))
     for provider in sorted(keyed):
         name = f"key {provider}"
         if provider not in known:
@@ -163,6 +171,11 @@ def _past_pairing(job: Mapping[str, Any], now: float) -> bool:
 # ---------------------------------------------------------------------------- a stack's wiring
 
 
+def chain_of(value: str | None) -> tuple[str, ...]:
+    """``kie,apikley`` (the ProviderChain parameter, PROVIDER_CHAIN) as provider ids."""
+    return tuple(name.strip() for name in (value or "").split(",") if name.strip())
+
+
 def local_target(stack_json: Path) -> Target:
     info = json.loads(stack_json.read_text(encoding="utf-8"))
     env = {**info.get("handler_env", {}), **info.get("function_env", {}).get("reconcile", {})}
@@ -171,6 +184,7 @@ def local_target(stack_json: Path) -> Target:
         callback_api_url=str(info["api_url"]),
         dlq_urls={name: str(info[key]) for name, key in LOCAL_DLQS.items() if info.get(key)},
         default_provider=str(env.get("DEFAULT_PROVIDER", "kie")),
+        provider_chain=chain_of(env.get("PROVIDER_CHAIN")),
         provider_endpoints=json.loads(env.get("PROVIDER_ENDPOINTS") or "{}"),
         callback_grace_seconds=int(env.get("CALLBACK_GRACE_SECONDS", DEFAULT_CALLBACK_GRACE_SECONDS)),
         finalize_grace_seconds=int(env.get("FINALIZE_GRACE_SECONDS", DEFAULT_FINALIZE_GRACE_SECONDS)),
@@ -196,6 +210,7 @@ def deployed_target(stack: StackInfo) -> Target:
         callback_api_url=outputs["CallbackApiUrl"],
         dlq_urls={name: outputs[key] for name, key in DLQS.items() if key in outputs},
         default_provider=parameters.get("DefaultProvider") or "kie",
+        provider_chain=chain_of(parameters.get("ProviderChain")),
         callback_grace_seconds=int(parameters.get("CallbackGraceSeconds") or DEFAULT_CALLBACK_GRACE_SECONDS),
         schedules=schedules,
     )
@@ -229,7 +244,7 @@ def run(stack: StackInfo, target: Target, now: float | None = None) -> list[Chec
     except ValueError:
         secret = None
     if isinstance(secret, dict):
-        checks.extend(check_keys(secret, target.default_provider, verifier(target), PROVIDER_IDS))
+        checks.extend(check_keys(secret, target.default_provider, verifier(target), PROVIDER_IDS, target.provider_chain))
     else:
         checks.append(fix("provider keys", 'the provider secret is not a JSON object keyed by provider id, like {"kie": "<key>"}: put one'))
 

@@ -41,7 +41,7 @@ def upload_pair(stack: StackInfo, video: Path, sidecar: Mapping[str, Any], *, na
     if extension not in VIDEO_EXTENSIONS:
         raise CliError(f"{video}: not a video the pipeline takes (.{extension}); use one of: {', '.join(VIDEO_EXTENSIONS)}")
     if not sidecar.get("prompt") and not sidecar.get("prompts"):
-        raise CliError("a prompt is needed (--prompt)")
+        raise CliError("a prompt is needed (--prompt, or --prompts for variants)")
     folder = folder.strip("/")
     stem = f"{stack.input_prefix}{folder + '/' if folder else ''}{name or video.stem}"
     video_key, sidecar_key = f"{stem}{video.suffix}", f"{stem}.json"

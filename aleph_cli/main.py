@@ -2,7 +2,9 @@
 
     aleph submit clip.mp4 --prompt "make it snow" --wait
     aleph status <jobId>
+    aleph submit clip.mp4 --prompts "make it snow" "make it rain"
     aleph list --state FAILED
+    aleph list --sidecar team/clip.json
     aleph watch <jobId>
     aleph get <jobId> --to out/
     aleph doctor
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="upload a video and its sidecar (last), print the job id")
     submit.add_argument("video", type=Path)
-    submit.add_argument("--prompt", required=True, help="the edit to make")
+    prompt = submit.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="the edit to make")
+    prompt.add_argument("--prompts", nargs="+", metavar="P", help="variants: one job per prompt, for the same video")
     submit.add_argument("--provider", help="kie, apikley, ... (default: the stack's DefaultProvider)")
     submit.add_argument("--model", help="the provider's model id")
     submit.add_argument("--aspect-ratio", dest="aspectRatio", help="16:9, 9:16, 4:3, 3:4, 1:1 or 21:9")
@@ -77,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the job record as JSON")
     status.set_defaults(command=cmd_status)
 
-    listing = commands.add_parser("list", help="jobs, newest first")
+    listing = commands.add_parser("list", help="jobs, newest first; or one sidecar's jobs (its variants in prompt order)")
     listing.add_argument("--state", type=str.upper, choices=STATE_CHOICES)
+    listing.add_argument("--sidecar", metavar="KEY", help="a sidecar's key in the input bucket (with or without the input prefix)")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(command=cmd_list)
 
@@ -107,10 +113,14 @@ def cmd_submit(stack: StackInfo, args: argparse.Namespace) -> int:
     sidecar = build_sidecar(args)
     submitted = jobs.upload_pair(stack, args.video, sidecar, name=args.name, folder=args.folder)
     print(f"uploaded s3://{stack.input_bucket}/{submitted.video_key} and {submitted.sidecar_key}")
-    print(f"job {submitted.job_id}")
+    for job_id in submitted.job_ids or (submitted.job_id,):
+        print(f"job {job_id}")
     if not args.wait:
         return 0
-    return follow(stack, submitted.job_id, args.timeout)
+    deadline = time.monotonic() + args.timeout
+    # Variants run side by side: following them in turn costs no more than the slowest.
+    results = [follow(stack, job_id, max(0.0, deadline - time.monotonic())) for job_id in submitted.job_ids or (submitted.job_id,)]
+    return max(results)
 
 
 def cmd_watch(stack: StackInfo, args: argparse.Namespace) -> int:
@@ -138,8 +148,15 @@ def cmd_status(stack: StackInfo, args: argparse.Namespace) -> int:
     elapsed = jobs.elapsed_seconds(job)
     if elapsed is not None:
         rows.append(("elapsed", f"{elapsed:.1f} s"))
+    if job.get("variantIndex") is not None:
+        rows.append(("variant", f"{job['variantIndex']} of {job.get('variantCount', '?')}: {sidecar_prompt(job) or '-'}"))
+    if job.get("costEstimate") is not None:
+        rows.append(("estimate", f"{usd(job['costEstimate'])} (before sending)"))
     if job.get("cost") is not None:
-        rows.append(("cost", str(job["cost"])))
+        rows.append(("cost", usd(job["cost"])))
+    for tried in job.get("providersTried") or []:
+        code = f" ({tried['code']})" if tried.get("code") else ""
+        rows.append(("tried", f"{tried.get('provider')} / {tried.get('model') or '-'}: {tried.get('reason') or '-'}{code} @{str(tried.get('at', ''))[11:23]}"))
     rows.append(("history", "  ".join(f"{h.get('state')}@{str(h.get('at', ''))[11:23]}" for h in job.get("history", []))))
     if job["status"] == "FAILED":
         error = jobs.error_of(stack, job)
@@ -155,12 +172,35 @@ def cmd_status(stack: StackInfo, args: argparse.Namespace) -> int:
 
 
 def cmd_list(stack: StackInfo, args: argparse.Namespace) -> int:
+    if args.sidecar:
+        return list_sidecar(stack, args.sidecar)
     found = jobs.list_jobs(stack, args.state, args.limit)
     if not found:
         print(f"no {args.state + ' ' if args.state else ''}jobs")
         return 0
     for job in found:
         print(f"{job['jobId']}  {job['status']:<9}  {job.get('updatedAt', ''):<24}  {job.get('provider') or '-':<8}  {job.get('sidecarKey', '')}")
+    return 0
+
+
+def list_sidecar(stack: StackInfo, key: str) -> int:
+    """One line per job of the sidecar: id, state, variant, prompt, cost (``~`` an estimate), job.json."""
+    key = key.lstrip("/")
+    if not key.startswith(stack.input_prefix):
+        key = f"{stack.input_prefix}{key}"
+    found = jobs.sidecar_jobs(stack, key)
+    if not found:
+        print(f"no jobs from s3://{stack.input_bucket}/{key}")
+        return 0
+    prompts = [sidecar_prompt(job) or "-" for job in found]
+    costs = [job_cost(job) for job in found]
+    prompt_width, cost_width = max(len(p) for p in prompts), max(len(c) for c in costs)
+    for job, prompt, charged in zip(found, prompts, costs, strict=True):
+        variant = "-" if job.get("variantIndex") is None else str(job["variantIndex"])
+        manifest = f"s3://{stack.output_bucket}/{job.get('outputPrefix', '')}job.json"
+        print(f"{job['jobId']}  {job['status']:<9}  {variant:>2}  {prompt:<{prompt_width}}  {charged:>{cost_width}}  {manifest}")
+    if any(charged.startswith("~") for charged in costs):
+        print("~ an estimate made before sending (the provider reported no cost)")
     return 0
 
 
@@ -193,8 +233,32 @@ def cmd_dashboard(stack: StackInfo, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- helpers
 
 
+def usd(amount: Any) -> str:
+    return f"{float(amount):.2f} USD"
+
+
+def job_cost(job: Mapping[str, Any]) -> str:
+    """The cost the provider reported, else the estimate (marked ``~``), else ``-``."""
+    if job.get("cost") is not None:
+        return usd(job["cost"])
+    if job.get("costEstimate") is not None:
+        return f"~{usd(job['costEstimate'])}"
+    return "-"
+
+
+def sidecar_prompt(job: Mapping[str, Any]) -> str | None:
+    """The job's own prompt (a variant's one of ``prompts``), from the sidecar recorded at intake."""
+    raw = job.get("sidecarJson")
+    try:
+        document = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    prompt = document.get("prompt") if isinstance(document, dict) else None
+    return prompt if isinstance(prompt, str) else None
+
+
 def build_sidecar(args: argparse.Namespace) -> dict[str, Any]:
-    sidecar: dict[str, Any] = {"prompt": args.prompt}
+    sidecar: dict[str, Any] = {"prompts": args.prompts} if args.prompts else {"prompt": args.prompt} if args.prompt is not None else {}
     for field in ("provider", "model", "aspectRatio", "seed", "referenceImages", "watermark"):
         value = getattr(args, field)
         if value is not None:

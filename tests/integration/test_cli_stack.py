@@ -14,13 +14,17 @@ from aleph_cli.stack import discover
 OUTPUTS = {"InputBucketName": "in-bucket", "InputPrefix": "incoming/", "OutputBucketName": "out-bucket", "JobsTableName": "jobs-table"}
 
 
-def create_stack(url: str, name: str, outputs: dict[str, str]) -> None:
+def create_stack(url: str, name: str, outputs: dict[str, str], parameters: dict[str, str] | None = None) -> None:
+    parameters = parameters or {}
     template = {
+        "Parameters": {key: {"Type": "String"} for key in parameters},
         "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
         "Outputs": {key: {"Value": value} for key, value in outputs.items()},
     }
     client = boto3.client("cloudformation", endpoint_url=url, region_name="us-east-1")
-    client.create_stack(StackName=name, TemplateBody=json.dumps(template))
+    client.create_stack(
+        StackName=name, TemplateBody=json.dumps(template), Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()]
+    )
 
 
 def test_a_deployed_stack_is_found_by_name(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,3 +77,19 @@ def test_pyproject_installs_the_aleph_command() -> None:
     assert "aleph_cli" in packages and "aleph_pipeline" in packages
     assert project["tool"]["setuptools"]["package-dir"]["aleph_pipeline"] == "layers/domain/aleph_pipeline"
     assert any(dependency.startswith("rich") for dependency in project["project"]["dependencies"])
+
+
+def test_prompts_make_a_variants_sidecar_without_a_prompt() -> None:
+    assert sidecar("--prompts", "snow", "rain", "--seed", "3") == {"prompts": ["snow", "rain"], "seed": 3}
+    assert sidecar("--provider", "kie") == {"provider": "kie"}  # no prompt at all: upload_pair refuses it
+    with pytest.raises(SystemExit):
+        sidecar("--prompt", "snow", "--prompts", "rain")
+
+
+def test_a_sidecar_without_any_prompt_is_refused_before_anything_is_uploaded(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "stack.json").write_text(
+        json.dumps({"input_bucket": "i", "input_prefix": "incoming/", "output_bucket": "o", "jobs_table": "t", "s3_endpoint": "http://127.0.0.1:9"})
+    )
+    (tmp_path / "clip.mp4").write_bytes(b"\x00")
+    assert main(["--local", str(tmp_path), "submit", str(tmp_path / "clip.mp4")]) == 1
+    assert capsys.readouterr().err == "aleph: a prompt is needed (--prompt, or --prompts for variants)\n"

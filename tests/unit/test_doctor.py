@@ -40,6 +40,12 @@ def test_keys_the_default_provider_without_a_key_and_an_unknown_id_need_fixing()
     assert "DefaultProvider" in checks[0].detail and "not a provider the pipeline knows" in checks[1].detail
 
 
+def test_keys_every_provider_of_the_chain_needs_a_key() -> None:
+    checks = doctor.check_keys({"kie": "k", "runware": "r"}, "kie", lambda provider, key: None, PROVIDER_IDS, ("kie", "apikley", "runware"))
+    assert verdicts(checks) == {"key apikley": "fix", "key kie": "ok", "key runware": "ok"}
+    assert checks[0].detail == "the provider secret has no key for `apikley` (in the ProviderChain): add one"
+
+
 def test_callback_api_ok_only_on_404() -> None:
     def refused(url: str) -> int:
         raise httpx.ConnectError("refused")
@@ -94,7 +100,7 @@ def test_local_target_reads_stack_json(tmp_path: Path) -> None:
         "finalize_dlq_url": "q2",
         "notify_dlq_url": "q3",
         "poll_dlq_url": "q4",
-        "handler_env": {"DEFAULT_PROVIDER": "runware", "PROVIDER_ENDPOINTS": json.dumps({"kie": "http://sim/kie"})},
+        "handler_env": {"DEFAULT_PROVIDER": "runware", "PROVIDER_CHAIN": "runware, kie", "PROVIDER_ENDPOINTS": json.dumps({"kie": "http://sim/kie"})},
         "function_env": {"reconcile": {"CALLBACK_GRACE_SECONDS": "30"}},
     }
     (tmp_path / "stack.json").write_text(json.dumps(info))
@@ -102,6 +108,7 @@ def test_local_target_reads_stack_json(tmp_path: Path) -> None:
     assert target.default_provider == "runware" and target.callback_grace_seconds == 30 and target.schedules is None
     assert dict(target.dlq_urls) == {"submit": "q1", "finalize": "q2", "notify": "q3", "poll": "q4"}
     assert target.provider_endpoints == {"kie": "http://sim/kie"}
+    assert target.provider_chain == ("runware", "kie")
 
 
 def provider(constructor: Any, handler: Any) -> Any:
