@@ -19,7 +19,8 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     logger.thread_safe_clear_keys()  # each record is its own job
     # On first use, not at init: see bench/coldstart.py
     from aleph_pipeline.errors import TransientError
-    from aleph_pipeline.intake import handle_object_created, object_created_records, seconds_needed_to_submit
+    from aleph_pipeline.intake import handle_object_created, handle_retry, object_created_records, seconds_needed_to_submit
+    from aleph_pipeline.pacing import retry_job_id
 
     def time_left() -> float:
         return lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context is not None else float("inf")
@@ -29,12 +30,16 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     if time_left() < seconds_needed_to_submit():
         raise TransientError("too little time left in this invocation; the record is retried")
 
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    retry_job = retry_job_id(record.body)
+    if retry_job is not None:  # a job that waited for its provider slot
+        handle_retry(retry_job, receive_count, time_left)
+        return
     try:
         objects = object_created_records(record.body)
     except (ValueError, KeyError, TypeError):
         logger.error("dropped a message that is not an S3 notification", extra={"message_id": record.message_id})
         return
-    receive_count = int(record.attributes.approximate_receive_count or 1)
     for bucket, key in objects:
         handle_object_created(bucket, key, receive_count, time_left)
 

@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
-from . import polling, storage
+from . import pacing, polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Claim, Job, JobState, JobStore, epoch_after
@@ -196,6 +196,17 @@ def _run(store: JobStore, job: Job, receive_count: int, time_left: Callable[[], 
     act(store, job, facts, action, time_left)
 
 
+def handle_retry(job_id: str, receive_count: int = 1, time_left: Callable[[], float] | None = None) -> None:
+    """A job's own message (``{"retryJob": id}``, see ``pacing``): its provider slot has come."""
+    store = JobStore()
+    job = store.get(job_id)
+    if job is None:
+        logger.info("retry message for a job that does not exist", extra={"job_id": job_id})
+        return
+    logger.thread_safe_append_keys(job_id=job_id)
+    _run(store, job, receive_count, time_left)
+
+
 def reconsider(store: JobStore, job: Job, time_left: Callable[[], float] | None = None) -> None:
     """Run intake again for a job the reconciler found waiting too long (its event may have been
     lost to the dead-letter queue after repeated infrastructure errors). The same claim protects
@@ -354,6 +365,8 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         details.update(videoKey=video.info.key, videoETag=video.info.etag, videoSize=video.info.size)
     else:
         details["videoUrl"] = video.url
+    if pacing.hold_for_slot(store, job_id, plan.provider.id):
+        return  # the job waits in RECEIVED for its provider slot; a delayed message takes it up
     # The claim is the record that a request may be on its way: written before anything that can
     # be cut off, so a killed invocation leaves a claimed job the reconciler settles, never a resend.
     claim = store.claim_submission(job_id, epoch_after(settings.job_deadline_seconds), details)
@@ -394,6 +407,9 @@ def _after_refusal(store: JobStore, job_id: str, claim: Claim, exc: ProviderErro
         # or the deadline fails it as `submit_ambiguous`.
         store.note_unanswered(job_id, claim.claim_id, claim.sent_before or exc.message)
         logger.warning("submission outcome unknown; waiting for the provider", extra={"reason": exc.message})
+        return
+    if pacing.is_rate_limited(exc) and not claim.sent_before:  # (after an unanswered send: the path below)
+        pacing.slow_down(store, job_id, claim.claim_id, exc.message)  # a 429 slows the provider down, never fails the job
         return
     if exc.kind == "retryable" and attempts_left:
         store.release_claim(job_id, claim.claim_id, exc.message)

@@ -135,6 +135,8 @@ class Job:
             return "awaiting the provider after an unanswered submit (it may have taken the task; no second task is ever made)"
         if self.submission_claimed:
             return "submitting to the provider"
+        if isinstance(self.item.get("paceSlot"), dict) and float(self.item["paceSlot"]["at"]) > time.time():
+            return f"waiting for a provider slot (at {datetime.fromtimestamp(float(self.item['paceSlot']['at']), UTC):%H:%M:%S} UTC)"
         if self.item.get("lastRefusal"):
             return f"retrying: the provider did not take the request ({self.item['lastRefusal']})"
         if self.item.get("awaitingVideo"):
