@@ -126,7 +126,7 @@ def test_a_job_over_the_limit_waits_in_received_and_is_submitted_at_its_slot(pac
     handle_object_created(paced["input"], "incoming/a/two.json", receive_count=4)
     assert job(second).item["paceSlot"] == waiting.item["paceSlot"]
     assert delayed(paced) == 2
-    later(monkeypatch, 60)
+    later(monkeypatch, 60 * pacing.SEND_MARGIN + 1)  # its slot and the send gate (one interval and the margin)
     handle_retry(second)
     assert job(second).state == JobState.SUBMITTED
     assert len(sim_tasks(paced)) == 2

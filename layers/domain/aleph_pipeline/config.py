@@ -90,7 +90,8 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limits_read(cls, value: dict[str, str]) -> dict[str, str]:
         for provider, limit in value.items():
-            if not re.fullmatch(r"\s*(none|\d+\s*/\s*\d+(\.\d+)?)?\s*", limit.lower()):
+            match = re.fullmatch(r"\s*(?:none|(\d+)\s*/\s*(\d+(?:\.\d+)?))?\s*", limit.lower())
+            if match is None or (match.group(1) is not None and (int(match.group(1)) < 1 or float(match.group(2)) <= 0)):
                 raise ValueError(f"provider_rate_limits: `{provider}` must be `<tasks>/<seconds>` (e.g. `20/10`) or `none`, not `{limit}`")
         return value
 

@@ -11,7 +11,9 @@ no lock: any number of instances take distinct slots, in order, at one write eac
 No burst: GCRA with a burst of ``count`` lets up to ``2 * count - 1`` requests into one window,
 which a sliding-window limit (what "20 per 10 s" may well be, and what the simulator enforces)
 refuses with 429s. Evenly spaced slots keep every window at ``count``; the first jobs of a drop
-wait at most one window longer for it.
+wait at most one window longer for it. A job that reaches its slot late must not send right
+before the next one, so the sends themselves pass a gate on the same item (``sentAt``: one more
+conditional write, at least one interval since the last send, plus a small margin).
 
 Chosen over a queue per provider with its own concurrency because a queue bounds tasks in flight,
 not new tasks per window (kie's limit), and a queue per provider means event sources and stack
@@ -25,8 +27,8 @@ re-queues again, jittered). A fresh message starts at receive count 1, so waitin
 the queue's ``maxReceiveCount``. The claim still guards the submission itself: waiting never
 sends anything, so it can never send twice.
 
-A 429 (another client on the same account) pushes the provider's next slot out by one window
-(``slow_down``): every instance then waits, and the refused job takes a new slot instead of
+A 429 (another client on the same account) pushes the provider's next slot out by two intervals
+(``slow_down``; each further 429 again): every instance then waits, and the refused job takes a new slot instead of
 failing after its receive count.
 """
 
@@ -52,11 +54,19 @@ from .providers import ProviderError
 # publish no limit (crun is set with ProviderRateLimits when the account has one).
 DEFAULT_LIMITS: dict[str, str] = {"kie": "20/10", "apikley": "20/10"}
 MAX_SQS_DELAY_SECONDS = 900
-# A slot this close is waited for in the invocation rather than by a delayed message (SQS
-# delays are whole seconds).
-INLINE_WAIT_SECONDS = 1.0
-# A 429 from a provider with no configured limit pushes its next slot out this far.
+# A slot this close is waited for in the invocation rather than by a delayed message, and the
+# gate is waited for this long at most. SQS delays are whole seconds and a delivery lags by up to
+# a poll: a message is delayed to a second before its slot, and the rest is waited here. Both
+# waits (4 s at most) fit in the margin ``intake.seconds_needed_to_submit`` keeps per record.
+INLINE_WAIT_SECONDS = 2.0
+# A 429 pushes the provider's next slot out by this many intervals (a sliding window frees its
+# oldest request within about one when we pace at the limit; each further 429 pushes again), or,
+# for a provider with no configured limit, by DEFAULT_BACKOFF_SECONDS.
+BACKOFF_INTERVALS = 2
 DEFAULT_BACKOFF_SECONDS = 10.0
+# Sends are kept this much further apart than the limit's interval: the request's way to the
+# provider varies by some milliseconds, and a sliding window counts arrivals.
+SEND_MARGIN = 1.05
 WAIT_REASON = "waiting for a provider slot"
 
 
@@ -133,18 +143,48 @@ class Pacer:
         )
         return max(now, float(answer["Attributes"]["nextFreeAt"]) - limit.interval)
 
-    def push_out(self, provider: str, until: float) -> None:
-        """No slot before ``until``; the slots after it are paced as before."""
+    def push_out(self, provider: str, until: float, limit: RateLimit | None) -> None:
+        """No slot before ``until``, and no send either (the gate opens then): slots already
+        handed out wait at the gate and, if it stays shut, take new ones."""
+        spacing = limit.interval * SEND_MARGIN if limit else 0.0
         try:
             self.table.update_item(
                 Key={"jobId": pace_key(provider)},
-                UpdateExpression="SET nextFreeAt = :until",
+                UpdateExpression="SET nextFreeAt = :until, sentAt = :gate",
                 ConditionExpression="attribute_not_exists(nextFreeAt) OR nextFreeAt < :until",
-                ExpressionAttributeValues={":until": _decimal(until)},
+                ExpressionAttributeValues={":until": _decimal(until), ":gate": _decimal(until - spacing)},
             )
         except Exception as exc:
             if not _conditional_failed(exc):
                 raise
+
+    def open_gate(self, provider: str, limit: RateLimit) -> bool:
+        """Record a send now if the last one was at least one interval ago (with a margin),
+        waiting for it at most ``INLINE_WAIT_SECONDS``; False if the gate stayed shut.
+
+        Slots space the jobs, but a job may reach its slot late (a slow delivery) and send just
+        before the next one: two sends closer than the interval, which a sliding-window limit
+        answers with a 429. The gate spaces the sends themselves."""
+        spacing = limit.interval * SEND_MARGIN
+        give_up = time.monotonic() + INLINE_WAIT_SECONDS
+        while True:
+            now = round(clock(), 3)
+            try:
+                self.table.update_item(
+                    Key={"jobId": pace_key(provider)},
+                    UpdateExpression="SET sentAt = :now",
+                    ConditionExpression="attribute_not_exists(sentAt) OR sentAt <= :earliest",
+                    ExpressionAttributeValues={":now": _decimal(now), ":earliest": _decimal(now - spacing)},
+                )
+                return True
+            except Exception as exc:
+                if not _conditional_failed(exc):
+                    raise
+            item = self.table.get_item(Key={"jobId": pace_key(provider)}, ConsistentRead=True).get("Item") or {}
+            opens_in = float(item.get("sentAt", now)) + spacing - clock()
+            if time.monotonic() + opens_in > give_up:
+                return False
+            time.sleep(max(opens_in, 0.005))  # until the gate opens; another sender may still get there first
 
     def paused_until(self, provider: str) -> float | None:
         """For a provider without a limit: the time a 429 pushed its slots out to, if ahead."""
@@ -152,7 +192,7 @@ class Pacer:
         return float(item["nextFreeAt"]) if item and "nextFreeAt" in item else None
 
 
-def hold_for_slot(store: JobStore, job_id: str, provider: str) -> bool:
+def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: bool = True) -> bool:
     """Called just before the claim, after every check. False: send now. True: the job waits in
     RECEIVED and a delayed message takes it up at its slot (or the job moved on meanwhile)."""
     now = clock()
@@ -160,29 +200,29 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str) -> bool:
     job = store.get(job_id)
     if job is None or job.state != JobState.RECEIVED or job.submission_claimed:
         return False  # the claim that follows settles it
+    pacer = Pacer(store.table)
     held = job.item.get("paceSlot")
-    if isinstance(held, dict) and held.get("provider") == provider:
-        at = float(held["at"])
-        if at - now <= INLINE_WAIT_SECONDS:
-            _forget_slot(store, job_id)  # used: a retry after another refusal takes a new one
-            _wait_inline(at - now)
-            return False
+    fresh = not (isinstance(held, dict) and held.get("provider") == provider)
+    if not fresh:
+        at = float(held["at"])  # type: ignore[index]  # a redelivery keeps the slot it holds
     elif limit is not None:
-        at = Pacer(store.table).take_slot(provider, limit, now)
-        if at - now <= INLINE_WAIT_SECONDS:
-            _wait_inline(at - now)
-            return False
-        if not _record_slot(store, job_id, provider, at):
-            return True  # the job moved on meanwhile (failed, or claimed elsewhere)
+        at = pacer.take_slot(provider, limit, now)
     else:
-        paused = Pacer(store.table).paused_until(provider)
-        if paused is None or paused - now <= INLINE_WAIT_SECONDS:
+        paused = pacer.paused_until(provider)
+        if paused is None or paused <= now:
             return False
         # No limit to space the slots by: spread the waiting jobs over one backoff period.
         at = paused + random.uniform(0, DEFAULT_BACKOFF_SECONDS)  # noqa: S311  # jitter, not a secret
-        if not _record_slot(store, job_id, provider, at):
-            return True
-    requeue(job_id, at - now)
+    if may_send_now and at - now <= INLINE_WAIT_SECONDS:
+        _wait_inline(at - now)
+        if limit is None or pacer.open_gate(provider, limit):
+            if not fresh:
+                _forget_slot(store, job_id)  # used: a retry after another refusal takes a new one
+            return False
+        at, fresh = pacer.take_slot(provider, limit, clock()), True  # the gate stayed shut: a later slot
+    if fresh and not _record_slot(store, job_id, provider, at):
+        return True  # the job moved on meanwhile (failed, or claimed elsewhere)
+    requeue(job_id, at - clock())
     logger.info(WAIT_REASON, extra={"provider": provider, "wait_seconds": round(at - now, 1)})
     return True
 
@@ -194,13 +234,11 @@ def slow_down(store: JobStore, job_id: str, claim_id: str, refusal: str) -> None
     job = store.get(job_id)
     if job is None or job.provider is None:
         return
-    provider = job.provider
-    limit = limit_for(provider)
-    backoff = limit.window if limit else DEFAULT_BACKOFF_SECONDS
-    Pacer(store.table).push_out(provider, clock() + backoff)
+    limit = limit_for(job.provider)
+    Pacer(store.table).push_out(job.provider, clock() + (limit.interval * BACKOFF_INTERVALS if limit else DEFAULT_BACKOFF_SECONDS), limit)
     _forget_slot(store, job_id)
-    if not hold_for_slot(store, job_id, provider):
-        raise TransientError(f"{provider} answered 429; the slot after its backoff has come, the event is retried")
+    if not hold_for_slot(store, job_id, job.provider, may_send_now=False):
+        raise TransientError(f"{job.provider} answered 429; the event is retried")
 
 
 def retry_job_id(body: str) -> str | None:
@@ -222,7 +260,7 @@ def requeue(job_id: str, wait_seconds: float) -> None:
         raise TransientError(f"{WAIT_REASON} in {wait_seconds:.0f} s")
     # Longer waits come back early and re-queue, jittered so waiting jobs do not arrive together.
     jitter = random.randint(0, 60)  # noqa: S311  # jitter, not a secret
-    delay = MAX_SQS_DELAY_SECONDS - jitter if wait_seconds > MAX_SQS_DELAY_SECONDS else max(0, math.ceil(wait_seconds))
+    delay = MAX_SQS_DELAY_SECONDS - jitter if wait_seconds > MAX_SQS_DELAY_SECONDS else max(0, math.floor(wait_seconds) - 1)
     client("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps({"retryJob": job_id}), DelaySeconds=delay)
 
 
@@ -259,7 +297,7 @@ def _forget_slot(store: JobStore, job_id: str) -> None:
 
 def _wait_inline(seconds: float) -> None:
     if seconds > 0:
-        time.sleep(min(seconds, INLINE_WAIT_SECONDS))  # bounded: under a second, cheaper than a message
+        time.sleep(min(seconds, INLINE_WAIT_SECONDS))  # bounded: cheaper than a message
 
 
 def _decimal(value: float) -> Decimal:
