@@ -136,7 +136,8 @@ class Job:
         if self.submission_claimed:
             return "submitting to the provider"
         if isinstance(self.item.get("paceSlot"), dict) and float(self.item["paceSlot"]["at"]) > time.time():
-            return f"waiting for a provider slot (at {datetime.fromtimestamp(float(self.item['paceSlot']['at']), UTC):%H:%M:%S} UTC)"
+            after = f"; retrying: the provider did not take the request ({self.item['lastRefusal']})" if self.item.get("lastRefusal") else ""
+            return f"waiting for a provider slot (at {datetime.fromtimestamp(float(self.item['paceSlot']['at']), UTC):%H:%M:%S} UTC){after}"
         if self.item.get("lastRefusal"):
             return f"retrying: the provider did not take the request ({self.item['lastRefusal']})"
         if self.item.get("awaitingVideo"):

@@ -17,7 +17,8 @@ conditional write, at least one interval since the last send, plus a small margi
 
 Chosen over a queue per provider with its own concurrency because a queue bounds tasks in flight,
 not new tasks per window (kie's limit), and a queue per provider means event sources and stack
-parameters per provider; the item costs one write per submission and works for every provider.
+parameters per provider; the item costs two or three small writes per submission (the slot, the
+gate) and works for every provider.
 
 A job whose slot lies ahead waits in RECEIVED: its slot is recorded on the job (``paceSlot``,
 so a redelivery reuses it rather than taking another), its pairing deadline is cleared (the video
@@ -27,9 +28,10 @@ re-queues again, jittered). A fresh message starts at receive count 1, so waitin
 the queue's ``maxReceiveCount``. The claim still guards the submission itself: waiting never
 sends anything, so it can never send twice.
 
-A 429 (another client on the same account) pushes the provider's next slot out by two intervals
-(``slow_down``; each further 429 again): every instance then waits, and the refused job takes a new slot instead of
-failing after its receive count.
+A 429 (another client on the same account) pushes the provider's next slot and its gate out by
+two intervals (``slow_down``; each further 429 again): every instance then waits, and the
+refused job takes a new slot instead of failing after its receive count. A job whose earlier
+request may have made its task (``Claim.sent_before``) keeps intake's own path instead.
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
 
 def slow_down(store: JobStore, job_id: str, claim_id: str, refusal: str) -> None:
     """After a 429: give the claim back (the request was not taken), push the provider's slots
-    out by one window and let the job wait for a new slot; it is not failed for it."""
+    out by two intervals and let the job wait for a new slot; it is not failed for it."""
     store.release_claim(job_id, claim_id, refusal)
     job = store.get(job_id)
     if job is None or job.provider is None:
