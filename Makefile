@@ -22,7 +22,7 @@ help:
 	@echo "make local  - run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make chaos  - 500 jobs through the local stack with every simulator and AWS fault on at random"
 	@echo "make build  - sam build (needs python3.12 on PATH)"
-	@echo "make bench  - benchmarks: finalize copy, cold start, 200 jobs, package size (a few minutes)"
+	@echo "make bench  - benchmarks: finalize copy, cold start, 200 jobs, 120 jobs paced at 2/s, package size (a few minutes)"
 
 $(VENV)/.installed: requirements-dev.txt layers/domain/requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or later is needed (set PYTHON=...)")'

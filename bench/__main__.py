@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import coldstart, finalize, package, pipeline
+from bench import coldstart, finalize, package, pipeline, scale
 from bench.common import MIB, table, verdict
 
 BENCHMARKS: list[tuple[str, Any]] = [
@@ -15,6 +15,7 @@ BENCHMARKS: list[tuple[str, Any]] = [
     ("Cold start", coldstart),
     ("Finalize copy", finalize),
     ("Pipeline", pipeline),
+    ("Scale (a paced provider)", scale),
 ]
 
 
@@ -48,6 +49,12 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
                 "",
             ]
         )
+    if "Scale (a paced provider)" in results:
+        k = results["Scale (a paced provider)"]
+        clean = not k["failed"] and not k["submitted_twice"]
+        rows.append([f"scale: {k['jobs']} jobs at once, failed / sent twice", f"{k['failed']} / {k['submitted_twice']}", "0 / 0", verdict(clean)])
+        ratio = f"{k['rate_ratio']:.2f}, {k['provider_429s']}"
+        rows.append([f"scale: submit rate / limit ({k['limit']}), 429s", ratio, f">= {scale.TARGET_RATIO}", verdict(k["rate_ratio"] >= scale.TARGET_RATIO)])
     if "Package size (sam build)" in results:
         k = results["Package size (sam build)"]
         layer = k["artifacts"]["SharedLayer"]

@@ -10,8 +10,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aleph_pipeline.errors import TransientError
-from aleph_pipeline.intake import handle_object_created, object_created_records, seconds_needed_to_submit
+from aleph_pipeline.intake import handle_object_created, handle_retry, object_created_records, seconds_needed_to_submit
 from aleph_pipeline.log import logger
+from aleph_pipeline.pacing import retry_job_id
 
 # A batch whose records all failed is reported like any other, not raised: SQS retries just those.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -28,12 +29,16 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     if time_left() < seconds_needed_to_submit():
         raise TransientError("too little time left in this invocation; the record is retried")
 
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    retry_job = retry_job_id(record.body)
+    if retry_job is not None:  # a job that waited for its provider slot
+        handle_retry(retry_job, receive_count, time_left)
+        return
     try:
         objects = object_created_records(record.body)
     except (ValueError, KeyError, TypeError):
         logger.error("dropped a message that is not an S3 notification", extra={"message_id": record.message_id})
         return
-    receive_count = int(record.attributes.approximate_receive_count or 1)
     for bucket, key in objects:
         handle_object_created(bucket, key, receive_count, time_left)
 

@@ -55,6 +55,8 @@ class Control:
                 return self._config(method, request)
             if parts == ["faults"]:
                 return self._faults(method, request)
+            if parts == ["limits"]:
+                return self._limits(method, request)
             if parts == ["reset"] and method == "POST":
                 self._reset()
                 return json_response({"ok": True})
@@ -114,6 +116,15 @@ class Control:
             }
         )
 
+    def _limits(self, method: str, request: Request) -> Response:
+        if method == "POST":
+            self.ctx.faults.limits.set(_json_body(request))
+        elif method == "DELETE":
+            self.ctx.faults.limits.clear()
+        elif method != "GET":
+            return _error("use GET, POST or DELETE", 405)
+        return json_response(self.ctx.faults.limits.to_json())
+
     def _reset(self) -> None:
         """Tasks, request log, faults and settings back to the start values (between tests)."""
         for task in self.ctx.store.clear():
@@ -122,6 +133,7 @@ class Control:
         self.ctx.settings.reset()
         self.ctx.faults.reseed(self.ctx.settings.seed)
         self.ctx.faults.clear()
+        self.ctx.faults.limits.clear()
 
     def _file(self, task_id: str, name: str) -> Response:
         task = self.ctx.store.get(task_id)

@@ -32,6 +32,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
+from local.simulator.limits import RateLimits
+
 # Faults decided when a submit request arrives, before any task exists: they refuse the request
 # and create NO task, so a retry is safe.
 SUBMIT_FAULTS: dict[str, tuple[int, int, str]] = {
@@ -158,6 +160,7 @@ class FaultBook:
         self._rules: list[FaultRule] = []
         self._seed = seed
         self._rng = random.Random(seed)
+        self.limits = RateLimits()
 
     def set_rules(self, raw_rules: Any) -> None:
         if isinstance(raw_rules, dict):
@@ -197,13 +200,16 @@ class FaultBook:
         return True
 
     def pick_submit(self, provider: str, prompt: str | None) -> FaultRule | None:
-        """The first submit-time fault that applies to this request, if any."""
+        """The first submit-time fault that applies to this request, if any; then the
+        provider's rate limit (``limits``), answered as its own 429."""
         with self._lock:
             for rule in self._rules:
                 if provider not in SUBMIT_FAULT_PROVIDERS.get(rule.fault, (provider,)):
                     continue
                 if rule.fault in SUBMIT_FAULTS and self._take(rule, provider, prompt):
                     return rule
+        if not self.limits.admit(provider):
+            return FaultRule("submit_429", provider=provider, applied=1)
         return None
 
     def pick_task(self, provider: str, prompt: str | None) -> dict[str, FaultRule]:

@@ -34,6 +34,7 @@ COMMON_ENV = {
     "PRESIGNED_URL_TTL_SECONDS",
     "PAIRING_TIMEOUT_SECONDS",
     "JOB_DEADLINE_SECONDS",
+    "PROVIDER_RATE_LIMITS",
     "RESULT_HOSTS",
     "ALLOW_HTTP_RESULT_URLS",
     "MAX_RESULT_BYTES",
@@ -44,7 +45,7 @@ COMMON_ENV = {
     "POWERTOOLS_METRICS_NAMESPACE",
 }
 FUNCTION_ENV = {
-    "SubmitFunction": COMMON_ENV | {"CALLBACK_API_URL", "POLL_QUEUE_URL"},
+    "SubmitFunction": COMMON_ENV | {"CALLBACK_API_URL", "POLL_QUEUE_URL", "SUBMIT_QUEUE_URL"},
     "CallbackFunction": COMMON_ENV,
     "FinalizeFunction": COMMON_ENV,
     "PollFunction": COMMON_ENV | {"POLL_QUEUE_URL"},
@@ -677,6 +678,7 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", TABLE),
         ("dynamodb:UpdateItem", TABLE),
         ("sqs:SendMessage", "PollQueue"),
+        ("sqs:SendMessage", "SubmitQueue"),
         SECRET,
     },
     "CallbackFunction": {("dynamodb:GetItem", TABLE), ("dynamodb:UpdateItem", TABLE), ("s3:PutObject", "OutputBucket/*"), SECRET},

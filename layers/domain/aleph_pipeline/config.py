@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from typing import Any, Literal, get_origin
 
@@ -61,6 +62,10 @@ class Settings(BaseModel):
     # Submit attempts (SQS receives) before a retryable provider refusal fails the job; kept
     # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
     submit_max_attempts: int = Field(default=4, ge=1)
+    # New tasks per window per provider (``pacing``): {"kie": "20/10", "crun": "none"} over the
+    # defaults from providers.md; the submit queue takes a waiting job up again at its slot.
+    provider_rate_limits: dict[str, str] = Field(default_factory=dict)
+    submit_queue_url: str = ""
     secret_max_age_seconds: int = Field(default=300, ge=0)
     # The reconciler: how long a callback may be late before the provider is polled, how long a
     # SUCCEEDED job may wait for finalize before it is nudged, and how much work one run takes on.
@@ -101,6 +106,15 @@ class Settings(BaseModel):
     @classmethod
     def _empty_is_no_budget(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("provider_rate_limits")
+    @classmethod
+    def _rate_limits_read(cls, value: dict[str, str]) -> dict[str, str]:
+        for provider, limit in value.items():
+            match = re.fullmatch(r"\s*(?:none|(\d+)\s*/\s*(\d+(?:\.\d+)?))?\s*", limit.lower())
+            if match is None or (match.group(1) is not None and (int(match.group(1)) < 1 or float(match.group(2)) <= 0)):
+                raise ValueError(f"provider_rate_limits: `{provider}` must be `<tasks>/<seconds>` (e.g. `20/10`) or `none`, not `{limit}`")
+        return value
 
     @field_validator("callback_api_url")
     @classmethod

@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
-from . import budget, defaults, polling, storage
+from . import budget, defaults, pacing, polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Claim, Job, JobState, JobStore, epoch_after
@@ -246,6 +246,17 @@ def _run(
         if moved is None:
             return
         job = moved
+
+
+def handle_retry(job_id: str, receive_count: int = 1, time_left: Callable[[], float] | None = None) -> None:
+    """A job's own message (``{"retryJob": id}``, see ``pacing``): its provider slot has come."""
+    store = JobStore()
+    job = store.get(job_id)
+    if job is None:
+        logger.info("retry message for a job that does not exist", extra={"job_id": job_id})
+        return
+    logger.thread_safe_append_keys(job_id=job_id)
+    _run(store, job, receive_count, time_left)
 
 
 def reconsider(store: JobStore, job: Job, time_left: Callable[[], float] | None = None) -> None:
@@ -483,6 +494,8 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         details["videoUrl"] = video.url
     if not _reserve_spend(store, job_id, plan, video_url=video_url, attempts_left=attempts_left, details=details):
         return False
+    if pacing.hold_for_slot(store, job_id, plan.provider.id):
+        return False  # the job waits in RECEIVED for its provider slot; a delayed message takes it up
     # The claim is the record that a request may be on its way: written before anything that can
     # be cut off, so a killed invocation leaves a claimed job the reconciler settles, never a resend.
     claim = store.claim_submission(job_id, epoch_after(settings.job_deadline_seconds), details)
@@ -554,6 +567,9 @@ def _after_refusal(
             budget.release(job_id)  # the next provider reserves its own estimate
         logger.warning("provider refused the job for now; moving along the chain", extra={"provider": plan.provider.id, "reason": exc.message})
         return moved
+    if pacing.is_rate_limited(exc) and not claim.sent_before:  # (after an unanswered send: the path below)
+        pacing.slow_down(store, job_id, claim.claim_id, exc.message)  # a 429 slows the provider down, never fails the job
+        return False
     if exc.kind == "retryable" and attempts_left:
         store.release_claim(job_id, claim.claim_id, exc.message)
         raise TransientError(exc.message) from exc

@@ -142,6 +142,9 @@ class Job:
             return "awaiting the provider after an unanswered submit (it may have taken the task; no second task is ever made)"
         if self.submission_claimed:
             return "submitting to the provider"
+        if isinstance(self.item.get("paceSlot"), dict) and float(self.item["paceSlot"]["at"]) > time.time():
+            after = f"; retrying: the provider did not take the request ({self.item['lastRefusal']})" if self.item.get("lastRefusal") else ""
+            return f"waiting for a provider slot (at {datetime.fromtimestamp(float(self.item['paceSlot']['at']), UTC):%H:%M:%S} UTC){after}"
         if self.item.get("providersTried") and not self.item.get("lastRefusal"):
             last = self.providers_tried[-1]
             return f"moving to the next provider of its chain: {last.get('provider')} did not take it ({last.get('reason')})"

@@ -1,0 +1,165 @@
+"""Jobs dropped at once against a provider limit below the stack's own capacity: paced, none failed.
+
+The stack is the one ``make local`` runs (``local.stack.spawn``: moto server, the simulator, the
+real handlers), with kie's pace set to the simulator's own limit (``PROVIDER_RATE_LIMITS``
+``{"kie": "2/1"}`` beside ``/_sim/limits {"kie": "2/1"}``, a sliding window): two new tasks a
+second, below the 4 to 5 jobs a second the stack completes unpaced (``bench/pipeline.py``). Every
+pair (a 1-second 160x90 clip and its sidecar) is uploaded at once from four threads; the run ends
+when every job has left RECEIVED (its provider task exists) or failed.
+
+Printed: jobs failed (must be 0), jobs submitted twice (0: the simulator's tasks by the job id
+in their callback URL), the simulator's 429 count (``/_sim/limits``), the achieved submit rate
+(tasks created by the simulator over the span from the first to the last) as a ratio of the
+limit (target >= 0.9), and the wait for a slot (from the sidecar's upload to SUBMITTED, the
+submit queue included) at p50 and p95 beside the least a queue at that rate allows (job k of N
+waits k / rate).
+``python -m bench.scale --jobs N`` runs N jobs (default 600, 5 minutes at 2 a second); ``make
+bench`` runs ``MAKE_BENCH_JOBS`` to stay within a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from bench.common import save, table, verdict
+from bench.pipeline import _scan
+from local.client import aws_client, wait_for
+from local.media import make_clip
+from local.stack import spawn, terminate
+
+JOBS = 600
+MAKE_BENCH_JOBS = 120  # a minute of submissions at 2 a second: the whole run well within 3 minutes
+LIMIT = "10/5"  # 2 new kie tasks a second in a sliding 5 s window, the simulator's and the stack's
+RATE = 2.0
+UPLOAD_THREADS = 4
+TARGET_RATIO = 0.9
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))] if ordered else 0.0
+
+
+def _job_of(task: dict[str, Any]) -> str:
+    """The job id a kie task was made for: the callback URL is ``.../callbacks/kie/<jobId>?token=...``."""
+    return urlsplit(str(task["request"].get("callBackUrl", ""))).path.rsplit("/", 1)[-1]
+
+
+def run(workdir: Path, jobs: int) -> dict[str, Any]:
+    clip = make_clip(workdir / "clip.mp4", seconds=1, size="160x90", rate=24).read_bytes()
+    limits = json.dumps({"kie": LIMIT})
+    process, info = spawn(workdir / "stack", "--quiet", "--env", f"PROVIDER_RATE_LIMITS={limits}", timeout=90)
+    sim = info["simulator_url"]
+    try:
+        httpx.post(f"{sim}/_sim/config", json={"delay_seconds": 0}, timeout=10).raise_for_status()
+        httpx.post(f"{sim}/_sim/limits", json={"kie": LIMIT}, timeout=10).raise_for_status()
+        s3, dynamodb = aws_client("s3", info), aws_client("dynamodb", info)
+        bucket, prefix = info["input_bucket"], info["input_prefix"]
+
+        dropped_at: dict[str, float] = {}
+
+        def upload(index: int) -> None:
+            stem = f"{prefix}scale/job-{index:05d}"
+            s3.put_object(Bucket=bucket, Key=f"{stem}.mp4", Body=clip)
+            dropped_at[f"{stem}.json"] = time.time()
+            s3.put_object(Bucket=bucket, Key=f"{stem}.json", Body=json.dumps({"prompt": "make it snow", "provider": "kie"}).encode())
+
+        started = time.time()
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            list(pool.map(upload, range(jobs)))
+        uploaded = time.time() - started
+
+        def all_moved_on() -> list[dict[str, Any]] | None:
+            items = [item for item in _scan(dynamodb, info["jobs_table"]) if "sidecarKey" in item]
+            moved = [item for item in items if item["status"] != "RECEIVED"]
+            return items if len(items) == jobs and len(moved) == jobs else None
+
+        # The last job's slot is jobs / RATE seconds out; then a margin for the stack to catch up.
+        items = wait_for(all_moved_on, timeout=jobs / RATE + 120, interval=2.0, message=f"all {jobs} jobs to leave RECEIVED")
+        tasks = [task for task in httpx.get(f"{sim}/_sim/tasks", timeout=30).json() if task["provider"] == "kie"]
+        stats = httpx.get(f"{sim}/_sim/limits", timeout=10).json().get("kie", {})
+    finally:
+        terminate(process)
+    created = sorted(_epoch(task["created_at"]) for task in tasks)
+    span = created[-1] - created[0] if len(created) > 1 else 0.0
+    achieved = (len(created) - 1) / span if span else 0.0
+    waits: list[float] = []
+    for item in items:
+        if "submittedAt" in item:  # from the sidecar's upload: the submit queue is part of the wait
+            waits.append(_epoch(item["submittedAt"]) - dropped_at[item["sidecarKey"]])
+    per_job = Counter(_job_of(task) for task in tasks)
+    failed = [item for item in items if item["status"] == "FAILED"]
+    return {
+        "jobs": jobs,
+        "limit": LIMIT,
+        "uploaded_seconds": uploaded,
+        "failed": len(failed),
+        "failed_codes": dict(Counter(str((item.get("error") or {}).get("code")) for item in failed)),
+        "submitted_twice": sum(1 for count in per_job.values() if count > 1),
+        "tasks": len(tasks),
+        "provider_429s": int(stats.get("refused", 0)),
+        "submit_rate_per_second": achieved,
+        "rate_ratio": achieved / RATE,
+        "submit_span_seconds": span,
+        "largest_gaps_seconds": sorted((round(b - a, 2) for a, b in itertools.pairwise(created)), reverse=True)[:8],
+        "slot_wait_p50_seconds": _percentile(waits, 50),
+        "slot_wait_p95_seconds": _percentile(waits, 95),
+        "ideal_wait_p95_seconds": 0.95 * jobs / RATE,
+        "target_met": not failed and all(count == 1 for count in per_job.values()) and achieved / RATE >= TARGET_RATIO,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=JOBS if argv is not None else MAKE_BENCH_JOBS, help=f"jobs dropped at once (default {JOBS})")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="aleph-bench-scale-") as tmp:
+        summary = run(Path(tmp), args.jobs)
+    save("scale", summary)
+    return summary
+
+
+def report(summary: dict[str, Any]) -> str:
+    rows = [
+        ["jobs dropped at once", str(summary["jobs"]), "", ""],
+        ["jobs failed", str(summary["failed"]), "0", verdict(summary["failed"] == 0)],
+        ["jobs submitted twice", str(summary["submitted_twice"]), "0", verdict(summary["submitted_twice"] == 0)],
+        ["provider 429s (the simulator's count)", str(summary["provider_429s"]), "0, or explained", ""],
+        [
+            f"submit rate / limit ({summary['limit']} per s)",
+            f"{summary['submit_rate_per_second']:.2f}/s = {summary['rate_ratio']:.2f}",
+            f">= {TARGET_RATIO}",
+            verdict(summary["rate_ratio"] >= TARGET_RATIO),
+        ],
+        [
+            "wait for a slot p50, p95 (least possible p95)",
+            f"{summary['slot_wait_p50_seconds']:.0f} s, {summary['slot_wait_p95_seconds']:.0f} s ({summary['ideal_wait_p95_seconds']:.0f} s)",
+            "",
+            "",
+        ],
+    ]
+    note = f"uploads took {summary['uploaded_seconds']:.0f} s; {summary['tasks']} kie tasks over {summary['submit_span_seconds']:.0f} s"
+    return table(["measure", "result", "target", ""], rows) + "\n" + note
+
+
+if __name__ == "__main__":
+    result = main(sys.argv[1:])
+    print(report(result))
+    sys.exit(0 if result["target_met"] else 1)

@@ -1,0 +1,306 @@
+"""Pace each provider: a limit of new tasks per window that holds across every Lambda instance.
+
+Mechanism: one item per provider in the jobs table (key ``pace#<provider>``; no ``status``, so it
+stays out of the status index) holds the provider's *next free slot*, ``nextFreeAt`` (GCRA's
+theoretical arrival time, the generic cell rate algorithm): a limit of ``count`` per ``window``
+seconds spaces slots ``window / count`` apart. Taking a slot is one conditional write (an idle
+provider: the slot is now, the next one an interval later) or, when that condition fails, one
+atomic ``ADD`` of the interval, whose answer tells this caller's slot. No read, no retry loop and
+no lock: any number of instances take distinct slots, in order, at one write each.
+
+No burst: GCRA with a burst of ``count`` lets up to ``2 * count - 1`` requests into one window,
+which a sliding-window limit (what "20 per 10 s" may well be, and what the simulator enforces)
+refuses with 429s. Evenly spaced slots keep every window at ``count``; the first jobs of a drop
+wait at most one window longer for it. A job that reaches its slot late must not send right
+before the next one, so the sends themselves pass a gate on the same item (``sentAt``: one more
+conditional write, at least one interval since the last send, plus a small margin).
+
+Chosen over a queue per provider with its own concurrency because a queue bounds tasks in flight,
+not new tasks per window (kie's limit), and a queue per provider means event sources and stack
+parameters per provider; the item costs two or three small writes per submission (the slot, the
+gate) and works for every provider.
+
+A job whose slot lies ahead waits in RECEIVED: its slot is recorded on the job (``paceSlot``,
+so a redelivery reuses it rather than taking another), its pairing deadline is cleared (the video
+is here; the job now fails only at its own deadline) and a small ``{"retryJob": id}`` message
+goes on the submit queue, delayed until the slot (SQS delays at most 900 s: a longer wait
+re-queues again, jittered). A fresh message starts at receive count 1, so waiting never exhausts
+the queue's ``maxReceiveCount``. The claim still guards the submission itself: waiting never
+sends anything, so it can never send twice.
+
+A 429 (another client on the same account) pushes the provider's next slot and its gate out by
+two intervals (``slow_down``; each further 429 again): every instance then waits, and the
+refused job takes a new slot instead of failing after its receive count. A job whose earlier
+request may have made its task (``Claim.sent_before``) keeps intake's own path instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .clients import client
+from .config import get_settings
+from .errors import TransientError
+from .jobs import JobState, JobStore, _conditional_failed, epoch_after, now_iso
+from .log import logger
+from .providers import ProviderError
+
+# From /work/shared/providers.md: kie.ai and apikley take 20 new tasks per 10 s per account;
+# Runware queues, Runway queues over its tier's concurrency (THROTTLED), Replicate and crun
+# publish no limit (crun is set with ProviderRateLimits when the account has one).
+DEFAULT_LIMITS: dict[str, str] = {"kie": "20/10", "apikley": "20/10"}
+MAX_SQS_DELAY_SECONDS = 900
+# A slot this close is waited for in the invocation rather than by a delayed message, and the
+# gate is waited for this long at most. SQS delays are whole seconds and a delivery lags by up to
+# a poll: a message is delayed to a second before its slot, and the rest is waited here. Both
+# waits (4 s at most) fit in the margin ``intake.seconds_needed_to_submit`` keeps per record.
+INLINE_WAIT_SECONDS = 2.0
+# A 429 pushes the provider's next slot out by this many intervals (a sliding window frees its
+# oldest request within about one when we pace at the limit; each further 429 pushes again), or,
+# for a provider with no configured limit, by DEFAULT_BACKOFF_SECONDS.
+BACKOFF_INTERVALS = 2
+DEFAULT_BACKOFF_SECONDS = 10.0
+# Sends are kept this much further apart than the limit's interval: the request's way to the
+# provider varies by some milliseconds, and a sliding window counts arrivals.
+SEND_MARGIN = 1.05
+WAIT_REASON = "waiting for a provider slot"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``count`` new tasks per ``window`` seconds."""
+
+    count: int
+    window: float
+
+    @classmethod
+    def parse(cls, text: str, provider: str) -> RateLimit | None:
+        """``"20/10"`` (20 per 10 s); ``""`` or ``"none"`` for no limit."""
+        text = text.strip().lower()
+        if text in ("", "none"):
+            return None
+        count, sep, window = text.partition("/")
+        try:
+            limit = cls(int(count), float(window)) if sep else None
+        except ValueError:
+            limit = None
+        if limit is None or limit.count < 1 or not 0 < limit.window <= 86400:
+            raise ValueError(f"ProviderRateLimits: `{provider}` must be `<tasks>/<seconds>` (e.g. `20/10`) or `none`, not `{text}`")
+        return limit
+
+    @property
+    def interval(self) -> float:
+        return self.window / self.count
+
+
+def clock() -> float:
+    return time.time()
+
+
+def limit_for(provider: str) -> RateLimit | None:
+    """The provider's limit: the stack's ``ProviderRateLimits`` over the defaults."""
+    configured = get_settings().provider_rate_limits
+    return RateLimit.parse(configured.get(provider, DEFAULT_LIMITS.get(provider, "")), provider)
+
+
+def pace_key(provider: str) -> str:
+    return f"pace#{provider}"
+
+
+def is_rate_limited(exc: ProviderError) -> bool:
+    """The provider said "too many requests" (any protocol's 429): the request was not taken."""
+    return exc.kind == "retryable" and (exc.status == 429 or exc.code == "429")
+
+
+class Pacer:
+    """The ``pace#<provider>`` items: slots taken and pushed out, atomically across instances."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def take_slot(self, provider: str, limit: RateLimit, now: float) -> float:
+        """The time (epoch seconds) this caller may send its request: ``now`` or later."""
+        now = round(now, 3)  # the item keeps milliseconds
+        key = {"jobId": pace_key(provider)}
+        try:
+            # Idle (no slot taken ahead of now): this request goes now.
+            self.table.update_item(
+                Key=key,
+                UpdateExpression="SET nextFreeAt = :next",
+                ConditionExpression="attribute_not_exists(nextFreeAt) OR nextFreeAt <= :now",
+                ExpressionAttributeValues={":next": _decimal(now + limit.interval), ":now": _decimal(now)},
+            )
+            return now
+        except Exception as exc:
+            if not _conditional_failed(exc):
+                raise
+        answer = self.table.update_item(
+            Key=key, UpdateExpression="ADD nextFreeAt :step", ExpressionAttributeValues={":step": _decimal(limit.interval)}, ReturnValues="UPDATED_NEW"
+        )
+        return max(now, float(answer["Attributes"]["nextFreeAt"]) - limit.interval)
+
+    def push_out(self, provider: str, until: float, limit: RateLimit | None) -> None:
+        """No slot before ``until``, and no send either (the gate opens then): slots already
+        handed out wait at the gate and, if it stays shut, take new ones."""
+        spacing = limit.interval * SEND_MARGIN if limit else 0.0
+        try:
+            self.table.update_item(
+                Key={"jobId": pace_key(provider)},
+                UpdateExpression="SET nextFreeAt = :until, sentAt = :gate",
+                ConditionExpression="attribute_not_exists(nextFreeAt) OR nextFreeAt < :until",
+                ExpressionAttributeValues={":until": _decimal(until), ":gate": _decimal(until - spacing)},
+            )
+        except Exception as exc:
+            if not _conditional_failed(exc):
+                raise
+
+    def open_gate(self, provider: str, limit: RateLimit) -> bool:
+        """Record a send now if the last one was at least one interval ago (with a margin),
+        waiting for it at most ``INLINE_WAIT_SECONDS``; False if the gate stayed shut.
+
+        Slots space the jobs, but a job may reach its slot late (a slow delivery) and send just
+        before the next one: two sends closer than the interval, which a sliding-window limit
+        answers with a 429. The gate spaces the sends themselves."""
+        spacing = limit.interval * SEND_MARGIN
+        give_up = time.monotonic() + INLINE_WAIT_SECONDS
+        while True:
+            now = round(clock(), 3)
+            try:
+                self.table.update_item(
+                    Key={"jobId": pace_key(provider)},
+                    UpdateExpression="SET sentAt = :now",
+                    ConditionExpression="attribute_not_exists(sentAt) OR sentAt <= :earliest",
+                    ExpressionAttributeValues={":now": _decimal(now), ":earliest": _decimal(now - spacing)},
+                )
+                return True
+            except Exception as exc:
+                if not _conditional_failed(exc):
+                    raise
+            item = self.table.get_item(Key={"jobId": pace_key(provider)}, ConsistentRead=True).get("Item") or {}
+            opens_in = float(item.get("sentAt", now)) + spacing - clock()
+            if time.monotonic() + opens_in > give_up:
+                return False
+            time.sleep(max(opens_in, 0.005))  # until the gate opens; another sender may still get there first
+
+    def paused_until(self, provider: str) -> float | None:
+        """For a provider without a limit: the time a 429 pushed its slots out to, if ahead."""
+        item = self.table.get_item(Key={"jobId": pace_key(provider)}).get("Item")
+        return float(item["nextFreeAt"]) if item and "nextFreeAt" in item else None
+
+
+def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: bool = True) -> bool:
+    """Called just before the claim, after every check. False: send now. True: the job waits in
+    RECEIVED and a delayed message takes it up at its slot (or the job moved on meanwhile)."""
+    now = clock()
+    limit = limit_for(provider)
+    job = store.get(job_id)
+    if job is None or job.state != JobState.RECEIVED or job.submission_claimed:
+        return False  # the claim that follows settles it
+    pacer = Pacer(store.table)
+    held = job.item.get("paceSlot")
+    fresh = not (isinstance(held, dict) and held.get("provider") == provider)
+    if not fresh:
+        at = float(held["at"])  # type: ignore[index]  # a redelivery keeps the slot it holds
+    elif limit is not None:
+        at = pacer.take_slot(provider, limit, now)
+    else:
+        paused = pacer.paused_until(provider)
+        if paused is None or paused <= now:
+            return False
+        # No limit to space the slots by: spread the waiting jobs over one backoff period.
+        at = paused + random.uniform(0, DEFAULT_BACKOFF_SECONDS)  # noqa: S311  # jitter, not a secret
+    if may_send_now and at - now <= INLINE_WAIT_SECONDS:
+        _wait_inline(at - now)
+        if limit is None or pacer.open_gate(provider, limit):
+            if not fresh:
+                _forget_slot(store, job_id)  # used: a retry after another refusal takes a new one
+            return False
+        at, fresh = pacer.take_slot(provider, limit, clock()), True  # the gate stayed shut: a later slot
+    if fresh and not _record_slot(store, job_id, provider, at):
+        return True  # the job moved on meanwhile (failed, or claimed elsewhere)
+    requeue(job_id, at - clock())
+    logger.info(WAIT_REASON, extra={"provider": provider, "wait_seconds": round(at - now, 1)})
+    return True
+
+
+def slow_down(store: JobStore, job_id: str, claim_id: str, refusal: str) -> None:
+    """After a 429: give the claim back (the request was not taken), push the provider's slots
+    out by two intervals and let the job wait for a new slot; it is not failed for it."""
+    store.release_claim(job_id, claim_id, refusal)
+    job = store.get(job_id)
+    if job is None or job.provider is None:
+        return
+    limit = limit_for(job.provider)
+    Pacer(store.table).push_out(job.provider, clock() + (limit.interval * BACKOFF_INTERVALS if limit else DEFAULT_BACKOFF_SECONDS), limit)
+    _forget_slot(store, job_id)
+    if not hold_for_slot(store, job_id, job.provider, may_send_now=False):
+        raise TransientError(f"{job.provider} answered 429; the event is retried")
+
+
+def retry_job_id(body: str) -> str | None:
+    """The job id of a ``{"retryJob": id}`` message (``requeue``), None for any other body."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    job_id = document.get("retryJob") if isinstance(document, dict) else None
+    return job_id if isinstance(job_id, str) and job_id else None
+
+
+def requeue(job_id: str, wait_seconds: float) -> None:
+    """Put the job back on the submit queue, to be taken up after ``wait_seconds``."""
+    queue_url = get_settings().submit_queue_url
+    if not queue_url:
+        # A function without the submit queue (the reconciler's reconsider): the job waits for
+        # its next look; nothing was sent.
+        raise TransientError(f"{WAIT_REASON} in {wait_seconds:.0f} s")
+    # Longer waits come back early and re-queue, jittered so waiting jobs do not arrive together.
+    jitter = random.randint(0, 60)  # noqa: S311  # jitter, not a secret
+    delay = MAX_SQS_DELAY_SECONDS - jitter if wait_seconds > MAX_SQS_DELAY_SECONDS else max(0, math.floor(wait_seconds) - 1)
+    client("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps({"retryJob": job_id}), DelaySeconds=delay)
+
+
+def _record_slot(store: JobStore, job_id: str, provider: str, at: float) -> bool:
+    """The job holds its slot; the video is here, so the pairing deadline gives way to the job's
+    deadline (the same one the first claim would set)."""
+    try:
+        store.table.update_item(
+            Key={"jobId": job_id},
+            UpdateExpression="SET paceSlot = :slot, deadlineAt = if_not_exists(deadlineAt, :deadline), updatedAt = :now REMOVE pairingDeadline, awaitingVideo",
+            ConditionExpression="#status = :received AND attribute_not_exists(submission)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":slot": {"provider": provider, "at": _decimal(at)},
+                ":deadline": epoch_after(get_settings().job_deadline_seconds),
+                ":now": now_iso(),
+                ":received": JobState.RECEIVED.value,
+            },
+        )
+    except Exception as exc:
+        if _conditional_failed(exc):
+            return False
+        raise
+    return True
+
+
+def _forget_slot(store: JobStore, job_id: str) -> None:
+    try:
+        store.table.update_item(Key={"jobId": job_id}, UpdateExpression="REMOVE paceSlot", ConditionExpression="attribute_exists(paceSlot)")
+    except Exception as exc:
+        if not _conditional_failed(exc):
+            raise
+
+
+def _wait_inline(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(min(seconds, INLINE_WAIT_SECONDS))  # bounded: cheaper than a message
+
+
+def _decimal(value: float) -> Decimal:
+    return Decimal(str(round(value, 3)))
