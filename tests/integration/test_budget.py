@@ -53,6 +53,7 @@ def priced(aws: dict[str, Any], sim: str, clip: bytes, monkeypatch: pytest.Monke
     monkeypatch.setenv("PROVIDER_PRICES", json.dumps({"kie": {"perJob": PRICE_USD}}))
     monkeypatch.setenv("DAILY_BUDGET_USD", str(10 * PRICE_USD))
     monkeypatch.setenv("MONTHLY_BUDGET_USD", "")
+    monkeypatch.setenv("PROVIDER_RATE_LIMITS", json.dumps({"kie": "none"}))  # the budget, not the pace, is under test
     boto3.client("secretsmanager", endpoint_url=aws["s3"].meta.endpoint_url).put_secret_value(SecretId=aws["secret"], SecretString=json.dumps({"kie": KIE_KEY}))
     clear_caches()
     httpx.post(f"{sim}/_sim/reset").raise_for_status()

@@ -222,7 +222,7 @@ def job_elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Job]:
 
             def finished() -> dict[str, Any] | None:
                 items = table.scan(TableName=info["jobs_table"], ConsistentRead=True)["Items"]
-                done = [item for item in items if item["status"]["S"] in ("COMPLETED", "FAILED")]
+                done = [item for item in items if item.get("status", {}).get("S") in ("COMPLETED", "FAILED")]
                 return done[0] if done else None
 
             job = wait_for(finished, JOB_WAIT, interval=0.3, message="the job to finish")

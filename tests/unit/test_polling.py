@@ -252,6 +252,7 @@ class ClaimingStore:
 def test_intake_starts_the_loop_after_a_submit_to_a_provider_without_webhooks(monkeypatch: pytest.MonkeyPatch, webhooks: bool, started: list[str]) -> None:
     starts: list[str] = []
     monkeypatch.setattr(polling, "start", lambda job_id: starts.append(job_id) or True)
+    monkeypatch.setattr(intake.pacing, "hold_for_slot", lambda *args, **kwargs: False)  # an unpaced provider
     sidecar, _document = parse_sidecar(b'{"prompt": "make it rain"}')
     plan = intake.SubmitPlan(SubmittingProvider(webhooks), "aleph", sidecar, "{}", intake.VideoSource("mp4", url="https://videos.example/a.mp4"), (), ())  # type: ignore[arg-type]
     store = ClaimingStore()

@@ -199,10 +199,13 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
     RECEIVED and a delayed message takes it up at its slot (or the job moved on meanwhile)."""
     now = clock()
     limit = limit_for(provider)
+    pacer = Pacer(store.table)
+    paused = pacer.paused_until(provider) if limit is None else None
+    if limit is None and (paused is None or paused <= now):
+        return False  # no limit, and no 429 slowed the provider down: send now (one read, of the pace item)
     job = store.get(job_id)
     if job is None or job.state != JobState.RECEIVED or job.submission_claimed:
         return False  # the claim that follows settles it
-    pacer = Pacer(store.table)
     held = job.item.get("paceSlot")
     fresh = not (isinstance(held, dict) and held.get("provider") == provider)
     if not fresh:
@@ -210,11 +213,8 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
     elif limit is not None:
         at = pacer.take_slot(provider, limit, now)
     else:
-        paused = pacer.paused_until(provider)
-        if paused is None or paused <= now:
-            return False
         # No limit to space the slots by: spread the waiting jobs over one backoff period.
-        at = paused + random.uniform(0, DEFAULT_BACKOFF_SECONDS)  # noqa: S311  # jitter, not a secret
+        at = float(paused or now) + random.uniform(0, DEFAULT_BACKOFF_SECONDS)  # noqa: S311  # jitter, not a secret
     if may_send_now and at - now <= INLINE_WAIT_SECONDS:
         _wait_inline(at - now)
         if limit is None or pacer.open_gate(provider, limit):
