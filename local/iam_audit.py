@@ -347,6 +347,14 @@ def audit(
 ) -> AuditReport:
     """Each call against its function's grants; with ``check_unused``, each grant against the calls."""
     report = AuditReport()
+    used = _check_calls(grants, calls, local, report)
+    if check_unused:
+        _check_unused(grants, used, report, unused_allowed)
+    return report
+
+
+def _check_calls(grants: Mapping[str, list[Grant]], calls: Iterable[AwsCall], local: LocalResources, report: AuditReport) -> set[tuple[str, Grant]]:
+    """Record each call's denials in ``report``; the grants some call used."""
     used: set[tuple[str, Grant]] = set()
     for call in calls:
         report.calls += 1
@@ -363,17 +371,21 @@ def audit(
             if not allowing:
                 report.denied.append((call, need))
             used.update((call.function, grant) for grant in allowing)
-    if check_unused:
-        for function, function_grants_ in grants.items():
-            for grant in function_grants_:
-                if grant.managed is not None or (function, grant) in used:
-                    continue
-                reason = unused_allowed.get((function, grant.action, grant.label))
-                if reason is None:
-                    report.unused.append((function, grant))
-                else:
-                    report.unused_allowed.append((function, grant, reason))
-    return report
+    return used
+
+
+def _check_unused(
+    grants: Mapping[str, list[Grant]], used: set[tuple[str, Grant]], report: AuditReport, unused_allowed: Mapping[tuple[str, str, str], str]
+) -> None:
+    for function, function_grants_ in grants.items():
+        for grant in function_grants_:
+            if grant.managed is not None or (function, grant) in used or (function, grant) in {(f, g) for f, g in report.unused}:
+                continue
+            reason = unused_allowed.get((function, grant.action, grant.label))
+            if reason is None:
+                report.unused.append((function, grant))
+            elif (function, grant, reason) not in report.unused_allowed:
+                report.unused_allowed.append((function, grant, reason))
 
 
 def audit_stack(info: Mapping[str, Any], template: Path, *, check_unused: bool = True) -> AuditReport:
@@ -393,10 +405,25 @@ def audit_stacks(infos: Sequence[Mapping[str, Any]], template: Path, *, check_un
         different = [name for name in names if info.get(name) != infos[0].get(name)]
         if different:
             raise ValueError(f"the stack of {info.get('aws_calls_log')} names its {', '.join(different)} differently: audit it on its own")
-    local = LocalResources.from_stack_info(infos[0], template)
-    grants = function_grants(expand_template(template, region=local.region), local)
-    calls = [call for info in infos for call in load_calls(Path(str(info["aws_calls_log"])))]
-    return audit(grants, calls, local, check_unused=check_unused)
+    # Stacks started with other parameter values (``--parameter``) have other grants (a
+    # Condition's RolePolicy): each group's calls are checked against its own roles, and a grant
+    # is unused only if no stack that has it used it.
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for info in infos:
+        groups.setdefault(json.dumps(info.get("parameter_overrides") or {}, sort_keys=True), []).append(info)
+    report = AuditReport()
+    all_grants: dict[str, list[Grant]] = {}
+    used: set[tuple[str, Grant]] = set()
+    for group in groups.values():
+        local = LocalResources.from_stack_info(group[0], template)
+        grants = function_grants(expand_template(template, region=local.region), local)
+        calls = [call for info in group for call in load_calls(Path(str(info["aws_calls_log"])))]
+        used |= _check_calls(grants, calls, local, report)
+        for function, granted in grants.items():
+            all_grants.setdefault(function, []).extend(grant for grant in granted if grant not in all_grants.get(function, []))
+    if check_unused:
+        _check_unused(all_grants, used, report, UNUSED_ALLOWED)
+    return report
 
 
 # ------------------------------------------------------------------------------ internals
