@@ -233,6 +233,9 @@ def stack_arguments(config: ChaosConfig) -> list[str]:
         "PROVIDER_READ_TIMEOUT_SECONDS": config.read_timeout_seconds,
         # Provider keys read again every few seconds (300 s in production), so Secrets Manager faults are met.
         "SECRET_MAX_AGE_SECONDS": 2,
+        # Paced, but faster than kie's real 20 per 10 s: hundreds of jobs at once would otherwise
+        # wait past this run's short deadlines for their slots (bench/scale.py measures the pace).
+        "PROVIDER_RATE_LIMITS": json.dumps({"kie": "20/1", "apikley": "20/1"}),
     }
     args = ["--schedule-interval", "1", "--sqs-concurrency", str(config.sqs_concurrency), "--sqs-time-scale", str(config.sqs_time_scale), "--quiet"]
     for name, value in settings.items():
