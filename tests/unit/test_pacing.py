@@ -1,17 +1,21 @@
 """The pieces of pacing that need no AWS: limits as configured, the retry message, what counts as a
-429, and the simulator's sliding-window limit."""
+429, the simulator's sliding-window limit, and when a chained job's slot is too far to wait for."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from aleph_pipeline import pacing
+from aleph_pipeline import intake, pacing
 from aleph_pipeline.config import get_settings
-from aleph_pipeline.providers import ProviderError
+from aleph_pipeline.providers import ProviderError, get_provider
+from aleph_pipeline.sidecar import validate_sidecar
 from local.simulator.limits import RateLimits
 
 WIRING_ENV = {"JOBS_TABLE_NAME": "jobs", "INPUT_BUCKET_NAME": "in", "OUTPUT_BUCKET_NAME": "out"}
@@ -82,3 +86,66 @@ def test_the_simulators_limit_is_a_sliding_window_and_counts_both_answers(monkey
     assert limits.to_json() == {}
     with pytest.raises(ValueError, match="kie"):
         limits.set({"kie": "2 per second"})
+
+
+class PaceItemTable:
+    """The one ``pace#kie`` item and the two writes ``Pacer.take_slot`` makes, conditions and all."""
+
+    def __init__(self, next_free_at: float | None) -> None:
+        self.item: dict[str, Any] = {} if next_free_at is None else {"nextFreeAt": Decimal(str(next_free_at))}
+
+    def update_item(self, *, UpdateExpression: str, ExpressionAttributeValues: dict[str, Decimal], ConditionExpression: str = "", **_: Any) -> Any:
+        held, values = self.item.get("nextFreeAt"), ExpressionAttributeValues
+        if UpdateExpression.startswith("SET"):
+            if held is not None and held > values[":now"]:
+                raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"}}, "UpdateItem")
+            self.item["nextFreeAt"] = values[":next"]
+            return {}
+        if ConditionExpression and not (held is not None and held <= values[":latest"]):
+            raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"}}, "UpdateItem")
+        self.item["nextFreeAt"] = (held or Decimal(0)) + values[":step"]
+        return {"Attributes": dict(self.item)}
+
+    def get_item(self, **_: Any) -> Any:
+        return {"Item": dict(self.item)}
+
+
+LIMIT = pacing.RateLimit(1, 600.0)
+
+
+def test_a_slot_within_the_bound_is_taken_and_one_past_it_is_not() -> None:
+    table = PaceItemTable(1000.0 + 30)
+    assert pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0, wait_at_most=60) == 1030.0
+    assert table.item["nextFreeAt"] == Decimal("1630.0")
+    with pytest.raises(pacing.SlotTooFar) as caught:
+        pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0, wait_at_most=60)
+    assert str(caught.value) == "no slot at kie for 630 s"
+    assert table.item["nextFreeAt"] == Decimal("1630.0")  # not taken: the next job gets it
+    error = caught.value.to_job_error()
+    assert (error.code, error.message) == ("provider_unavailable", "no slot at kie for 630 s")
+    assert pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0) == 1630.0  # no bound: it waits as long as it takes
+
+
+def test_an_idle_provider_sends_at_once_whatever_the_bound() -> None:
+    table = PaceItemTable(None)
+    assert pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0, wait_at_most=0) == 1000.0
+
+
+def sidecar_plan(document: dict[str, Any], provider: str, chain: tuple[str, ...] | None) -> Any:
+    sidecar = validate_sidecar(document)
+    video = intake.VideoSource("mp4", url="https://v.example/a.mp4")
+    return intake.SubmitPlan(get_provider(provider), "aleph", sidecar, "{}", video, (), (), chain)
+
+
+def test_only_a_job_whose_chain_goes_on_has_a_bound_and_it_goes_to_a_provider_that_honours_it(env: pytest.MonkeyPatch) -> None:
+    env.setenv("PACE_MAX_WAIT_SECONDS", "120")
+    get_settings.cache_clear()
+    assert intake._pace_bound(sidecar_plan({"prompt": "x"}, "kie", None)) is None  # no chain: it waits
+    assert intake._pace_bound(sidecar_plan({"prompt": "x"}, "apikley", ("kie", "apikley"))) is None  # the chain's last
+    chained = sidecar_plan({"prompt": "x"}, "kie", ("kie", "apikley"))
+    assert intake._pace_bound(chained) == 120
+    assert intake._next_in_chain(chained).id == "apikley"  # type: ignore[union-attr]
+    # crun takes no watermark: apikley after it does; with crun alone after kie the job stays.
+    marked = {"prompt": "x", "watermark": "team"}
+    assert intake._next_in_chain(sidecar_plan(marked, "kie", ("kie", "crun", "apikley"))).id == "apikley"  # type: ignore[union-attr]
+    assert intake._next_in_chain(sidecar_plan(marked, "kie", ("kie", "crun"))) is None

@@ -65,6 +65,8 @@ class Settings(BaseModel):
     # New tasks per window per provider (``pacing``): {"kie": "20/10", "crun": "none"} over the
     # defaults from providers.md; the submit queue takes a waiting job up again at its slot.
     provider_rate_limits: dict[str, str] = Field(default_factory=dict)
+    # A job with a failover chain waits this long at most for its provider's slot, then moves on.
+    pace_max_wait_seconds: float = Field(default=900, ge=0)
     submit_queue_url: str = ""
     secret_max_age_seconds: int = Field(default=300, ge=0)
     # The reconciler: how long a callback may be late before the provider is polled, how long a

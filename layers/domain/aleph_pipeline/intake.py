@@ -494,7 +494,13 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         details["videoUrl"] = video.url
     if not _reserve_spend(store, job_id, plan, video_url=video_url, attempts_left=attempts_left, details=details):
         return False
-    if pacing.hold_for_slot(store, job_id, plan.provider.id):
+    try:
+        waits = pacing.hold_for_slot(store, job_id, plan.provider.id, wait_at_most=_pace_bound(plan))
+    except pacing.SlotTooFar as too_far:
+        if _next_in_chain(plan) is not None:
+            return _move_on_unsent(store, job_id, plan, too_far)
+        waits = pacing.hold_for_slot(store, job_id, plan.provider.id)  # no later provider honours the sidecar: it waits here
+    if waits:
         return False  # the job waits in RECEIVED for its provider slot; a delayed message takes it up
     # The claim is the record that a request may be on its way: written before anything that can
     # be cut off, so a killed invocation leaves a claimed job the reconciler settles, never a resend.
@@ -525,6 +531,40 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     if moved and not plan.provider.webhooks:
         polling.start(job_id)  # no callback will come: the job's own poll loop finds the outcome
     return False
+
+
+def _later_in_chain(plan: SubmitPlan) -> tuple[str, ...]:
+    chain = plan.chain or ()
+    return chain[chain.index(plan.provider.id) + 1 :] if plan.provider.id in chain else ()
+
+
+def _pace_bound(plan: SubmitPlan) -> float | None:
+    """How long the job may wait for its provider's slot: ``PaceMaxWaitSeconds`` when its chain
+    goes on after this provider, else as long as it takes."""
+    return get_settings().pace_max_wait_seconds if _later_in_chain(plan) else None
+
+
+def _next_in_chain(plan: SubmitPlan) -> Provider | None:
+    """The provider of the job's chain after this one that honours its sidecar (checked only once
+    the slot is too far: the checks may read the video). None: the job waits here."""
+    for name in _later_in_chain(plan):
+        provider = get_provider(name)
+        try:
+            provider.check(plan.sidecar, plan.sidecar.model if plan.sidecar.model in provider.models else provider.default_model, plan.video_info)
+        except JobError:
+            continue
+        return provider
+    return None
+
+
+def _move_on_unsent(store: JobStore, job_id: str, plan: SubmitPlan, too_far: pacing.SlotTooFar) -> bool:
+    """No slot at the job's provider within the bound: the next provider of its chain takes the
+    job (nothing was claimed or sent). True when it moved (intake decides again)."""
+    moved = store.move_on(job_id, None, plan.provider.id, plan.model, too_far.to_job_error())
+    if moved:
+        budget.release(job_id)  # the next provider reserves its own estimate
+    logger.warning("no provider slot within the bound; moving along the chain", extra={"provider": plan.provider.id, "reason": str(too_far)})
+    return moved
 
 
 def _reserve_spend(store: JobStore, job_id: str, plan: SubmitPlan, *, video_url: str, attempts_left: bool, details: dict[str, Any]) -> bool:

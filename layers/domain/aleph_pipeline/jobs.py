@@ -332,21 +332,29 @@ class JobStore:
             ExpressionAttributeValues=values,
         )
 
-    def move_on(self, job_id: str, claim_id: str, provider: str, model: str, refusal: JobError) -> bool:
+    def move_on(self, job_id: str, claim_id: str | None, provider: str, model: str, refusal: JobError) -> bool:
         """Give the claim back after ``provider`` refused the job in a way that says "not now, and
         not you" (maintenance, out of credits), and record it in ``providersTried``, in one
         conditional write: intake then picks the next provider of the job's chain. Only for a
         request provably not taken (never after an unanswered one). False when the claim is not
-        this one any more (the job moved on another way)."""
+        this one any more (the job moved on another way). ``claim_id`` None: the job was never
+        claimed (no slot at the provider within ``PaceMaxWaitSeconds``) and must still not be."""
         at = now_iso()
         entry: dict[str, Any] = {"provider": provider, "model": model, "reason": refusal.message[:500], "code": refusal.code, "at": at}
         entry["providerCode"] = refusal.details.get("providerCode")
+        values: dict[str, Any] = {":received": JobState.RECEIVED.value, ":none": [], ":entry": [_dynamo(entry)], ":at": at}
+        if claim_id is None:
+            unclaimed = "attribute_not_exists(submission)"
+        else:
+            unclaimed, values[":claim"] = "submission.claimId = :claim", claim_id
         return self._update_if(
             Key={"jobId": job_id},
-            UpdateExpression="REMOVE submission, lastRefusal SET providersTried = list_append(if_not_exists(providersTried, :none), :entry), updatedAt = :at",
-            ConditionExpression="#status = :received AND submission.claimId = :claim",
+            UpdateExpression=(
+                "REMOVE submission, lastRefusal, paceSlot SET providersTried = list_append(if_not_exists(providersTried, :none), :entry), updatedAt = :at"
+            ),
+            ConditionExpression=f"#status = :received AND {unclaimed}",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":claim": claim_id, ":received": JobState.RECEIVED.value, ":none": [], ":entry": [_dynamo(entry)], ":at": at},
+            ExpressionAttributeValues=values,
         )
 
     def note_unanswered(self, job_id: str, claim_id: str, reason: str) -> bool:

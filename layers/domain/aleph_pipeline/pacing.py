@@ -32,6 +32,11 @@ A 429 (another client on the same account) pushes the provider's next slot and i
 two intervals (``slow_down``; each further 429 again): every instance then waits, and the
 refused job takes a new slot instead of failing after its receive count. A job whose earlier
 request may have made its task (``Claim.sent_before``) keeps intake's own path instead.
+
+A job with a failover chain waits at most ``PaceMaxWaitSeconds`` for its slot: a slot further out
+than that is not taken at all (the ``ADD`` is conditional on the next free slot being within the
+bound, so no slot is left taken for nothing) and ``hold_for_slot`` raises ``SlotTooFar``: intake
+moves the job on to the next provider of its chain. Nothing was sent, so nothing can be paid twice.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from typing import Any
 
 from .clients import client
 from .config import get_settings
-from .errors import TransientError
+from .errors import STAGE_SUBMIT, JobError, TransientError
 from .jobs import JobState, JobStore, _conditional_failed, epoch_after, now_iso
 from .log import logger
 from .providers import ProviderError
@@ -99,6 +104,19 @@ class RateLimit:
         return self.window / self.count
 
 
+class SlotTooFar(Exception):
+    """The provider's next free slot is further out than the job may wait; no slot was taken."""
+
+    def __init__(self, provider: str, wait_seconds: float) -> None:
+        super().__init__(f"no slot at {provider} for {wait_seconds:.0f} s")
+        self.provider = provider
+        self.wait_seconds = wait_seconds
+
+    def to_job_error(self) -> JobError:
+        """The record of the provider the job moved on from (``providersTried``)."""
+        return JobError("provider_unavailable", str(self), STAGE_SUBMIT, retryable=True)
+
+
 def clock() -> float:
     return time.time()
 
@@ -124,8 +142,9 @@ class Pacer:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def take_slot(self, provider: str, limit: RateLimit, now: float) -> float:
-        """The time (epoch seconds) this caller may send its request: ``now`` or later."""
+    def take_slot(self, provider: str, limit: RateLimit, now: float, wait_at_most: float | None = None) -> float:
+        """The time (epoch seconds) this caller may send its request: ``now`` or later. With
+        ``wait_at_most``, a slot further out than that is not taken: ``SlotTooFar``."""
         now = round(now, 3)  # the item keeps milliseconds
         key = {"jobId": pace_key(provider)}
         try:
@@ -140,9 +159,18 @@ class Pacer:
         except Exception as exc:
             if not _conditional_failed(exc):
                 raise
-        answer = self.table.update_item(
-            Key=key, UpdateExpression="ADD nextFreeAt :step", ExpressionAttributeValues={":step": _decimal(limit.interval)}, ReturnValues="UPDATED_NEW"
-        )
+        take: dict[str, Any] = {"UpdateExpression": "ADD nextFreeAt :step", "ExpressionAttributeValues": {":step": _decimal(limit.interval)}}
+        if wait_at_most is not None:
+            # This caller's slot is the next free one (the value before the ADD): within the bound, or not taken.
+            take["ConditionExpression"] = "nextFreeAt <= :latest"
+            take["ExpressionAttributeValues"][":latest"] = _decimal(now + wait_at_most)
+        try:
+            answer = self.table.update_item(Key=key, ReturnValues="UPDATED_NEW", **take)
+        except Exception as exc:
+            if wait_at_most is None or not _conditional_failed(exc):
+                raise
+            item = self.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+            raise SlotTooFar(provider, float(item.get("nextFreeAt", now + wait_at_most)) - now) from None
         return max(now, float(answer["Attributes"]["nextFreeAt"]) - limit.interval)
 
     def push_out(self, provider: str, until: float, limit: RateLimit | None) -> None:
@@ -194,9 +222,12 @@ class Pacer:
         return float(item["nextFreeAt"]) if item and "nextFreeAt" in item else None
 
 
-def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: bool = True) -> bool:
+def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: bool = True, wait_at_most: float | None = None) -> bool:
     """Called just before the claim, after every check. False: send now. True: the job waits in
-    RECEIVED and a delayed message takes it up at its slot (or the job moved on meanwhile)."""
+    RECEIVED and a delayed message takes it up at its slot (or the job moved on meanwhile).
+
+    ``wait_at_most`` (a job with another provider to go to): a fresh slot further out than that
+    raises ``SlotTooFar`` with no slot taken. A slot the job holds already is kept."""
     now = clock()
     limit = limit_for(provider)
     pacer = Pacer(store.table)
@@ -211,17 +242,19 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
     if not fresh:
         at = float(held["at"])  # type: ignore[index]  # a redelivery keeps the slot it holds
     elif limit is not None:
-        at = pacer.take_slot(provider, limit, now)
+        at = pacer.take_slot(provider, limit, now, wait_at_most)
     else:
         # No limit to space the slots by: spread the waiting jobs over one backoff period.
         at = float(paused or now) + random.uniform(0, DEFAULT_BACKOFF_SECONDS)  # noqa: S311  # jitter, not a secret
+        if wait_at_most is not None and at - now > wait_at_most:
+            raise SlotTooFar(provider, at - now)
     if may_send_now and at - now <= INLINE_WAIT_SECONDS:
         _wait_inline(at - now)
         if limit is None or pacer.open_gate(provider, limit):
             if not fresh:
                 _forget_slot(store, job_id)  # used: a retry after another refusal takes a new one
             return False
-        at, fresh = pacer.take_slot(provider, limit, clock()), True  # the gate stayed shut: a later slot
+        at, fresh = pacer.take_slot(provider, limit, clock(), wait_at_most), True  # the gate stayed shut: a later slot
     if fresh and not _record_slot(store, job_id, provider, at):
         return True  # the job moved on meanwhile (failed, or claimed elsewhere)
     requeue(job_id, at - clock())
