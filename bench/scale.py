@@ -15,6 +15,13 @@ submit queue included) at p50 and p95 beside the least a queue at that rate allo
 waits k / rate).
 ``python -m bench.scale --jobs N`` runs N jobs (default 600, 5 minutes at 2 a second); ``make
 bench`` runs ``MAKE_BENCH_JOBS`` to stay within a few minutes on two cores.
+
+Then the chain: a stack of its own where kie's limit is exhausted (one task per 10 minutes, the
+stack's pace and the simulator's) and ``PaceMaxWaitSeconds`` is 60, and ``--chain-jobs`` pairs
+whose sidecars name the chain ``kie,apikley`` (apikley paced at 2 a second as above). The first
+takes kie's one slot; every other job's kie slot is 10 minutes out, past the bound, so it moves,
+unsent, to apikley. Printed: the jobs that moved to apikley (target: all but the first), failed
+(0) and sent twice (0, counted over both providers' tasks).
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ LIMIT = "10/5"  # 2 new kie tasks a second in a sliding 5 s window, the simulato
 RATE = 2.0
 UPLOAD_THREADS = 4
 TARGET_RATIO = 0.9
+CHAIN_JOBS = 40  # 20 s of apikley at 2 a second
+CHAIN = ["kie", "apikley"]
+EXHAUSTED = "1/600"  # kie's one task per 10 minutes: every job after the first would wait past the bound
+CHAIN_MAX_WAIT_SECONDS = 60
 
 
 def _epoch(text: str) -> float:
@@ -62,6 +73,69 @@ def _job_of(task: dict[str, Any]) -> str:
     return urlsplit(str(task["request"].get("callBackUrl", ""))).path.rsplit("/", 1)[-1]
 
 
+def _drop_all(info: dict[str, Any], clip: bytes, jobs: int, name: str, sidecar: dict[str, Any]) -> dict[str, float]:
+    """Upload ``jobs`` pairs at once from ``UPLOAD_THREADS`` threads; each sidecar key's upload time."""
+    s3 = aws_client("s3", info)
+    bucket, prefix = info["input_bucket"], info["input_prefix"]
+    dropped_at: dict[str, float] = {}
+
+    def upload(index: int) -> None:
+        stem = f"{prefix}{name}/job-{index:05d}"
+        s3.put_object(Bucket=bucket, Key=f"{stem}.mp4", Body=clip)
+        dropped_at[f"{stem}.json"] = time.time()
+        s3.put_object(Bucket=bucket, Key=f"{stem}.json", Body=json.dumps({"prompt": "make it snow", **sidecar}).encode())
+
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        list(pool.map(upload, range(jobs)))
+    return dropped_at
+
+
+def _wait_all_left_received(info: dict[str, Any], jobs: int, timeout: float) -> list[dict[str, Any]]:
+    dynamodb = aws_client("dynamodb", info)
+
+    def all_moved_on() -> list[dict[str, Any]] | None:
+        items = [item for item in _scan(dynamodb, info["jobs_table"]) if "sidecarKey" in item]
+        moved = [item for item in items if item["status"] != "RECEIVED"]
+        return items if len(items) == jobs and len(moved) == jobs else None
+
+    found: list[dict[str, Any]] = wait_for(all_moved_on, timeout=timeout, interval=2.0, message=f"all {jobs} jobs to leave RECEIVED")
+    return found
+
+
+def run_chain(workdir: Path, clip: bytes, jobs: int) -> dict[str, Any]:
+    """The chain ``kie,apikley`` with kie's limit exhausted: every job but the first moves to apikley."""
+    limits = {"kie": EXHAUSTED, "apikley": LIMIT}
+    env = ["--env", f"PROVIDER_RATE_LIMITS={json.dumps(limits)}", "--env", f"PACE_MAX_WAIT_SECONDS={CHAIN_MAX_WAIT_SECONDS}"]
+    process, info = spawn(workdir / "chain-stack", "--quiet", *env, timeout=90)
+    sim = info["simulator_url"]
+    try:
+        httpx.post(f"{sim}/_sim/config", json={"delay_seconds": 0}, timeout=10).raise_for_status()
+        httpx.post(f"{sim}/_sim/limits", json=limits, timeout=10).raise_for_status()
+        _drop_all(info, clip, jobs, "chain", {"providers": CHAIN})
+        items = _wait_all_left_received(info, jobs, timeout=jobs / RATE + 120)
+        tasks = httpx.get(f"{sim}/_sim/tasks", timeout=30).json()
+        stats = httpx.get(f"{sim}/_sim/limits", timeout=10).json()
+    finally:
+        terminate(process)
+    failed = [item for item in items if item["status"] == "FAILED"]
+    per_job = Counter(_job_of(task) for task in tasks)
+    moved = [item for item in items if item.get("provider") == "apikley" and [t.get("provider") for t in item.get("providersTried", [])] == ["kie"]]
+    return {
+        "jobs": jobs,
+        "chain": ",".join(CHAIN),
+        "kie_limit": EXHAUSTED,
+        "max_wait_seconds": CHAIN_MAX_WAIT_SECONDS,
+        "moved_to_apikley": len(moved),
+        "sent_to_kie": sum(1 for task in tasks if task["provider"] == "kie"),
+        "failed": len(failed),
+        "failed_codes": dict(Counter(str((item.get("error") or {}).get("code")) for item in failed)),
+        "submitted_twice": sum(1 for count in per_job.values() if count > 1),
+        "provider_429s": sum(int(entry.get("refused", 0)) for entry in stats.values()),
+        "reasons": sorted({str(tried.get("reason")) for item in moved for tried in item.get("providersTried", [])})[:3],
+        "target_met": not failed and all(count == 1 for count in per_job.values()) and len(moved) == jobs - 1,
+    }
+
+
 def run(workdir: Path, jobs: int) -> dict[str, Any]:
     clip = make_clip(workdir / "clip.mp4", seconds=1, size="160x90", rate=24).read_bytes()
     limits = json.dumps({"kie": LIMIT})
@@ -70,29 +144,11 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
     try:
         httpx.post(f"{sim}/_sim/config", json={"delay_seconds": 0}, timeout=10).raise_for_status()
         httpx.post(f"{sim}/_sim/limits", json={"kie": LIMIT}, timeout=10).raise_for_status()
-        s3, dynamodb = aws_client("s3", info), aws_client("dynamodb", info)
-        bucket, prefix = info["input_bucket"], info["input_prefix"]
-
-        dropped_at: dict[str, float] = {}
-
-        def upload(index: int) -> None:
-            stem = f"{prefix}scale/job-{index:05d}"
-            s3.put_object(Bucket=bucket, Key=f"{stem}.mp4", Body=clip)
-            dropped_at[f"{stem}.json"] = time.time()
-            s3.put_object(Bucket=bucket, Key=f"{stem}.json", Body=json.dumps({"prompt": "make it snow", "provider": "kie"}).encode())
-
         started = time.time()
-        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-            list(pool.map(upload, range(jobs)))
+        dropped_at = _drop_all(info, clip, jobs, "scale", {"provider": "kie"})
         uploaded = time.time() - started
-
-        def all_moved_on() -> list[dict[str, Any]] | None:
-            items = [item for item in _scan(dynamodb, info["jobs_table"]) if "sidecarKey" in item]
-            moved = [item for item in items if item["status"] != "RECEIVED"]
-            return items if len(items) == jobs and len(moved) == jobs else None
-
         # The last job's slot is jobs / RATE seconds out; then a margin for the stack to catch up.
-        items = wait_for(all_moved_on, timeout=jobs / RATE + 120, interval=2.0, message=f"all {jobs} jobs to leave RECEIVED")
+        items = _wait_all_left_received(info, jobs, timeout=jobs / RATE + 120)
         tasks = [task for task in httpx.get(f"{sim}/_sim/tasks", timeout=30).json() if task["provider"] == "kie"]
         stats = httpx.get(f"{sim}/_sim/limits", timeout=10).json().get("kie", {})
     finally:
@@ -126,12 +182,22 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
     }
 
 
+def run_both(workdir: Path, jobs: int, chain_jobs: int) -> dict[str, Any]:
+    summary = run(workdir, jobs)
+    if chain_jobs > 0:
+        clip = (workdir / "clip.mp4").read_bytes()
+        summary["chain"] = run_chain(workdir, clip, chain_jobs)
+        summary["target_met"] = summary["target_met"] and summary["chain"]["target_met"]
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=JOBS if argv is not None else MAKE_BENCH_JOBS, help=f"jobs dropped at once (default {JOBS})")
+    parser.add_argument("--chain-jobs", type=int, default=CHAIN_JOBS, help=f"jobs of the chain run, kie exhausted (default {CHAIN_JOBS}; 0: none)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="aleph-bench-scale-") as tmp:
-        summary = run(Path(tmp), args.jobs)
+        summary = run_both(Path(tmp), args.jobs, args.chain_jobs)
     save("scale", summary)
     return summary
 
@@ -155,7 +221,23 @@ def report(summary: dict[str, Any]) -> str:
             "",
         ],
     ]
+    chain = summary.get("chain")
+    if chain:
+        rows += [
+            [f"chain {chain['chain']}, kie at {chain['kie_limit']}: jobs dropped", str(chain["jobs"]), "", ""],
+            [
+                f"moved to apikley (no kie slot within {chain['max_wait_seconds']} s)",
+                str(chain["moved_to_apikley"]),
+                str(chain["jobs"] - 1),
+                verdict(chain["moved_to_apikley"] == chain["jobs"] - 1),
+            ],
+            ["chain: jobs failed", str(chain["failed"]), "0", verdict(chain["failed"] == 0)],
+            ["chain: jobs sent twice (kie and apikley)", str(chain["submitted_twice"]), "0", verdict(chain["submitted_twice"] == 0)],
+            ["chain: provider 429s", str(chain["provider_429s"]), "0, or explained", ""],
+        ]
     note = f"uploads took {summary['uploaded_seconds']:.0f} s; {summary['tasks']} kie tasks over {summary['submit_span_seconds']:.0f} s"
+    if chain:
+        note += f"; chain: {chain['sent_to_kie']} sent to kie, e.g. {'; '.join(chain['reasons'])}"
     return table(["measure", "result", "target", ""], rows) + "\n" + note
 
 
