@@ -129,3 +129,14 @@ def test_at_the_last_provider_of_its_chain_a_job_waits_for_the_slot_there(stack:
     assert [entry["provider"] for entry in record.providers_tried] == ["kie"]
     assert record.item["paceSlot"]["provider"] == "apikley"  # waits there: nobody after apikley
     assert len([p for providers in tasks_by_job(stack).values() for p in providers]) == 2
+
+
+def test_a_job_whose_later_providers_cannot_honour_it_waits_for_kie(stack: dict[str, Any]) -> None:
+    drop(stack, "kie-busy", {"provider": "kie"})
+    waiting = drop(stack, "marked", {"providers": ["kie", "crun"], "watermark": "team"})  # crun takes no watermark
+
+    record = job(waiting)
+    assert record.state == JobState.RECEIVED and not record.submission_claimed
+    assert record.providers_tried == []
+    assert record.item["paceSlot"]["provider"] == "kie"
+    assert len(tasks_by_job(stack)) == 1
