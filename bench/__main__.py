@@ -55,6 +55,10 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         rows.append([f"scale: {k['jobs']} jobs at once, failed / sent twice", f"{k['failed']} / {k['submitted_twice']}", "0 / 0", verdict(clean)])
         ratio = f"{k['rate_ratio']:.2f}, {k['provider_429s']}"
         rows.append([f"scale: submit rate / limit ({k['limit']}), 429s", ratio, f">= {scale.TARGET_RATIO}", verdict(k["rate_ratio"] >= scale.TARGET_RATIO)])
+        if "chain" in k:
+            c = k["chain"]
+            moved = f"{c['moved_to_apikley']}/{c['jobs'] - 1} / {c['failed']} / {c['submitted_twice']}"
+            rows.append([f"scale: chain {c['chain']}, kie exhausted: moved / failed / sent twice", moved, "all / 0 / 0", verdict(c["target_met"])])
     if "Package size (sam build)" in results:
         k = results["Package size (sam build)"]
         layer = k["artifacts"]["SharedLayer"]
