@@ -501,7 +501,6 @@ class JobStore:
 
     def stale(self, state: JobState, before: str, limit: int) -> list[Job]:
         """Up to ``limit`` jobs in ``state`` not updated since ``before``, oldest first (GSI query, never a scan)."""
-        found: list[Job] = []
         query: dict[str, Any] = {
             "IndexName": STATUS_INDEX,
             "KeyConditionExpression": "#status = :state AND updatedAt < :before",
@@ -509,19 +508,12 @@ class JobStore:
             "ExpressionAttributeValues": {":state": state.value, ":before": before},
             "Limit": limit,
         }
-        while len(found) < limit:
-            page = self.table.query(**query)
-            found.extend(Job(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return found[:limit]
+        return self._query_pages(query, limit)
 
     def failed_without_error_json(self, since: str, limit: int) -> list[Job]:
         """Up to ``limit`` FAILED jobs updated since ``since`` whose ``error.json`` is not known to be
         written (``note_error_written``), oldest first. Pages through the status index, so any number
         of newer failures cannot hide an older one."""
-        found: list[Job] = []
         query: dict[str, Any] = {
             "IndexName": STATUS_INDEX,
             "KeyConditionExpression": "#status = :state AND updatedAt >= :since",
@@ -529,6 +521,11 @@ class JobStore:
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {":state": JobState.FAILED.value, ":since": since},
         }
+        return self._query_pages(query, limit)
+
+    def _query_pages(self, query: dict[str, Any], limit: int) -> list[Job]:
+        """Up to ``limit`` jobs of a status-index query, page after page (a filter may leave pages short)."""
+        found: list[Job] = []
         while len(found) < limit:
             page = self.table.query(**query)
             found.extend(Job(item) for item in page.get("Items", []))
