@@ -244,6 +244,39 @@ def test_a_lost_event_job_refused_for_now_at_its_pairing_deadline_waits_not_fail
     assert len(FakeKie.tasks) == 1
 
 
+def test_a_lost_event_job_whose_last_look_meets_an_aws_error_is_not_failed_as_unpaired(kie: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the small chaos run in CI: at the pairing deadline the reconciler's last look met
+    # an AWS error (intake raised TransientError, which the look swallows), and the job failed
+    # pairing_timeout although its video was there. A look that could not be made proves nothing.
+    from aleph_pipeline import intake
+
+    job_id = upload_pair(kie)
+    info = head(kie["input"], "incoming/team/shot.json")
+    assert info is not None
+    JobStore().create(
+        job_id,
+        {
+            "inputBucket": kie["input"],
+            "sidecarKey": "incoming/team/shot.json",
+            "sidecarVersion": info.version_marker,
+            "outputPrefix": f"team/shot/{job_id}/",
+            "pairingDeadline": int(time.time()) + 60,
+        },
+    )
+    real_observe = intake.observe
+
+    def slow_down(*args: Any, **kwargs: Any) -> Any:
+        raise TransientError("S3 answered SlowDown: Please reduce your request rate")
+
+    monkeypatch.setattr(intake, "observe", slow_down)
+    reconcile(time.time() + 120)
+    assert job(job_id).state == JobState.RECEIVED and FakeKie.tasks == []
+    monkeypatch.setattr(intake, "observe", real_observe)
+    reconcile(time.time() + 240)  # the next run's look finds the video
+    assert job(job_id).state == JobState.SUBMITTED
+    assert len(FakeKie.tasks) == 1
+
+
 def test_defect_6b_a_poll_that_raises_anything_still_meets_the_deadline(kie: dict[str, Any]) -> None:
     job_id = upload_pair(kie)
     handle_object_created(kie["input"], "incoming/team/shot.json")

@@ -259,14 +259,17 @@ def handle_retry(job_id: str, receive_count: int = 1, time_left: Callable[[], fl
     _run(store, job, receive_count, time_left)
 
 
-def reconsider(store: JobStore, job: Job, time_left: Callable[[], float] | None = None) -> None:
+def reconsider(store: JobStore, job: Job, time_left: Callable[[], float] | None = None) -> bool:
     """Run intake again for a job the reconciler found waiting too long (its event may have been
     lost to the dead-letter queue after repeated infrastructure errors). The same claim protects
-    it: a job that was sent is never sent again."""
+    it: a job that was sent is never sent again. False when intake could not finish its look just
+    now (a transient error: an AWS blip, a provider's "not now"), so what it found proves nothing."""
     try:
         _run(store, job, 1, time_left)
     except TransientError as exc:
         logger.info("reconsidered job still waits", extra={"reason": str(exc)})
+        return False
+    return True
 
 
 # ---- observe -------------------------------------------------------------------------------------

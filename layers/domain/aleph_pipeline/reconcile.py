@@ -256,7 +256,7 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
         run.store.note_polled(job.id, JobState.RECEIVED)
         return
     # Before failing, look once more: the event that should have moved it on may have been lost.
-    reconsider(run.store, job, run.time_left)
+    looked = reconsider(run.store, job, run.time_left)
     current = run.store.get(job.id)
     if current is None or current.state != JobState.RECEIVED or current.submission_claimed:
         run.report.settled += 1
@@ -270,6 +270,11 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
     if current.sent_before:
         # A repeat was refused after an earlier request went unanswered: that one may have made the task.
         _settle_ambiguous(run, current, get_provider(str(current.provider)))
+        return
+    if past_pairing and current.item.get("pairingDeadline") is not None and not looked:
+        # The look could not be made (S3 or DynamoDB failing just now): no proof the video is
+        # missing. The next run looks again.
+        run.store.note_polled(job.id, JobState.RECEIVED)
         return
     if past_pairing and current.item.get("pairingDeadline") is not None:
         awaiting = current.item.get("awaitingVideo")
