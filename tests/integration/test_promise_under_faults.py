@@ -108,6 +108,25 @@ def upload_pair(aws: dict[str, Any], stem: str = "incoming/team/shot", sidecar: 
     return job_id_for(aws["input"], f"{stem}.json", info.version_marker)
 
 
+def lost_event_job(aws: dict[str, Any]) -> str:
+    """A pair whose sidecar event was lost: the job exists (the video's event made it) with its
+    pairing deadline a minute away, and nothing read the sidecar."""
+    job_id = upload_pair(aws)
+    info = head(aws["input"], "incoming/team/shot.json")
+    assert info is not None
+    JobStore().create(
+        job_id,
+        {
+            "inputBucket": aws["input"],
+            "sidecarKey": "incoming/team/shot.json",
+            "sidecarVersion": info.version_marker,
+            "outputPrefix": f"team/shot/{job_id}/",
+            "pairingDeadline": int(time.time()) + 60,
+        },
+    )
+    return job_id
+
+
 def job(job_id: str) -> Any:
     found = JobStore().get(job_id)
     assert found is not None
@@ -199,19 +218,7 @@ def test_defect_5_a_found_video_clears_the_pairing_deadline(kie: dict[str, Any],
 def test_a_job_whose_event_was_lost_is_submitted_by_the_reconciler_not_failed(kie: dict[str, Any]) -> None:
     # The sidecar's event went to the dead-letter queue (repeated AWS errors): only the video's
     # event came, before the sidecar was read. The pairing deadline passes with the video present.
-    job_id = upload_pair(kie)
-    info = head(kie["input"], "incoming/team/shot.json")
-    assert info is not None
-    JobStore().create(
-        job_id,
-        {
-            "inputBucket": kie["input"],
-            "sidecarKey": "incoming/team/shot.json",
-            "sidecarVersion": info.version_marker,
-            "outputPrefix": f"team/shot/{job_id}/",
-            "pairingDeadline": int(time.time()) + 60,
-        },
-    )
+    job_id = lost_event_job(kie)
     reconcile(time.time() + 120)
     assert job(job_id).state == JobState.SUBMITTED
     assert len(FakeKie.tasks) == 1
@@ -221,19 +228,7 @@ def test_a_lost_event_job_refused_for_now_at_its_pairing_deadline_waits_not_fail
     # As above, but the provider answers 429 when the reconciler finds the video at the pairing
     # deadline (the chaos run met it): the video is there, so it is no pairing timeout; the
     # refusal is a "not now", so the job waits for the next try and is then submitted once.
-    job_id = upload_pair(kie)
-    info = head(kie["input"], "incoming/team/shot.json")
-    assert info is not None
-    JobStore().create(
-        job_id,
-        {
-            "inputBucket": kie["input"],
-            "sidecarKey": "incoming/team/shot.json",
-            "sidecarVersion": info.version_marker,
-            "outputPrefix": f"team/shot/{job_id}/",
-            "pairingDeadline": int(time.time()) + 60,
-        },
-    )
+    job_id = lost_event_job(kie)
     FakeKie.answers = ["429"]
     reconcile(time.time() + 120)
     waiting = job(job_id)
@@ -250,19 +245,7 @@ def test_a_lost_event_job_whose_last_look_meets_an_aws_error_is_not_failed_as_un
     # pairing_timeout although its video was there. A look that could not be made proves nothing.
     from aleph_pipeline import intake
 
-    job_id = upload_pair(kie)
-    info = head(kie["input"], "incoming/team/shot.json")
-    assert info is not None
-    JobStore().create(
-        job_id,
-        {
-            "inputBucket": kie["input"],
-            "sidecarKey": "incoming/team/shot.json",
-            "sidecarVersion": info.version_marker,
-            "outputPrefix": f"team/shot/{job_id}/",
-            "pairingDeadline": int(time.time()) + 60,
-        },
-    )
+    job_id = lost_event_job(kie)
     real_observe = intake.observe
 
     def slow_down(*args: Any, **kwargs: Any) -> Any:
