@@ -5,6 +5,7 @@ reservation back."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -19,6 +20,7 @@ from aleph_pipeline import budget
 from aleph_pipeline.intake import handle_object_created
 from aleph_pipeline.jobs import JobState, JobStore
 from aleph_pipeline.keys import job_id_for
+from aleph_pipeline.reconcile import reconcile
 from aleph_pipeline.storage import head
 from local.media import make_clip
 from local.simulator.server import SimulatorServer
@@ -200,3 +202,36 @@ def test_a_crun_job_is_estimated_from_cruns_own_quote(priced: dict[str, Any], mo
     assert job is not None and job.state == JobState.SUBMITTED
     assert job.item["costEstimate"] == Decimal("0.6")  # the simulator quotes 60 credits, at a cent each
     assert day_spent(priced) == Decimal("0.6")
+
+
+@pytest.mark.usefixtures("indexed")
+def test_a_job_that_waited_for_its_slot_until_its_deadline_fails_slot_timeout_and_gives_its_reservation_back(
+    priced: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = priced["s3"].meta.endpoint_url
+    queue_url = boto3.client("sqs", endpoint_url=endpoint).create_queue(QueueName=f"submit-{priced['table_name']}")["QueueUrl"]
+    monkeypatch.setenv("SUBMIT_QUEUE_URL", queue_url)
+    monkeypatch.setenv("PROVIDER_RATE_LIMITS", json.dumps({"kie": "1/600"}))  # the second job's slot is 10 minutes out
+    monkeypatch.setenv("JOB_DEADLINE_SECONDS", "60")
+    clear_caches()
+    first, second = upload_pair(priced, "incoming/paced/one"), upload_pair(priced, "incoming/paced/two")
+    handle_object_created(priced["input"], "incoming/paced/one.json")
+    handle_object_created(priced["input"], "incoming/paced/two.json")
+    waiting = JobStore().get(second)
+    assert waiting is not None and waiting.state == JobState.RECEIVED and waiting.waiting_for.startswith("waiting for a provider slot")
+    assert day_spent(priced) == Decimal(str(2 * PRICE_USD))  # both reserved: the waiting one before it took its slot
+
+    monkeypatch.delenv("SUBMIT_QUEUE_URL")  # the reconciler has no submit queue
+    clear_caches()
+    reconcile(time.time() + 3601)  # past the deadline and the age at which the reconciler looks at RECEIVED jobs
+
+    failed = JobStore().get(second)
+    assert failed is not None and failed.state == JobState.FAILED
+    assert failed.item["error"]["code"] == "slot_timeout"
+    assert "waited for a slot at kie" in failed.item["error"]["message"] and "nothing was sent" in failed.item["error"]["message"]
+    assert len(submits(priced["sim"])) == 1
+    # The waiting job's reservation went back (it was never sent); the sent one keeps its own
+    # (it failed its deadline at the provider, which may charge it).
+    assert day_spent(priced) == Decimal(str(PRICE_USD))
+    sent = JobStore().get(first)
+    assert sent is not None and sent.item["error"]["code"] == "deadline_exceeded"

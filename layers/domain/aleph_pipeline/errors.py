@@ -28,6 +28,10 @@ HINTS: dict[str, str] = {
     "insufficient_credits": "Top up the provider account's credits (the message says what the edit costs), then upload the sidecar again.",
     "provider_unavailable": "The provider kept failing; upload the sidecar again to retry.",
     "budget_exceeded": "Raise DailyBudgetUsd/MonthlyBudgetUsd (or wait for the next day or month), then upload the sidecar again.",
+    "slot_timeout": (
+        "More jobs came than the provider's limits (ProviderRateLimits, ProviderConcurrency) let through within JobDeadlineSeconds; "
+        "nothing was sent. Raise the deadline, name another provider in a chain, or upload the sidecar again."
+    ),
     "generation_failed": "The provider could not make the edit; adjust the prompt or input.",
     "result_unavailable": "The provider's result could not be fetched; it may have expired.",
     "result_rejected": "The provider's result URL was not on its allowed hosts.",
@@ -66,6 +70,7 @@ MEANINGS: dict[str, tuple[str, str]] = {
         STAGE_SUBMIT,
         "the job's cost estimate does not fit in what is left of the daily or monthly budget (or no price is known); nothing was sent",
     ),
+    "slot_timeout": (STAGE_SUBMIT, "the job waited for a provider slot (its pace or its tasks in flight) until `JobDeadlineSeconds` passed; nothing was sent"),
     "generation_failed": (STAGE_PROVIDER, "the provider could not make the edit (moderation, bad input, ...)"),
     "deadline_exceeded": (STAGE_PROVIDER, "the provider did not finish within `JobDeadlineSeconds`"),
     "submit_ambiguous": (STAGE_SUBMIT, "the submit got no clear answer (a 5xx, a timeout after sending) and no callback or poll settled it by the deadline"),

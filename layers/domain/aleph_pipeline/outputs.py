@@ -6,7 +6,7 @@ import posixpath
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import storage
+from . import budget, storage
 from .config import get_settings
 from .errors import JobError
 from .jobs import Job, JobState, JobStore
@@ -47,8 +47,16 @@ def fail_job(store: JobStore, job_id: str, error: JobError, *, unless_claimed: b
     if job.reached(JobState.SUCCEEDED):
         clear_outputs(job)  # results copied before the failure must not stand beside error.json
     write_error_json(store, job)
+    if never_sent(job):
+        budget.release(job_id)  # nothing can be charged for it: its reservation goes back to the budgets
     if moved:
         logger.warning("job failed", extra={"job_id": job_id, "error_code": error.code, "stage": error.stage})
+
+
+def never_sent(job: Job) -> bool:
+    """No request of this job can have reached a provider: never submitted, no claim standing, no
+    earlier send unanswered. A job that may have been sent keeps its reservation (it may be charged)."""
+    return not (job.reached(JobState.SUBMITTED) or job.submission_claimed or job.sent_before)
 
 
 def clear_outputs(job: Job) -> None:

@@ -280,6 +280,11 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
         awaiting = current.item.get("awaitingVideo")
         video = f" (`{awaiting}` in the input bucket)" if awaiting else ""
         error = JobError("pairing_timeout", f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s", STAGE_INTAKE)
+    elif waited_for_slot(current):
+        # Held back by the provider's limits all along: never sent, so never refused either.
+        provider = current.item["paceSlot"].get("provider")
+        message = f"the job waited for a slot at {provider} until its deadline of {settings.job_deadline_seconds} s passed; nothing was sent"
+        error = JobError("slot_timeout", message, STAGE_SUBMIT, retryable=True)
     else:
         # The video was found and the provider kept refusing the request (it was never taken).
         refusal = current.item.get("lastRefusal") or "no answer recorded"
@@ -287,6 +292,11 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
         error = JobError("provider_unavailable", message, STAGE_SUBMIT, retryable=True)
     fail_job(run.store, job.id, error, unless_claimed=True)
     run.report.timed_out += 1
+
+
+def waited_for_slot(job: Job) -> bool:
+    """The unclaimed job holds a provider slot it waits for and no request of it was refused."""
+    return "paceSlot" in job.item and not job.item.get("lastRefusal")
 
 
 def _idle(job: Job, now: float) -> float:
