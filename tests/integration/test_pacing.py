@@ -103,9 +103,53 @@ def test_slots_taken_from_many_threads_are_distinct_and_keep_the_limit(paced: di
     assert len(slots) == 48
     slots.sort()
     assert slots[0] == round(now, 3)  # an idle provider: the first goes at once
-    assert [round(b - a, 3) for a, b in itertools.pairwise(slots)] == [0.5] * 47  # then one every 0.5 s, none twice
+    # then one every 0.5 s and the gate's margin, none twice
+    assert [round(b - a, 3) for a, b in itertools.pairwise(slots)] == [round(0.5 * pacing.SEND_MARGIN, 3)] * 47
     for index in range(len(slots) - 20):  # never more than 20 in any 10 s
         assert slots[index + 20] - slots[index] >= 10.0 - 1e-6
+
+
+def test_the_gate_lets_no_more_than_the_limit_through_in_any_window_from_many_threads(paced: dict[str, Any]) -> None:
+    limit = pacing.RateLimit(5, 0.5)  # 5 per 0.5 s; the gate's window is 0.5 s and the margin
+    window = limit.window * pacing.SEND_MARGIN
+    sent: list[float] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        pacer = pacing.Pacer(JobStore().table)
+        for _ in range(3):
+            assert pacer.open_gate("kie", limit, give_up_at=time.time() + 30)
+            with lock:
+                sent.append(time.time())
+
+    started = time.time()
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    sent.sort()
+    assert len(sent) == 24
+    # No 6 sends within one window: a sliding window of 5 (the times here are taken just after
+    # each send was let through, so they carry a little jitter)...
+    assert min(b - a for a, b in zip(sent, sent[5:], strict=False)) >= window - 0.1
+    # ...and no room left unused: an idle provider's window takes 5 at once (room left by a late
+    # sender is used, not lost), and 24 sends need 4 full windows after the first 5.
+    assert sent[4] - sent[0] < window / 2
+    assert sent[-1] - started < 4 * window + 2.0
+    recorded = JobStore().table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]
+    assert len(recorded["sends"]) == 5 and int(recorded["sendsVersion"]) == 24
+
+
+def test_a_gate_that_stays_shut_past_the_bound_lets_nothing_through(paced: dict[str, Any]) -> None:
+    limit = pacing.RateLimit(1, 60.0)
+    pacer = pacing.Pacer(JobStore().table)
+    assert pacer.open_gate("kie", limit, give_up_at=time.time() + 1)
+    before = time.time()
+    assert not pacer.open_gate("kie", limit, give_up_at=time.time() + 1)  # the window reopens in 63 s: not waited for
+    assert time.time() - before < 1.0
+    recorded = JobStore().table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]
+    assert int(recorded["sendsVersion"]) == 1
 
 
 def test_a_job_over_the_limit_waits_in_received_and_is_submitted_at_its_slot(paced: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,12 +8,16 @@ provider: the slot is now, the next one an interval later) or, when that conditi
 atomic ``ADD`` of the interval, whose answer tells this caller's slot. No read, no retry loop and
 no lock: any number of instances take distinct slots, in order, at one write each.
 
-No burst: GCRA with a burst of ``count`` lets up to ``2 * count - 1`` requests into one window,
-which a sliding-window limit (what "20 per 10 s" may well be, and what the simulator enforces)
-refuses with 429s. Evenly spaced slots keep every window at ``count``; the first jobs of a drop
-wait at most one window longer for it. A job that reaches its slot late must not send right
-before the next one, so the sends themselves pass a gate on the same item (``sentAt``: one more
-conditional write, at least one interval since the last send, plus a small margin).
+Slots only bring the jobs in, evenly spaced at the rate the gate keeps (the limit's interval plus a
+small margin) and with no burst; the limit itself is held by a gate on the same item that every
+send must pass: the times of the provider's last ``count`` sends (``sends``, oldest first), and a
+send is let through only when the ``count``-th last one is more than one window (plus the margin)
+old: a sliding window, which is what "20 per 10 s" may well be and what the simulator enforces.
+Recording a send is one conditional write on the item's version (``sendsVersion``): of two
+senders at once, one gets through and the other looks again. A job comes to the gate from a few
+seconds before its slot (a delayed message is due a second or two early) and may go as soon as
+the window lets it: a job that reached its slot late (a slow delivery, a busy instance) leaves
+room in the window that the jobs behind it use, so lateness is made up instead of lost.
 
 Chosen over a queue per provider with its own concurrency because a queue bounds tasks in flight,
 not new tasks per window (kie's limit), and a queue per provider means event sources and stack
@@ -28,8 +32,8 @@ re-queues again, jittered). A fresh message starts at receive count 1, so waitin
 the queue's ``maxReceiveCount``. The claim still guards the submission itself: waiting never
 sends anything, so it can never send twice.
 
-A 429 (another client on the same account) pushes the provider's next slot and its gate out by
-two intervals (``slow_down``; each further 429 again): every instance then waits, and the
+A 429 (another client on the same account) pushes the provider's next slot out and shuts its
+gate (``pausedUntil``) for two intervals (``slow_down``; each further 429 again): every instance then waits, and the
 refused job takes a new slot instead of failing after its receive count. A job whose earlier
 request may have made its task (``Claim.sent_before``) keeps intake's own path instead.
 
@@ -61,18 +65,20 @@ from .providers import ProviderError
 # publish no limit (crun is set with ProviderRateLimits when the account has one).
 DEFAULT_LIMITS: dict[str, str] = {"kie": "20/10", "apikley": "20/10"}
 MAX_SQS_DELAY_SECONDS = 900
-# A slot this close is waited for in the invocation rather than by a delayed message, and the
-# gate is waited for this long at most. SQS delays are whole seconds and a delivery lags by up to
-# a poll: a message is delayed to a second before its slot, and the rest is waited here. Both
-# waits (4 s at most) fit in the margin ``intake.seconds_needed_to_submit`` keeps per record.
+# A slot this close is waited for in the invocation rather than by a delayed message, at the gate,
+# which is waited for until this long past the slot at most. SQS delays are whole seconds and a
+# delivery lags by up to a poll: a message is delayed to a second before its slot, and the rest is
+# waited here. The whole wait (4 s at most) fits in the margin ``intake.seconds_needed_to_submit``
+# keeps per record.
 INLINE_WAIT_SECONDS = 2.0
 # A 429 pushes the provider's next slot out by this many intervals (a sliding window frees its
 # oldest request within about one when we pace at the limit; each further 429 pushes again), or,
 # for a provider with no configured limit, by DEFAULT_BACKOFF_SECONDS.
 BACKOFF_INTERVALS = 2
 DEFAULT_BACKOFF_SECONDS = 10.0
-# Sends are kept this much further apart than the limit's interval: the request's way to the
-# provider varies by some milliseconds, and a sliding window counts arrivals.
+# The gate's window is this much longer than the limit's (and slots this much further apart): a
+# request's way from the gate to the provider (the claim, the connection) varies, and a sliding
+# window counts arrivals. At most 1/SEND_MARGIN of the limit is used (0.95).
 SEND_MARGIN = 1.05
 WAIT_REASON = "waiting for a provider slot"
 
@@ -102,6 +108,11 @@ class RateLimit:
     @property
     def interval(self) -> float:
         return self.window / self.count
+
+    @property
+    def spacing(self) -> float:
+        """The time between two slots: the interval, with the gate's margin."""
+        return self.interval * SEND_MARGIN
 
 
 class SlotTooFar(Exception):
@@ -153,13 +164,13 @@ class Pacer:
                 Key=key,
                 UpdateExpression="SET nextFreeAt = :next",
                 ConditionExpression="attribute_not_exists(nextFreeAt) OR nextFreeAt <= :now",
-                ExpressionAttributeValues={":next": _decimal(now + limit.interval), ":now": _decimal(now)},
+                ExpressionAttributeValues={":next": _decimal(now + limit.spacing), ":now": _decimal(now)},
             )
             return now
         except Exception as exc:
             if not _conditional_failed(exc):
                 raise
-        take: dict[str, Any] = {"UpdateExpression": "ADD nextFreeAt :step", "ExpressionAttributeValues": {":step": _decimal(limit.interval)}}
+        take: dict[str, Any] = {"UpdateExpression": "ADD nextFreeAt :step", "ExpressionAttributeValues": {":step": _decimal(limit.spacing)}}
         if wait_at_most is not None:
             # This caller's slot is the next free one (the value before the ADD): within the bound, or not taken.
             take["ConditionExpression"] = "nextFreeAt <= :latest"
@@ -171,50 +182,55 @@ class Pacer:
                 raise
             item = self.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
             raise SlotTooFar(provider, float(item.get("nextFreeAt", now + wait_at_most)) - now) from None
-        return max(now, float(answer["Attributes"]["nextFreeAt"]) - limit.interval)
+        return max(now, float(answer["Attributes"]["nextFreeAt"]) - limit.spacing)
 
-    def push_out(self, provider: str, until: float, limit: RateLimit | None) -> None:
+    def push_out(self, provider: str, until: float) -> None:
         """No slot before ``until``, and no send either (the gate opens then): slots already
         handed out wait at the gate and, if it stays shut, take new ones."""
-        spacing = limit.interval * SEND_MARGIN if limit else 0.0
         try:
             self.table.update_item(
                 Key={"jobId": pace_key(provider)},
-                UpdateExpression="SET nextFreeAt = :until, sentAt = :gate",
+                UpdateExpression="SET nextFreeAt = :until, pausedUntil = :until",
                 ConditionExpression="attribute_not_exists(nextFreeAt) OR nextFreeAt < :until",
-                ExpressionAttributeValues={":until": _decimal(until), ":gate": _decimal(until - spacing)},
+                ExpressionAttributeValues={":until": _decimal(until)},
             )
         except Exception as exc:
             if not _conditional_failed(exc):
                 raise
 
-    def open_gate(self, provider: str, limit: RateLimit) -> bool:
-        """Record a send now if the last one was at least one interval ago (with a margin),
-        waiting for it at most ``INLINE_WAIT_SECONDS``; False if the gate stayed shut.
+    def open_gate(self, provider: str, limit: RateLimit, give_up_at: float) -> bool:
+        """Record a send now if the provider's window has room for it, waiting for that until
+        ``give_up_at`` (epoch seconds) at most; False if the gate stayed shut.
 
-        Slots space the jobs, but a job may reach its slot late (a slow delivery) and send just
-        before the next one: two sends closer than the interval, which a sliding-window limit
-        answers with a 429. The gate spaces the sends themselves."""
-        spacing = limit.interval * SEND_MARGIN
-        give_up = time.monotonic() + INLINE_WAIT_SECONDS
+        The window: at most ``limit.count`` sends in any ``limit.window * SEND_MARGIN`` seconds,
+        counted from the times of the last ``count`` sends kept on the pace item."""
+        key = {"jobId": pace_key(provider)}
+        window = limit.window * SEND_MARGIN
         while True:
+            item = self.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+            sends = [float(at) for at in item.get("sends", ())]
+            version = int(item.get("sendsVersion", 0))
             now = round(clock(), 3)
-            try:
-                self.table.update_item(
-                    Key={"jobId": pace_key(provider)},
-                    UpdateExpression="SET sentAt = :now",
-                    ConditionExpression="attribute_not_exists(sentAt) OR sentAt <= :earliest",
-                    ExpressionAttributeValues={":now": _decimal(now), ":earliest": _decimal(now - spacing)},
-                )
-                return True
-            except Exception as exc:
-                if not _conditional_failed(exc):
-                    raise
-            item = self.table.get_item(Key={"jobId": pace_key(provider)}, ConsistentRead=True).get("Item") or {}
-            opens_in = float(item.get("sentAt", now)) + spacing - clock()
-            if time.monotonic() + opens_in > give_up:
+            opens_at = float(item.get("pausedUntil", 0))
+            if len(sends) >= limit.count:
+                opens_at = max(opens_at, sends[-limit.count] + window)
+            if opens_at <= now:
+                kept = [*sends, now][-limit.count :]
+                try:
+                    self.table.update_item(
+                        Key=key,
+                        UpdateExpression="SET sends = :sends, sendsVersion = :next",
+                        ConditionExpression="attribute_not_exists(sendsVersion) OR sendsVersion = :version",
+                        ExpressionAttributeValues={":sends": [_decimal(at) for at in kept], ":next": version + 1, ":version": version},
+                    )
+                    return True
+                except Exception as exc:
+                    if not _conditional_failed(exc):
+                        raise
+                continue  # another send was recorded meanwhile: look again
+            if opens_at > give_up_at:
                 return False
-            time.sleep(max(opens_in, 0.005))  # until the gate opens; another sender may still get there first
+            time.sleep(max(opens_at - clock(), 0.005))  # until the window has room; another sender may still get there first
 
     def paused_until(self, provider: str) -> float | None:
         """For a provider without a limit: the time a 429 pushed its slots out to, if ahead."""
@@ -249,8 +265,9 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
         if wait_at_most is not None and at - now > wait_at_most:
             raise SlotTooFar(provider, at - now)
     if may_send_now and at - now <= INLINE_WAIT_SECONDS:
-        _wait_inline(at - now)
-        if limit is None or pacer.open_gate(provider, limit):
+        if limit is None:
+            _wait_inline(at - now)
+        if limit is None or pacer.open_gate(provider, limit, give_up_at=max(at, now) + INLINE_WAIT_SECONDS):
             if not fresh:
                 _forget_slot(store, job_id)  # used: a retry after another refusal takes a new one
             return False
@@ -270,7 +287,7 @@ def slow_down(store: JobStore, job_id: str, claim_id: str, refusal: str) -> None
     if job is None or job.provider is None:
         return
     limit = limit_for(job.provider)
-    Pacer(store.table).push_out(job.provider, clock() + (limit.interval * BACKOFF_INTERVALS if limit else DEFAULT_BACKOFF_SECONDS), limit)
+    Pacer(store.table).push_out(job.provider, clock() + (limit.interval * BACKOFF_INTERVALS if limit else DEFAULT_BACKOFF_SECONDS))
     _forget_slot(store, job_id)
     if not hold_for_slot(store, job_id, job.provider, may_send_now=False):
         raise TransientError(f"{job.provider} answered 429; the event is retried")
