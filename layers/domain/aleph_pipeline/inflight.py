@@ -48,7 +48,7 @@ DEFAULT_CONCURRENCY: dict[str, int] = {"runway": 1}
 # Between taking a slot and the claim there are milliseconds; an unclaimed holder older than this
 # was cut off (or went back to waiting) and its slot is free for another job.
 CLAIM_GRACE_SECONDS = 60.0
-RECHECK_SECONDS = (10, 30)
+RECHECK_SECONDS = (5, 15)
 # Rounds of read-then-write when other instances take the free slots first.
 ACQUIRE_ROUNDS = 3
 WAIT_REASON = "waiting for a provider slot"
