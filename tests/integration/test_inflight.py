@@ -166,3 +166,46 @@ def test_a_bad_concurrency_names_the_provider() -> None:
         Settings.model_validate({**wiring, "provider_concurrency": {"runway": 0}})
     settings = Settings.model_validate({**wiring, "provider_concurrency": {"crun": "none", "runway": 3}})
     assert settings.provider_concurrency == {"crun": None, "runway": 3}
+
+
+def test_a_chained_job_that_waited_past_the_bound_moves_on_unsent(flight: dict[str, Any], clip: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVIDER_CONCURRENCY", json.dumps({"runway": 1}))
+    monkeypatch.setenv("PACE_MAX_WAIT_SECONDS", "0")  # moved on at the first recheck after its first wait
+    clear_caches()
+    store = JobStore()
+    in_flight_job(store, "other")
+    assert inflight.acquire(store.table, "runway", "other", 1) == 0
+    flight["s3"].put_object(Bucket=flight["input"], Key="incoming/c/one.mp4", Body=clip)
+    flight["s3"].put_object(Bucket=flight["input"], Key="incoming/c/one.json", Body=json.dumps({"prompt": "snow", "providers": ["runway", "kie"]}).encode())
+    info = head(flight["input"], "incoming/c/one.json")
+    assert info is not None
+    job_id = job_id_for(flight["input"], "incoming/c/one.json", info.version_marker)
+    handle_object_created(flight["input"], "incoming/c/one.json")
+    first = store.get(job_id)
+    assert first is not None
+    assert first.waiting_for == "waiting for a provider slot (1 of 1 tasks in flight)"
+    assert not first.providers_tried
+
+    with pytest.raises(TransientError):  # kie's endpoint is a closed port: not taken, retried later
+        handle_retry(job_id)
+    moved = store.get(job_id)
+    assert moved is not None
+    assert moved.state == JobState.RECEIVED
+    [tried] = moved.providers_tried
+    assert tried["provider"] == "runway"
+    assert "(1 of 1 tasks in flight)" in tried["reason"]
+    assert moved.provider == "kie"
+    assert "flightWait" not in moved.item
+    assert holders(store.table, "runway", 1) == ["other"]  # runway was never claimed for it
+
+
+def test_an_unclaimed_holder_keeps_its_slot_only_for_the_claim_grace(flight: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    store = JobStore(flight["table"])
+    for job_id in ("cut-off", "next"):
+        in_flight_job(store, job_id)
+    assert inflight.acquire(flight["table"], "runway", "cut-off", 1) == 0  # then cut off before its claim
+    assert inflight.acquire(flight["table"], "runway", "next", 1) is None
+    later = inflight.clock() + inflight.CLAIM_GRACE_SECONDS + 1
+    monkeypatch.setattr(inflight, "clock", lambda: later)
+    assert inflight.acquire(flight["table"], "runway", "next", 1) == 0
+    assert holders(flight["table"], "runway", 1) == ["next"]
