@@ -36,6 +36,7 @@ from local.stack import spawn, terminate
 
 JOBS = 12
 LIMIT = 2  # the stack's Runway tasks in flight, and the simulator's Runway concurrency
+TASK_SECONDS = 3  # the simulator's time per task
 TERMINAL = frozenset({"COMPLETED", "FAILED"})
 
 
@@ -55,7 +56,8 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
     process, info = spawn(workdir / "stack", "--quiet", "--env", f"PROVIDER_CONCURRENCY={json.dumps({'runway': LIMIT})}", timeout=90)
     sim = info["simulator_url"]
     try:
-        httpx.post(f"{sim}/_sim/config", json={"delay_seconds": 0}, timeout=10).raise_for_status()
+        # Each task runs a few seconds, so a wave's two overlap at the provider: the limit is reached, and held.
+        httpx.post(f"{sim}/_sim/config", json={"delay_seconds": TASK_SECONDS}, timeout=10).raise_for_status()
         httpx.post(f"{sim}/runway/_sim/config", json={"concurrency": LIMIT, "resetCounts": True}, timeout=10).raise_for_status()
         started = time.time()
         dropped_at = _drop_all(info, clip, jobs, "inflight", {"provider": "runway"})
