@@ -22,10 +22,15 @@ it for ever; a slot names its holder, and anyone can check that holder's job.
 
 None free: the job waits in RECEIVED (``flightWait`` on the job: since when, and the N of N its
 status shows), its pairing deadline gives way to the job's deadline (the video is here) and a
-``{"retryJob": id}`` message brings it back after ``RECHECK_SECONDS`` (jittered: a Runway video
-task takes a minute or more, so a recheck every 10-30 s leaves a freed slot idle a fraction of a
-task, and the jitter spreads the waiting jobs' rechecks so a freed slot is taken within seconds
-when many wait, at one BatchGetItem each). Waiting never sends anything, so it never sends twice.
+``{"retryJob": id}`` message brings it back after ``RECHECK_SECONDS``, 5-15 s, jittered: a Runway
+video task takes a minute or more, so a slot freed is idle a few seconds at most, the job's
+deadline (which runs while it waits) loses little, and the jitter spreads the waiting jobs'
+rechecks, so when many wait a freed slot is taken within a second or two, at one BatchGetItem a
+recheck (no release can wake a waiter: the functions that end tasks have no submit queue). Waiting
+never sends anything, so it never sends twice.
+
+Chosen over a queue per provider with SQS's maximum concurrency: that bounds the invocations that
+submit, not the tasks that run at the provider for minutes after the invocation has ended.
 """
 
 from __future__ import annotations
