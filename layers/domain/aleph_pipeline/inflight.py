@@ -7,7 +7,7 @@ took it (``acquiredAt``). Chosen over one counter item: a counter cannot tell wh
 unit, so a release cut off (a function killed between the job's end and the decrement) would leak
 it for ever; a slot names its holder, and anyone can check that holder's job.
 
-- Acquire (``acquire``, right before the claim): one consistent BatchGetItem of the N items. The
+- Acquire (``acquire``, right before the claim): a consistent read of the N items. The
   job already holding one keeps it (a redelivery; its ``acquiredAt`` is refreshed, conditional on
   ``holder = :me``); else a conditional write on a free one (``attribute_not_exists(holder)``),
   or a takeover of one whose holder is no longer in flight, conditional on ``holder = :stale AND
@@ -25,9 +25,9 @@ status shows), its pairing deadline gives way to the job's deadline (the video i
 ``{"retryJob": id}`` message brings it back after ``RECHECK_SECONDS``, 5-15 s, jittered: a Runway
 video task takes a minute or more, so a slot freed is idle a few seconds at most, the job's
 deadline (which runs while it waits) loses little, and the jitter spreads the waiting jobs'
-rechecks, so when many wait a freed slot is taken within a second or two, at one BatchGetItem a
-recheck (no release can wake a waiter: the functions that end tasks have no submit queue). Waiting
-never sends anything, so it never sends twice.
+rechecks, so when many wait a freed slot is taken within a second or two, at N reads a recheck
+(no release can wake a waiter: the functions that end tasks have no submit queue). Waiting never
+sends anything, so it never sends twice.
 
 Chosen over a queue per provider with SQS's maximum concurrency: that bounds the invocations that
 submit, not the tasks that run at the provider for minutes after the invocation has ended.
@@ -155,33 +155,25 @@ def take_or_wait(store: JobStore, job_id: str, provider: str, *, wait_at_most: f
 
 
 def _look(table: Any, provider: str, job_id: str, limit: int) -> Slots:
-    items = _batch_get(table, [slot_key(provider, index) for index in range(limit)])
+    items = _read_items(table, [slot_key(provider, index) for index in range(limit)])
     by_index = {int(str(item["jobId"]).rsplit("#", 1)[1]): item for item in items}
     held = next((index for index, item in by_index.items() if item.get("holder") == job_id), None)
     taken = {index: item for index, item in by_index.items() if "holder" in item}
     return Slots(held, [index for index in range(limit) if index not in taken], taken)
 
 
-def _batch_get(table: Any, job_ids: list[str]) -> list[dict[str, Any]]:
-    """The items of ``job_ids`` that exist (one consistent BatchGetItem per 100 keys, through the
-    table's own client, which speaks plain Python values like the table)."""
-    items: list[dict[str, Any]] = []
-    for start in range(0, len(job_ids), 100):
-        request: dict[str, Any] = {table.name: {"Keys": [{"jobId": job_id} for job_id in job_ids[start : start + 100]], "ConsistentRead": True}}
-        for _ in range(10):  # keys left unprocessed (throttling) are asked for again, a bounded number of times
-            answer = table.meta.client.batch_get_item(RequestItems=request)
-            items.extend(answer.get("Responses", {}).get(table.name, []))  # the table's client reads plain values
-            request = answer.get("UnprocessedKeys") or {}
-            if not request:
-                break
-    return items
+def _read_items(table: Any, job_ids: list[str]) -> list[dict[str, Any]]:
+    """The items of ``job_ids`` that exist, each one consistent GetItem: the functions' roles grant
+    GetItem on the table (not BatchGetItem), and N is small (Runway's largest tier is 20)."""
+    items = (table.get_item(Key={"jobId": job_id}, ConsistentRead=True).get("Item") for job_id in job_ids)
+    return [item for item in items if item]
 
 
 def _stale(table: Any, provider: str, taken: dict[int, dict[str, Any]]) -> list[int]:
     """The taken slots whose holder job is no longer in flight at ``provider``."""
     if not taken:
         return []
-    holders = {str(item["jobId"]): item for item in _batch_get(table, sorted({str(item["holder"]) for item in taken.values()}))}
+    holders = {str(item["jobId"]): item for item in _read_items(table, sorted({str(item["holder"]) for item in taken.values()}))}
     now = clock()
     return [index for index, item in taken.items() if not _in_flight(holders.get(str(item["holder"])), provider, float(item.get("acquiredAt", 0)), now)]
 
