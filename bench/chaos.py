@@ -236,6 +236,8 @@ def stack_arguments(config: ChaosConfig) -> list[str]:
         # Paced, but faster than kie's real 20 per 10 s: hundreds of jobs at once would otherwise
         # wait past this run's short deadlines for their slots (bench/scale.py measures the pace).
         "PROVIDER_RATE_LIMITS": json.dumps({"kie": "20/1", "apikley": "20/1"}),
+        # Runway's tasks in flight as the simulator's Runway runs them at once (its concurrency, 2).
+        "PROVIDER_CONCURRENCY": json.dumps({"runway": 2}),
     }
     args = ["--schedule-interval", "1", "--sqs-concurrency", str(config.sqs_concurrency), "--sqs-time-scale", str(config.sqs_time_scale), "--quiet"]
     for name, value in settings.items():

@@ -16,7 +16,10 @@ Wire facts implemented here:
   ``contentModeration`` (``{publicFigureThreshold: auto|low}``); any other field is refused with
   400 and an issue naming it. The answer is ``{"id": "<uuid>"}``.
 - ``GET /v1/tasks/{id}``: ``PENDING``, ``THROTTLED`` (waiting for a slot: more of the account's
-  tasks running than its concurrency, ``POST /runway/_sim/config {"concurrency": n}``),
+  tasks running than its concurrency, ``POST /runway/_sim/config {"concurrency": n}``; ``GET``
+  the same path reports ``maxRunning``, the most tasks that ran at once, and ``throttled``, how
+  many tasks ever waited THROTTLED, so a client's own in-flight limit can be proved by the
+  provider's count; ``{"resetCounts": true}`` zeroes both),
   ``RUNNING`` (``progress`` 0-1), ``SUCCEEDED`` (``output``: each fetch of the task mints fresh
   URLs; with the ``expired_result`` fault the first URL minted answers 404, as a link past its
   24-48 h does), ``FAILED`` (``failure``, ``failureCode``: the ``generation_failure`` fault's
@@ -87,6 +90,8 @@ class RunwayProtocol:
         self.concurrency = DEFAULT_CONCURRENCY
         self._slots = threading.Condition()
         self._running = 0
+        self._max_running = 0  # the most tasks that ran at once
+        self._throttled_count = 0  # tasks that ever waited THROTTLED
         self._uploads: dict[str, dict[str, Any]] = {}  # upload id -> {filename, policy, path}
         self._outputs: dict[str, tuple[str, bool]] = {}  # output token -> (task id, expired)
         self._minted: dict[str, int] = {}  # task id -> output URLs minted so far
@@ -181,15 +186,18 @@ class RunwayProtocol:
                 changes = json.loads(request.body or b"{}")
             except json.JSONDecodeError:
                 return self._error(400, "config must be JSON")
-            if not isinstance(changes, dict) or set(changes) - {"concurrency"}:
-                return self._error(400, "config takes only `concurrency`")
+            if not isinstance(changes, dict) or set(changes) - {"concurrency", "resetCounts"}:
+                return self._error(400, "config takes only `concurrency` and `resetCounts`")
             value = changes.get("concurrency", self.concurrency)
             if not _is_int(value) or value < 1:
                 return self._error(400, "concurrency must be a whole number of at least 1")
             with self._slots:
                 self.concurrency = value
+                if changes.get("resetCounts") is True:
+                    self._max_running = self._throttled_count = 0
                 self._slots.notify_all()
-        return json_response({"concurrency": self.concurrency})
+        with self._slots:
+            return json_response({"concurrency": self.concurrency, "maxRunning": self._max_running, "throttled": self._throttled_count})
 
     # ---- uploads ------------------------------------------------------------------------------
 
@@ -419,6 +427,8 @@ class RunwayProtocol:
         """Wait (THROTTLED) while the account runs ``concurrency`` tasks; False when the task was
         cancelled or discarded, or the server stops, meanwhile."""
         with self._slots:
+            if self._running >= self.concurrency:
+                self._throttled_count += 1
             while self._running >= self.concurrency:
                 self._throttled.add(task.task_id)
                 self._slots.wait(0.2)
@@ -427,6 +437,7 @@ class RunwayProtocol:
                     return False
             self._throttled.discard(task.task_id)
             self._running += 1
+            self._max_running = max(self._max_running, self._running)
             return True
 
     def _release_slot(self) -> None:

@@ -67,6 +67,9 @@ class Settings(BaseModel):
     provider_rate_limits: dict[str, str] = Field(default_factory=dict)
     # A job with a failover chain waits this long at most for its provider's slot, then moves on.
     pace_max_wait_seconds: float = Field(default=900, ge=0)
+    # Tasks in flight per provider (``inflight``): {"runway": 3, "crun": "none"} over the defaults
+    # (Runway's tier 1: 1); a job over it waits in RECEIVED for a slot.
+    provider_concurrency: dict[str, int | None] = Field(default_factory=dict)
     submit_queue_url: str = ""
     secret_max_age_seconds: int = Field(default=300, ge=0)
     # The reconciler: how long a callback may be late before the provider is polled, how long a
@@ -117,6 +120,21 @@ class Settings(BaseModel):
             if match is None or (match.group(1) is not None and (int(match.group(1)) < 1 or float(match.group(2)) <= 0)):
                 raise ValueError(f"provider_rate_limits: `{provider}` must be `<tasks>/<seconds>` (e.g. `20/10`) or `none`, not `{limit}`")
         return value
+
+    @field_validator("provider_concurrency", mode="before")
+    @classmethod
+    def _concurrency_read(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        read: dict[str, int | None] = {}
+        for provider, limit in value.items():
+            if isinstance(limit, str) and limit.strip().lower() in ("", "none"):
+                read[str(provider)] = None
+            elif isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
+                read[str(provider)] = limit
+            else:
+                raise ValueError(f"provider_concurrency: `{provider}` must be a whole number of tasks >= 1 or `none`, not `{limit}`")
+        return read
 
     @field_validator("callback_api_url")
     @classmethod

@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
-from . import budget, defaults, pacing, polling, storage
+from . import budget, defaults, inflight, pacing, polling, storage
 from .config import get_settings
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .jobs import Claim, Job, JobState, JobStore, epoch_after
@@ -505,11 +505,23 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
         waits = pacing.hold_for_slot(store, job_id, plan.provider.id)  # no later provider honours the sidecar: it waits here
     if waits:
         return False  # the job waits in RECEIVED for its provider slot; a delayed message takes it up
+    try:
+        waits, flight_slot = inflight.take_or_wait(store, job_id, plan.provider.id, wait_at_most=_pace_bound(plan))
+    except inflight.NoTaskSlot as too_long:
+        if _next_in_chain(plan) is not None:
+            return _move_on_unsent(store, job_id, plan, too_long)
+        waits, flight_slot = inflight.take_or_wait(store, job_id, plan.provider.id)  # no later provider honours the sidecar: it waits here
+    if waits:
+        return False  # every task slot of the provider is in flight: the job waits in RECEIVED, a delayed message takes it up
+    if flight_slot is not None:
+        details["flightSlot"] = flight_slot  # released when the task ends (jobs.JobStore)
     # The claim is the record that a request may be on its way: written before anything that can
     # be cut off, so a killed invocation leaves a claimed job the reconciler settles, never a resend.
     claim = store.claim_submission(job_id, epoch_after(settings.job_deadline_seconds), details)
     if claim is None:
         logger.info("submission already claimed")
+        if flight_slot is not None:
+            inflight.keep_only_recorded(store, job_id, flight_slot)  # a concurrent attempt may have claimed with another slot
         return False
     callback_url = f"{settings.callback_api_url}/callbacks/{quote(plan.provider.id)}/{job_id}?token={claim.token}"
     request = SubmitRequest(job_id, plan.sidecar, plan.model, video_url, plan.reference_urls, callback_url, plan.frame_urls)

@@ -24,6 +24,7 @@ from typing import Any
 from . import telemetry
 from .config import get_settings
 from .errors import JobError
+from .log import logger
 
 
 class JobState(StrEnum):
@@ -145,6 +146,9 @@ class Job:
         if isinstance(self.item.get("paceSlot"), dict) and float(self.item["paceSlot"]["at"]) > time.time():
             after = f"; retrying: the provider did not take the request ({self.item['lastRefusal']})" if self.item.get("lastRefusal") else ""
             return f"waiting for a provider slot (at {datetime.fromtimestamp(float(self.item['paceSlot']['at']), UTC):%H:%M:%S} UTC){after}"
+        if isinstance(self.item.get("flightWait"), dict):
+            limit = self.item["flightWait"].get("limit")
+            return f"waiting for a provider slot ({limit} of {limit} tasks in flight)"
         if self.item.get("providersTried") and not self.item.get("lastRefusal"):
             last = self.providers_tried[-1]
             return f"moving to the next provider of its chain: {last.get('provider')} did not take it ({last.get('reason')})"
@@ -300,7 +304,7 @@ class JobStore:
         try:
             answer = self.table.update_item(
                 Key={"jobId": job_id},
-                UpdateExpression="SET " + ", ".join(sets) + " REMOVE pairingDeadline, awaitingVideo",
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE pairingDeadline, awaitingVideo, flightWait",
                 ConditionExpression="#status = :received AND attribute_not_exists(submission)",
                 ExpressionAttributeNames={**names, "#status": "status"},
                 ExpressionAttributeValues=values,
@@ -324,7 +328,10 @@ class JobStore:
         if may_have_reached:
             expression += ", ambiguousSend = if_not_exists(ambiguousSend, :sent)"
             values[":sent"] = {"reason": refusal[:500], "at": values[":at"]}
-        self._update_if(
+        else:
+            # Not taken: the job's task slot (``inflight``) goes back; one that may have reached keeps it.
+            expression = expression.replace("REMOVE submission", "REMOVE submission, flightSlot")
+        self._update_releasing(
             Key={"jobId": job_id},
             UpdateExpression=expression,
             ConditionExpression="#status = :received AND submission.claimId = :claim",
@@ -347,10 +354,11 @@ class JobStore:
             unclaimed = "attribute_not_exists(submission)"
         else:
             unclaimed, values[":claim"] = "submission.claimId = :claim", claim_id
-        return self._update_if(
+        return self._update_releasing(
             Key={"jobId": job_id},
             UpdateExpression=(
-                "REMOVE submission, lastRefusal, paceSlot SET providersTried = list_append(if_not_exists(providersTried, :none), :entry), updatedAt = :at"
+                "REMOVE submission, lastRefusal, paceSlot, flightSlot, flightWait"
+                " SET providersTried = list_append(if_not_exists(providersTried, :none), :entry), updatedAt = :at"
             ),
             ConditionExpression=f"#status = :received AND {unclaimed}",
             ExpressionAttributeNames={"#status": "status"},
@@ -487,7 +495,22 @@ class JobStore:
         )
         if written is not None:
             telemetry.job_moved(written)  # counted only for a move that was written
+            if target in (JobState.SUCCEEDED, JobState.FAILED):
+                _release_flight_slot(self.table, job_id, written.get("flightSlot"))  # the task ended
         return written is not None
+
+    def _update_releasing(self, **update: Any) -> bool:
+        """One conditional update that removes ``flightSlot``, then the release of that task slot
+        (``inflight``); False when the condition does not hold."""
+        try:
+            answer = self.table.update_item(**update, ReturnValues="UPDATED_OLD")
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        old = answer.get("Attributes", {}) if isinstance(answer, dict) else {}
+        _release_flight_slot(self.table, str(update["Key"]["jobId"]), old.get("flightSlot"))
+        return True
 
     def _set_if_absent(self, job_id: str, name: str, value: Any) -> None:
         self.table.update_item(
@@ -605,6 +628,19 @@ class JobStore:
             if item:
                 job_ids.extend(sorted(item.get("waitingJobIds", ())))
         return job_ids
+
+
+def _release_flight_slot(table: Any, job_id: str, slot: Any) -> None:
+    """Give back the job's task slot, if it held one. Best effort: the state is written already,
+    and ``inflight.acquire`` takes over a slot whose job is no longer in flight."""
+    if not isinstance(slot, dict):
+        return
+    from . import inflight  # inflight reads jobs: imported when first needed
+
+    try:
+        inflight.release(table, str(slot["provider"]), int(slot["index"]), job_id)
+    except Exception as exc:  # never fail the move for it
+        logger.warning("task slot not released; the next acquire takes it over", extra={"job_id": job_id, "error": type(exc).__name__})
 
 
 def _waiter_key(bucket: str, video_ref: str) -> str:
