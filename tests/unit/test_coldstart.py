@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from pydantic import ValidationError
 
-from aleph_pipeline.config import Settings, environment_values
+from aleph_pipeline.config import Settings, SettingsError, environment_values
 from bench import coldstart
 from bench.coldstart import HANDLER_ENV, HANDLERS, cold_path, function_level_imports
 from local.client import REPO_ROOT
@@ -90,7 +89,7 @@ def test_a_structured_variable_that_is_not_json_is_named_without_its_value() -> 
 
 def test_a_missing_or_invalid_variable_fails_validation() -> None:
     without_table = {name: value for name, value in HANDLER_ENV.items() if name != "JOBS_TABLE_NAME"}
-    with pytest.raises(ValidationError, match="jobs_table_name"):
+    with pytest.raises(SettingsError, match="jobs_table_name"):
         _settings(without_table)
-    with pytest.raises(ValidationError, match="presigned_url_ttl_seconds"):
+    with pytest.raises(SettingsError, match="presigned_url_ttl_seconds"):
         _settings({**HANDLER_ENV, "PRESIGNED_URL_TTL_SECONDS": "5"})
