@@ -13,8 +13,6 @@ deployed function could work with, so the template must give each function that 
 variable. The local stack watches for wiring fields read with their default and names them.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import operator
@@ -24,7 +22,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 WIRING: dict[str, Any] = {"wiring": True}
 
@@ -41,7 +39,7 @@ def _setting(default: Any = dataclasses.MISSING, *, wiring: bool = False, **boun
 @dataclass(frozen=True)
 class Settings:
     # name -> type, default, bounds and wiring mark of each field (set below, once the class exists)
-    model_fields: ClassVar[dict[str, FieldInfo]]
+    model_fields: ClassVar[dict[str, "FieldInfo"]]
 
     jobs_table_name: str = _setting(wiring=True)
     input_bucket_name: str = _setting(wiring=True)
@@ -129,7 +127,7 @@ class Settings:
         return fields_set
 
     @classmethod
-    def model_validate(cls, values: Mapping[str, Any]) -> Settings:
+    def model_validate(cls, values: Mapping[str, Any]) -> "Settings":
         """Settings from field values (strings as variables hold them, or decoded JSON); unknown
         names are ignored. Raises ``SettingsError`` naming every missing or invalid variable."""
         checked: dict[str, Any] = {}
@@ -152,34 +150,26 @@ class Settings:
         return settings
 
 
-@dataclass(frozen=True)
 class FieldInfo:
     """What ``Settings.model_fields`` says of a field."""
 
-    annotation: Any
-    default: Any
-    required: bool
-    bounds: Mapping[str, float]
-    json_schema_extra: dict[str, Any] | None
+    __slots__ = ("annotation", "bounds", "default", "json_schema_extra", "required")
+
+    def __init__(self, field: "dataclasses.Field[Any]") -> None:
+        self.annotation: Any = field.type
+        self.required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        self.default: Any = _default(field)
+        self.bounds: Mapping[str, float] = field.metadata.get("bounds", {})
+        self.json_schema_extra: dict[str, Any] | None = field.metadata.get("json_schema_extra")
 
 
-def _default(field: dataclasses.Field[Any]) -> Any:
+def _default(field: "dataclasses.Field[Any]") -> Any:
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return None if field.default is dataclasses.MISSING else field.default
 
 
-_hints = get_type_hints(Settings)
-model_fields: dict[str, FieldInfo] = {
-    field.name: FieldInfo(
-        annotation=_hints[field.name],
-        default=_default(field),
-        required=field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
-        bounds=field.metadata.get("bounds", {}),
-        json_schema_extra=field.metadata.get("json_schema_extra"),
-    )
-    for field in dataclasses.fields(Settings)
-}
+model_fields: dict[str, FieldInfo] = {field.name: FieldInfo(field) for field in dataclasses.fields(Settings)}
 Settings.model_fields = model_fields
 
 _TRUE = {"1", "on", "t", "true", "y", "yes"}
