@@ -38,6 +38,8 @@ def _setting(default: Any = dataclasses.MISSING, *, wiring: bool = False, **boun
 
 @dataclass(frozen=True)
 class Settings:
+    """The pipeline's settings (``get_settings``), one field per environment variable."""
+
     # name -> type, default, bounds and wiring mark of each field (set below, once the class exists)
     model_fields: ClassVar[dict[str, "FieldInfo"]]
 
