@@ -13,6 +13,8 @@ deployed function could work with, so the template must give each function that 
 variable. The local stack watches for wiring fields read with their default and names them.
 """
 
+# No ``from __future__ import annotations``: ``Settings.model_fields`` reads each field's type
+# object from the class, with nothing to evaluate.
 import dataclasses
 import json
 import operator
