@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from pydantic import ValidationError
 
-from aleph_pipeline.config import Settings, environment_values
+from aleph_pipeline.config import Settings, SettingsError, environment_values
 from bench import coldstart
 from bench.coldstart import HANDLER_ENV, HANDLERS, cold_path, function_level_imports
 from local.client import REPO_ROOT
@@ -55,6 +54,34 @@ def test_a_cold_invocation_does_not_import_pydantic_settings(handler: str) -> No
     assert done.stdout.strip() == "[]"
 
 
+# What each handler's cold path must not import: pydantic's model machinery only where a sidecar is
+# parsed (submit, and reconcile which runs intake again) or the status API validates (status);
+# httpx only where a provider is called or a result downloaded.
+NOT_IMPORTED = {
+    "callback": {"pydantic"},
+    "finalize": {"pydantic"},
+    "notify": {"pydantic", "httpx"},
+    "poll": {"pydantic"},
+}
+
+
+@pytest.mark.parametrize("handler", sorted(NOT_IMPORTED))
+def test_a_cold_invocation_imports_only_the_libraries_its_handler_uses(handler: str) -> None:
+    code = (
+        "import sys\n"
+        "sys.path[:0] = sys.argv[2:]\n"
+        "for module in sys.argv[1].split(','): __import__(module)\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    paths = [str(REPO_ROOT / "functions" / handler), str(REPO_ROOT / "layers" / "domain")]
+    env = {"PATH": os.environ.get("PATH", ""), **HANDLER_ENV}
+    done = subprocess.run([sys.executable, "-c", code, ",".join(cold_path(handler)), *paths], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = set(done.stdout.split())
+    assert "aleph_pipeline" in imported and "boto3" in imported
+    assert not imported & NOT_IMPORTED[handler]
+
+
 def _settings(environ: dict[str, str]) -> Settings:
     return Settings.model_validate(environment_values(environ))
 
@@ -90,7 +117,7 @@ def test_a_structured_variable_that_is_not_json_is_named_without_its_value() -> 
 
 def test_a_missing_or_invalid_variable_fails_validation() -> None:
     without_table = {name: value for name, value in HANDLER_ENV.items() if name != "JOBS_TABLE_NAME"}
-    with pytest.raises(ValidationError, match="jobs_table_name"):
+    with pytest.raises(SettingsError, match="jobs_table_name"):
         _settings(without_table)
-    with pytest.raises(ValidationError, match="presigned_url_ttl_seconds"):
+    with pytest.raises(SettingsError, match="presigned_url_ttl_seconds"):
         _settings({**HANDLER_ENV, "PRESIGNED_URL_TTL_SECONDS": "5"})

@@ -16,6 +16,7 @@ import pytest
 
 from aleph_pipeline import clients, notifications
 from aleph_pipeline.config import get_settings
+from aleph_pipeline.job_events import EventError, JobEventDetail
 from aleph_pipeline.notifications import (
     EVENT_BUDGET_BYTES,
     MAX_ENTRIES_PER_CALL,
@@ -24,7 +25,6 @@ from aleph_pipeline.notifications import (
     MAX_OUTPUT_KEYS,
     SOURCE,
     UNDELIVERED_QUEUE_ENV,
-    JobEventDetail,
     entry_size,
     transition_event,
     undelivered_entry,
@@ -70,6 +70,21 @@ def test_failed_transition_carries_the_error() -> None:
     assert detail["error"] == error
     assert detail["outputKeys"] == [f"a/shot/{JOB}/error.json"]
     assert detail["provider"] is None
+
+
+def test_the_detail_has_the_documented_fields_in_their_order() -> None:
+    # The detail is built as a plain dict (the notify function does not import pydantic): it must
+    # still be exactly the documented schema, field for field and in its order.
+    error = {"code": "invalid_sidecar", "message": "m", "stage": "intake", "retryable": False, "hint": "h"}
+    completed = transition_event(image("SUCCEEDED"), image("COMPLETED", provider="kie", cost=2))
+    failed = transition_event(image("RECEIVED"), image("FAILED", error=error))
+    assert completed is not None and failed is not None
+    for entry in (completed, failed):
+        detail = json.loads(entry["Detail"])
+        assert list(detail) == list(JobEventDetail.model_fields)
+        assert JobEventDetail.model_validate(detail).model_dump(mode="json") == detail
+    assert list(json.loads(failed["Detail"])["error"]) == list(EventError.model_fields)
+    assert json.loads(completed["Detail"])["cost"] == 2.0
 
 
 def test_other_records_make_no_event() -> None:

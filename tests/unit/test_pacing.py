@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from pydantic import ValidationError
 
 from aleph_pipeline import intake, pacing
-from aleph_pipeline.config import get_settings
+from aleph_pipeline.config import SettingsError, get_settings
 from aleph_pipeline.providers import ProviderError, get_provider
 from aleph_pipeline.sidecar import validate_sidecar
 from local.simulator.limits import RateLimits
@@ -52,7 +51,7 @@ def test_the_stack_parameter_overrides_a_default_and_sets_a_limit(env: pytest.Mo
 @pytest.mark.parametrize("bad", ["20 per 10", "0/10", "20/0", "20/", "/10", "x/y"])
 def test_a_limit_that_cannot_be_read_stops_the_settings_and_names_the_provider(env: pytest.MonkeyPatch, bad: str) -> None:
     env.setenv("PROVIDER_RATE_LIMITS", json.dumps({"kie": bad}))
-    with pytest.raises(ValidationError, match="`kie`"):
+    with pytest.raises(SettingsError, match="`kie`"):
         get_settings()
 
 

@@ -5,8 +5,10 @@ a terminal state), so the state machine in ``jobs.py`` stays the only writer of 
 are delivered at least once (consumers deduplicate on ``detail.jobId`` + ``detail.state``): an
 event EventBridge does not take is kept whole in the undelivered-event queue (the stream keeps
 records for only 24 hours, its on-failure queue only their metadata) and re-published from there
-until it is taken. The detail's shape is ``JobEventDetail``; every entry is kept well inside
-EventBridge's 256 KB limit, whatever the job's error message, keys or URL hold.
+until it is taken. The detail's shape is ``job_events.JobEventDetail`` (the documented schema, a
+pydantic model the notify function never imports: it builds the detail as a plain dict, in the
+schema's field order); every entry is kept well inside EventBridge's 256 KB limit, whatever the
+job's error message, keys or URL hold.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from .clients import client
 from .config import get_settings
@@ -43,41 +43,6 @@ UNDELIVERED_QUEUE_ENV = "UNDELIVERED_EVENT_QUEUE_URL"
 REPUBLISH_DELAY_SECONDS = 60
 
 
-class EventError(BaseModel):
-    """Why a job failed (the same fields as ``error.json``)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    code: str = Field(description="the error code (see the error-code table)")
-    message: str = Field(description="what went wrong, naming the field, file or provider answer")
-    stage: str = Field(description="`intake`, `submit`, `provider` or `finalize`")
-    retryable: bool = Field(description="whether uploading the sidecar again could succeed")
-    hint: str = Field(description="what to do about it")
-
-
-class JobEventDetail(BaseModel):
-    """The ``detail`` of a ``Job Completed`` / ``Job Failed`` event (source ``aleph.pipeline``)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    jobId: str = Field(description="the job's id (32 hex characters)")
-    state: Literal["COMPLETED", "FAILED"] = Field(description="the state the job reached")
-    stack: str = Field(description="the CloudFormation stack that ran the job")
-    provider: str | None = Field(description="the provider id (null when the job failed before one was chosen)")
-    model: str | None = Field(description="the provider's model id")
-    inputBucket: str | None = Field(description="the input bucket")
-    sidecarKey: str | None = Field(description="the sidecar's key in the input bucket")
-    inputKey: str | None = Field(description="the video's key in the input bucket (null for an https video or before it was found)")
-    inputUrl: str | None = Field(description="the video's https URL when the sidecar named one")
-    outputBucket: str = Field(description="the output bucket")
-    outputPrefix: str | None = Field(description="the job's folder in the output bucket")
-    outputKeys: list[str] = Field(description="keys of the results, cover, and job.json or error.json")
-    cost: float | None = Field(description="what the provider charged, when it says")
-    error: EventError | None = Field(description="why the job failed (null when it completed)")
-    createdAt: str | None = Field(description="when the job was received (ISO 8601, UTC)")
-    finishedAt: str | None = Field(description="when it reached its state")
-
-
 def transition_event(old_image: Mapping[str, Any] | None, new_image: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The PutEvents entry for a stream record that moved a job into COMPLETED or FAILED, else None."""
     if not new_image or "status" not in new_image or "jobId" not in new_image:
@@ -92,7 +57,7 @@ def transition_event(old_image: Mapping[str, Any] | None, new_image: Mapping[str
     if old_image and old_image.get("status") == new_image.get("status"):
         return None  # a later write to a finished job, not its transition
     entry: dict[str, Any] = {"Source": SOURCE, "DetailType": DETAIL_TYPES[state], "EventBusName": get_settings().event_bus_name}
-    detail = bounded_detail(job_event_detail(new).model_dump(mode="json"), lambda d: entry_size({**entry, "Detail": _dump(d)}))
+    detail = bounded_detail(job_event_detail(new), lambda d: entry_size({**entry, "Detail": _dump(d)}))
     entry["Detail"] = _dump(detail)
     return entry
 
@@ -155,45 +120,59 @@ def bounded_detail(detail: dict[str, Any], size_of: Callable[[dict[str, Any]], i
     return detail
 
 
-def job_event_detail(job: Job) -> JobEventDetail:
+def job_event_detail(job: Job) -> dict[str, Any]:
+    """The event's detail for a job in COMPLETED or FAILED: the fields of ``JobEventDetail``, in its order."""
     item = job.to_manifest()
     settings = get_settings()
     prefix = item.get("outputPrefix")
-    error: EventError | None = None
+    error: dict[str, Any] | None = None
     keys: list[str] = [str(output["key"]) for output in item.get("outputs") or [] if isinstance(output, dict) and "key" in output]
     if job.state == JobState.FAILED:
         record = item.get("error") or {}
         code = str(record.get("code", "unknown"))
-        error = EventError(
-            code=code,
-            message=str(record.get("message", "")),
-            stage=str(record.get("stage", "")),
-            retryable=bool(record.get("retryable", False)),
-            hint=str(record.get("hint") or HINTS.get(code, "")),
-        )
+        error = {
+            "code": code,
+            "message": str(record.get("message", "")),
+            "stage": str(record.get("stage", "")),
+            "retryable": bool(record.get("retryable", False)),
+            "hint": str(record.get("hint") or HINTS.get(code, "")),
+        }
         if prefix:
             keys.append(f"{prefix}error.json")
     elif prefix:
         keys.append(f"{prefix}job.json")
     cost = item.get("cost")
-    return JobEventDetail(
-        jobId=job.id,
-        state=job.state.value,  # type: ignore[arg-type]  # TERMINAL only
-        stack=settings.stack_name,
-        provider=item.get("provider"),
-        model=item.get("model"),
-        inputBucket=item.get("inputBucket"),
-        sidecarKey=item.get("sidecarKey"),
-        inputKey=item.get("videoKey"),
-        inputUrl=item.get("videoUrl"),
-        outputBucket=settings.output_bucket_name,
-        outputPrefix=prefix,
-        outputKeys=keys,
-        cost=float(cost) if isinstance(cost, int | float) else None,
-        error=error,
-        createdAt=item.get("createdAt"),
-        finishedAt=item.get("updatedAt"),
-    )
+    return {
+        "jobId": job.id,
+        "state": job.state.value,
+        "stack": settings.stack_name,
+        "provider": _text(item.get("provider")),
+        "model": _text(item.get("model")),
+        "inputBucket": _text(item.get("inputBucket")),
+        "sidecarKey": _text(item.get("sidecarKey")),
+        "inputKey": _text(item.get("videoKey")),
+        "inputUrl": _text(item.get("videoUrl")),
+        "outputBucket": settings.output_bucket_name,
+        "outputPrefix": _text(prefix),
+        "outputKeys": keys,
+        "cost": float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        "error": error,
+        "createdAt": _text(item.get("createdAt")),
+        "finishedAt": _text(item.get("updatedAt")),
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def __getattr__(name: str) -> Any:
+    # The schema's models, for the docs and the tests that check events against it.
+    if name in ("JobEventDetail", "EventError"):
+        from . import job_events
+
+        return getattr(job_events, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PublishFailed(RuntimeError):
