@@ -6,7 +6,7 @@
 Sections of README.md between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``:
 ``sidecar`` (the pydantic model ``aleph_pipeline.sidecar.Sidecar``), ``providers`` (what each
 adapter in ``aleph_pipeline.providers`` declares), ``errors`` (``errors.MEANINGS`` + ``HINTS``)
-and ``events`` (``notifications.JobEventDetail``). The OpenAPI document comes from the status
+and ``events`` (``job_events.JobEventDetail``). The OpenAPI document comes from the status
 function's Powertools resolver.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from aleph_pipeline.errors import HINTS, MEANINGS
-from aleph_pipeline.notifications import DETAIL_TYPES, SOURCE, JobEventDetail
+from aleph_pipeline.job_events import JobEventDetail
+from aleph_pipeline.notifications import DETAIL_TYPES, SOURCE
 from aleph_pipeline.providers import provider_docs
 from aleph_pipeline.providers.base import COMMON_FIELDS
 from aleph_pipeline.sidecar import Sidecar

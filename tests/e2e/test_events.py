@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aleph_pipeline.notifications import JobEventDetail
+from aleph_pipeline.job_events import JobEventDetail
 from local.client import aws_client
 
 from .conftest import Stack, wait_until

@@ -42,7 +42,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import get_settings
-from .jobs import JobState, JobStore, _conditional_failed, epoch_after, now_iso
+from .jobs import JobState, JobStore, _conditional_failed
 from .log import logger
 from .pacing import SlotTooFar, requeue
 
@@ -146,7 +146,7 @@ def take_or_wait(store: JobStore, job_id: str, provider: str, *, wait_at_most: f
     since = float(waited["since"]) if isinstance(waited, dict) and waited.get("provider") == provider else now
     if wait_at_most is not None and now - since > wait_at_most:
         raise NoTaskSlot(provider, now - since, limit)
-    if not _record_wait(store, job_id, provider, since, limit):
+    if not store.hold_back(job_id, {"flightWait": {"provider": provider, "since": round(since, 3), "at": round(clock(), 3), "limit": limit}}):
         return True, None
     delay = random.uniform(*RECHECK_SECONDS)  # noqa: S311  # jitter, not a secret
     requeue(job_id, delay + 1)  # requeue delays a second less than asked (for its pace slots)
@@ -198,31 +198,6 @@ def _write(table: Any, key: str, job_id: str, condition: str, values: dict[str, 
             UpdateExpression="SET holder = :me, acquiredAt = :at",
             ConditionExpression=condition,
             ExpressionAttributeValues={**values, ":me": job_id, ":at": Decimal(str(round(clock(), 3)))},
-        )
-    except Exception as exc:
-        if _conditional_failed(exc):
-            return False
-        raise
-    return True
-
-
-def _record_wait(store: JobStore, job_id: str, provider: str, since: float, limit: int) -> bool:
-    """The job waits for a task slot; the video is here, so the pairing deadline gives way to the
-    job's deadline (the same one the first claim would set)."""
-    try:
-        store.table.update_item(
-            Key={"jobId": job_id},
-            UpdateExpression=(
-                "SET flightWait = :wait, deadlineAt = if_not_exists(deadlineAt, :deadline), updatedAt = :now REMOVE pairingDeadline, awaitingVideo"
-            ),
-            ConditionExpression="#status = :received AND attribute_not_exists(submission)",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
-                ":wait": {"provider": provider, "since": Decimal(str(round(since, 3))), "at": Decimal(str(round(clock(), 3))), "limit": limit},
-                ":deadline": epoch_after(get_settings().job_deadline_seconds),
-                ":now": now_iso(),
-                ":received": JobState.RECEIVED.value,
-            },
         )
     except Exception as exc:
         if _conditional_failed(exc):

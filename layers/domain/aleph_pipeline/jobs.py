@@ -215,6 +215,27 @@ class JobStore:
         item = self.table.get_item(Key={"jobId": job_id}, ConsistentRead=True).get("Item")
         return Job(item) if item and "status" in item else None
 
+    def hold_back(self, job_id: str, reason: dict[str, Any]) -> bool:
+        """The RECEIVED, unclaimed job waits for its provider (``paceSlot``, ``flightWait``: the
+        attributes of ``reason``). Its video is here, so the pairing deadline gives way to the
+        job's deadline (the one its first claim would set). False when the job moved on meanwhile
+        (failed, or claimed elsewhere)."""
+        names, values, sets = _set_clause({**reason, "updatedAt": now_iso()})
+        sets.append("deadlineAt = if_not_exists(deadlineAt, :deadline)")
+        return self._update_if(
+            Key={"jobId": job_id},
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE pairingDeadline, awaitingVideo",
+            ConditionExpression="#status = :received AND attribute_not_exists(submission)",
+            ExpressionAttributeNames={**names, "#status": "status"},
+            ExpressionAttributeValues={**values, ":deadline": epoch_after(get_settings().job_deadline_seconds), ":received": JobState.RECEIVED.value},
+        )
+
+    def forget(self, job_id: str, attribute: str) -> None:
+        """Remove a wait's record from the job (``paceSlot`` once used), if it is there."""
+        self._update_if(
+            Key={"jobId": job_id}, UpdateExpression="REMOVE #name", ConditionExpression="attribute_exists(#name)", ExpressionAttributeNames={"#name": attribute}
+        )
+
     def _update_if(self, **update: Any) -> bool:
         """One conditional update; False (not an error) when its condition does not hold."""
         return self._update_returning(**update) is not None

@@ -166,15 +166,6 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def __getattr__(name: str) -> Any:
-    # The schema's models, for the docs and the tests that check events against it.
-    if name in ("JobEventDetail", "EventError"):
-        from . import job_events
-
-        return getattr(job_events, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class PublishFailed(RuntimeError):
     """EventBridge did not take every entry."""
 

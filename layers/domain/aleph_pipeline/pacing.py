@@ -56,7 +56,7 @@ from typing import Any
 from .clients import client
 from .config import get_settings
 from .errors import STAGE_SUBMIT, JobError, TransientError
-from .jobs import JobState, JobStore, _conditional_failed, epoch_after, now_iso
+from .jobs import JobState, JobStore, _conditional_failed
 from .log import logger
 from .providers import ProviderError
 
@@ -269,10 +269,10 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
             _wait_inline(at - now)
         if limit is None or pacer.open_gate(provider, limit, give_up_at=max(at, now) + INLINE_WAIT_SECONDS):
             if not fresh:
-                _forget_slot(store, job_id)  # used: a retry after another refusal takes a new one
+                store.forget(job_id, "paceSlot")  # used: a retry after another refusal takes a new one
             return False
         at, fresh = pacer.take_slot(provider, limit, clock(), wait_at_most), True  # the gate stayed shut: a later slot
-    if fresh and not _record_slot(store, job_id, provider, at):
+    if fresh and not store.hold_back(job_id, {"paceSlot": {"provider": provider, "at": _decimal(at)}}):
         return True  # the job moved on meanwhile (failed, or claimed elsewhere)
     requeue(job_id, at - clock())
     logger.info(WAIT_REASON, extra={"provider": provider, "wait_seconds": round(at - now, 1)})
@@ -288,7 +288,7 @@ def slow_down(store: JobStore, job_id: str, claim_id: str, refusal: str) -> None
         return
     limit = limit_for(job.provider)
     Pacer(store.table).push_out(job.provider, clock() + (limit.interval * BACKOFF_INTERVALS if limit else DEFAULT_BACKOFF_SECONDS))
-    _forget_slot(store, job_id)
+    store.forget(job_id, "paceSlot")
     if not hold_for_slot(store, job_id, job.provider, may_send_now=False):
         raise TransientError(f"{job.provider} answered 429; the event is retried")
 
@@ -314,37 +314,6 @@ def requeue(job_id: str, wait_seconds: float) -> None:
     jitter = random.randint(0, 60)  # noqa: S311  # jitter, not a secret
     delay = MAX_SQS_DELAY_SECONDS - jitter if wait_seconds > MAX_SQS_DELAY_SECONDS else max(0, math.floor(wait_seconds) - 1)
     client("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps({"retryJob": job_id}), DelaySeconds=delay)
-
-
-def _record_slot(store: JobStore, job_id: str, provider: str, at: float) -> bool:
-    """The job holds its slot; the video is here, so the pairing deadline gives way to the job's
-    deadline (the same one the first claim would set)."""
-    try:
-        store.table.update_item(
-            Key={"jobId": job_id},
-            UpdateExpression="SET paceSlot = :slot, deadlineAt = if_not_exists(deadlineAt, :deadline), updatedAt = :now REMOVE pairingDeadline, awaitingVideo",
-            ConditionExpression="#status = :received AND attribute_not_exists(submission)",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
-                ":slot": {"provider": provider, "at": _decimal(at)},
-                ":deadline": epoch_after(get_settings().job_deadline_seconds),
-                ":now": now_iso(),
-                ":received": JobState.RECEIVED.value,
-            },
-        )
-    except Exception as exc:
-        if _conditional_failed(exc):
-            return False
-        raise
-    return True
-
-
-def _forget_slot(store: JobStore, job_id: str) -> None:
-    try:
-        store.table.update_item(Key={"jobId": job_id}, UpdateExpression="REMOVE paceSlot", ConditionExpression="attribute_exists(paceSlot)")
-    except Exception as exc:
-        if not _conditional_failed(exc):
-            raise
 
 
 def _wait_inline(seconds: float) -> None:

@@ -282,7 +282,7 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
         error = JobError("pairing_timeout", f"the sidecar's video{video} did not arrive within {settings.pairing_timeout_seconds} s", STAGE_INTAKE)
     elif waited_for_slot(current):
         # Held back by the provider's limits all along: never sent, so never refused either.
-        provider = current.item["paceSlot"].get("provider")
+        provider = (current.item.get("paceSlot") or current.item.get("flightWait") or {}).get("provider")
         message = f"the job waited for a slot at {provider} until its deadline of {settings.job_deadline_seconds} s passed; nothing was sent"
         error = JobError("slot_timeout", message, STAGE_SUBMIT, retryable=True)
     else:
@@ -295,8 +295,9 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
 
 
 def waited_for_slot(job: Job) -> bool:
-    """The unclaimed job holds a provider slot it waits for and no request of it was refused."""
-    return "paceSlot" in job.item and not job.item.get("lastRefusal")
+    """The unclaimed job waits for a provider slot (its pace, or a task slot) and no request of
+    it was refused."""
+    return ("paceSlot" in job.item or "flightWait" in job.item) and not job.item.get("lastRefusal")
 
 
 def _idle(job: Job, now: float) -> float:
