@@ -38,10 +38,11 @@ from .callbacks import apply_outcome
 from .clients import client
 from .config import get_settings
 from .errors import STAGE_FINALIZE, STAGE_INTAKE, STAGE_PROVIDER, STAGE_SUBMIT, JobError
-from .intake import handle_object_created, object_created_records, reconsider
+from .intake import handle_object_created, handle_retry, object_created_records, reconsider
 from .jobs import Job, JobState, JobStore
 from .log import logger
 from .outputs import fail_job, write_error_json
+from .pacing import retry_job_id
 from .providers import Outcome, Provider, get_provider
 
 # What apply_outcome answers when the job moved on; anything else (a refused result URL) settles nothing.
@@ -153,7 +154,10 @@ def _redrive_dead_letters(run: _Run, queue_url: str, needed: float) -> None:
         if int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)) > settings.dead_letter_max_redrives:
             continue  # kept for the dead-letter alarm and a person
         try:
-            for bucket, key in object_created_records(message["Body"]):
+            waiting_job = retry_job_id(message["Body"])
+            if waiting_job is not None:  # a job's own message back at its provider slot, dead-lettered
+                handle_retry(waiting_job, 1, run.time_left)
+            for bucket, key in [] if waiting_job is not None else object_created_records(message["Body"]):
                 handle_object_created(bucket, key, 1, run.time_left)
         except Exception:
             run.report.errors += 1
@@ -253,6 +257,8 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
     if not (past_pairing or past_deadline):
         if pairing_deadline is None and job.item.get("lastRefusal") and _idle(job, run.now) > settings.claim_settle_seconds:
             reconsider(run.store, job, run.time_left)  # a refused submit whose retries stopped: try again
+        elif _wait_overdue(job, run.now, settings.claim_settle_seconds):
+            reconsider(run.store, job, run.time_left)  # its message back at its slot never came (lost): look again
         run.store.note_polled(job.id, JobState.RECEIVED)
         return
     # Before failing, look once more: the event that should have moved it on may have been lost.
@@ -292,6 +298,13 @@ def _settle_unclaimed(run: _Run, job: Job) -> None:
         error = JobError("provider_unavailable", message, STAGE_SUBMIT, retryable=True)
     fail_job(run.store, job.id, error, unless_claimed=True)
     run.report.timed_out += 1
+
+
+def _wait_overdue(job: Job, now: float, grace: float) -> bool:
+    """The job waits for a provider slot whose time (or last look, for a task slot) passed more
+    than ``grace`` ago: the message that brings it back should have come by then."""
+    wait = job.item.get("paceSlot") or job.item.get("flightWait")
+    return isinstance(wait, dict) and "at" in wait and float(wait["at"]) + grace < now
 
 
 def waited_for_slot(job: Job) -> bool:
