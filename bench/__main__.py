@@ -59,6 +59,17 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
             c = k["chain"]
             moved = f"{c['moved_to_apikley']}/{c['jobs'] - 1} / {c['failed']} / {c['submitted_twice']}"
             rows.append([f"scale: chain {c['chain']}, kie exhausted: moved / failed / sent twice", moved, "all / 0 / 0", verdict(c["target_met"])])
+        if "inflight" in k:
+            f = k["inflight"]
+            held = f"{f['max_running']} / {f['throttled']} / {f['failed']} / {f['submitted_twice']}"
+            rows.append(
+                [
+                    f"scale: Runway, {f['limit']} in flight: most running / throttled / failed / sent twice",
+                    held,
+                    f"<= {f['limit']} / 0 / 0 / 0",
+                    verdict(f["target_met"]),
+                ]
+            )
     if "Package size (sam build)" in results:
         k = results["Package size (sam build)"]
         layer = k["artifacts"]["SharedLayer"]

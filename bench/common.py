@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from local.client import REPO_ROOT
+from local.client import REPO_ROOT, aws_client
 
 RESULTS = REPO_ROOT / "bench" / "results"
 MIB = 1024 * 1024
@@ -55,3 +58,33 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         env.pop(key, None)
     env.update(extra or {})
     return env
+
+
+UPLOAD_THREADS = 4
+
+
+def epoch(text: str) -> float:
+    """Epoch seconds of an ISO 8601 time as the jobs table and the simulator write them."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))] if ordered else 0.0
+
+
+def drop_pairs(info: dict[str, Any], clip: bytes, jobs: int, name: str, sidecar: dict[str, Any]) -> dict[str, float]:
+    """Upload ``jobs`` pairs at once from ``UPLOAD_THREADS`` threads; each sidecar key's upload time."""
+    s3 = aws_client("s3", info)
+    bucket, prefix = info["input_bucket"], info["input_prefix"]
+    dropped_at: dict[str, float] = {}
+
+    def upload(index: int) -> None:
+        stem = f"{prefix}{name}/job-{index:05d}"
+        s3.put_object(Bucket=bucket, Key=f"{stem}.mp4", Body=clip)
+        dropped_at[f"{stem}.json"] = time.time()
+        s3.put_object(Bucket=bucket, Key=f"{stem}.json", Body=json.dumps({"prompt": "make it snow", **sidecar}).encode())
+
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        list(pool.map(upload, range(jobs)))
+    return dropped_at

@@ -27,9 +27,8 @@ from typing import Any
 
 import httpx
 
-from bench.common import save, table, verdict
+from bench.common import drop_pairs, epoch, percentile, save, table, verdict
 from bench.pipeline import _scan
-from bench.scale import _drop_all, _epoch, _percentile
 from local.client import aws_client, wait_for
 from local.media import make_clip
 from local.stack import spawn, terminate
@@ -60,7 +59,7 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
         httpx.post(f"{sim}/_sim/config", json={"delay_seconds": TASK_SECONDS}, timeout=10).raise_for_status()
         httpx.post(f"{sim}/runway/_sim/config", json={"concurrency": LIMIT, "resetCounts": True}, timeout=10).raise_for_status()
         started = time.time()
-        dropped_at = _drop_all(info, clip, jobs, "inflight", {"provider": "runway"})
+        dropped_at = drop_pairs(info, clip, jobs, "inflight", {"provider": "runway"})
         # Each wave of LIMIT jobs takes its poll loop (6 s first poll) and a recheck (5-15 s): a margin of 60 s a wave.
         items = _wait_all_done(info, jobs, timeout=60 * (jobs / LIMIT) + 60)
         elapsed = time.time() - started
@@ -72,7 +71,7 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
     # A job records one task id: any other task the provider made for us is a second send.
     recorded = {str(item.get("providerTaskId")) for item in items}
     submitted_twice = sum(1 for task in tasks if str(task["taskId"]) not in recorded)
-    waits = [_epoch(item["submittedAt"]) - dropped_at[item["sidecarKey"]] for item in items if "submittedAt" in item]
+    waits = [epoch(item["submittedAt"]) - dropped_at[item["sidecarKey"]] for item in items if "submittedAt" in item]
     return {
         "jobs": jobs,
         "limit": LIMIT,
@@ -82,7 +81,7 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
         "submitted_twice": submitted_twice,
         "max_running": int(counts["maxRunning"]),
         "throttled": int(counts["throttled"]),
-        "slot_wait_p95_seconds": _percentile(waits, 95),
+        "slot_wait_p95_seconds": percentile(waits, 95),
         "elapsed_seconds": elapsed,
         "target_met": not failed and submitted_twice == 0 and int(counts["maxRunning"]) <= LIMIT and int(counts["throttled"]) == 0,
     }

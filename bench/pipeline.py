@@ -151,7 +151,11 @@ def run(workdir: Path) -> dict[str, Any]:
         alone: list[float] = []
         for index in range(SOLO_JOBS + 1):
             upload(JOBS + index)
-            wait_for(lambda index=index: finished() > index, timeout=60, interval=0.05, message="a job on its own to finish")
+
+            def alone_done(count: int = index) -> bool:
+                return finished() > count
+
+            wait_for(alone_done, timeout=60, interval=0.05, message="a job on its own to finish")
         solo = [job for job in _scan(table_client, info["jobs_table"]) if job.get("status") == "COMPLETED"]
         for job in solo:
             if not job["sidecarKey"].endswith(f"{JOBS:04d}.json"):  # the first warms the handlers up

@@ -13,8 +13,8 @@ in their callback URL), the simulator's 429 count (``/_sim/limits``), the achiev
 limit (target >= 0.9), and the wait for a slot (from the sidecar's upload to SUBMITTED, the
 submit queue included) at p50 and p95 beside the least a queue at that rate allows (job k of N
 waits k / rate).
-``python -m bench.scale --jobs N`` runs N jobs (default 600, 5 minutes at 2 a second); ``make
-bench`` runs ``MAKE_BENCH_JOBS`` to stay within a few minutes on two cores.
+``python -m bench.scale --jobs N`` runs N jobs (default 600, 5 minutes at 2 a second; ``make
+bench`` runs the same).
 
 Then the chain: a stack of its own where kie's limit is exhausted (one task per 10 minutes, the
 stack's pace and the simulator's) and ``PaceMaxWaitSeconds`` is 60, and ``--chain-jobs`` pairs
@@ -22,6 +22,9 @@ whose sidecars name the chain ``kie,apikley`` (apikley paced at 2 a second as ab
 takes kie's one slot; every other job's kie slot is 10 minutes out, past the bound, so it moves,
 unsent, to apikley. Printed: the jobs that moved to apikley (target: all but the first), failed
 (0) and sent twice (0, counted over both providers' tasks).
+
+Last, tasks in flight (``bench.inflight``): Runway jobs against a limit of two running at once,
+counted by the simulator.
 """
 
 from __future__ import annotations
@@ -33,25 +36,22 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from bench.common import save, table, verdict
+from bench import inflight
+from bench.common import drop_pairs, epoch, percentile, save, table, verdict
 from bench.pipeline import _scan
 from local.client import aws_client, wait_for
 from local.media import make_clip
 from local.stack import spawn, terminate
 
-JOBS = 600
-MAKE_BENCH_JOBS = 120  # a minute of submissions at 2 a second: the whole run well within 3 minutes
+JOBS = 600  # 5 minutes of submissions at 2 a second
 LIMIT = "10/5"  # 2 new kie tasks a second in a sliding 5 s window, the simulator's and the stack's
 RATE = 2.0
-UPLOAD_THREADS = 4
 TARGET_RATIO = 0.9
 CHAIN_JOBS = 30  # 15 s of apikley at 2 a second: with the paced run, the scale step stays near 2 minutes
 CHAIN = ["kie", "apikley"]
@@ -59,35 +59,9 @@ EXHAUSTED = "1/600"  # kie's one task per 10 minutes: every job after the first 
 CHAIN_MAX_WAIT_SECONDS = 60
 
 
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))] if ordered else 0.0
-
-
 def _job_of(task: dict[str, Any]) -> str:
     """The job id a kie task was made for: the callback URL is ``.../callbacks/kie/<jobId>?token=...``."""
     return urlsplit(str(task["request"].get("callBackUrl", ""))).path.rsplit("/", 1)[-1]
-
-
-def _drop_all(info: dict[str, Any], clip: bytes, jobs: int, name: str, sidecar: dict[str, Any]) -> dict[str, float]:
-    """Upload ``jobs`` pairs at once from ``UPLOAD_THREADS`` threads; each sidecar key's upload time."""
-    s3 = aws_client("s3", info)
-    bucket, prefix = info["input_bucket"], info["input_prefix"]
-    dropped_at: dict[str, float] = {}
-
-    def upload(index: int) -> None:
-        stem = f"{prefix}{name}/job-{index:05d}"
-        s3.put_object(Bucket=bucket, Key=f"{stem}.mp4", Body=clip)
-        dropped_at[f"{stem}.json"] = time.time()
-        s3.put_object(Bucket=bucket, Key=f"{stem}.json", Body=json.dumps({"prompt": "make it snow", **sidecar}).encode())
-
-    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        list(pool.map(upload, range(jobs)))
-    return dropped_at
 
 
 def _wait_all_left_received(info: dict[str, Any], jobs: int, timeout: float) -> list[dict[str, Any]]:
@@ -111,7 +85,7 @@ def run_chain(workdir: Path, clip: bytes, jobs: int) -> dict[str, Any]:
     try:
         httpx.post(f"{sim}/_sim/config", json={"delay_seconds": 0}, timeout=10).raise_for_status()
         httpx.post(f"{sim}/_sim/limits", json=limits, timeout=10).raise_for_status()
-        _drop_all(info, clip, jobs, "chain", {"providers": CHAIN})
+        drop_pairs(info, clip, jobs, "chain", {"providers": CHAIN})
         items = _wait_all_left_received(info, jobs, timeout=jobs / RATE + 120)
         tasks = httpx.get(f"{sim}/_sim/tasks", timeout=30).json()
         stats = httpx.get(f"{sim}/_sim/limits", timeout=10).json()
@@ -145,7 +119,7 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
         httpx.post(f"{sim}/_sim/config", json={"delay_seconds": 0}, timeout=10).raise_for_status()
         httpx.post(f"{sim}/_sim/limits", json={"kie": LIMIT}, timeout=10).raise_for_status()
         started = time.time()
-        dropped_at = _drop_all(info, clip, jobs, "scale", {"provider": "kie"})
+        dropped_at = drop_pairs(info, clip, jobs, "scale", {"provider": "kie"})
         uploaded = time.time() - started
         # The last job's slot is jobs / RATE seconds out; then a margin for the stack to catch up.
         items = _wait_all_left_received(info, jobs, timeout=jobs / RATE + 120)
@@ -153,13 +127,13 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
         stats = httpx.get(f"{sim}/_sim/limits", timeout=10).json().get("kie", {})
     finally:
         terminate(process)
-    created = sorted(_epoch(task["created_at"]) for task in tasks)
+    created = sorted(epoch(task["created_at"]) for task in tasks)
     span = created[-1] - created[0] if len(created) > 1 else 0.0
     achieved = (len(created) - 1) / span if span else 0.0
     waits: list[float] = []
     for item in items:
         if "submittedAt" in item:  # from the sidecar's upload: the submit queue is part of the wait
-            waits.append(_epoch(item["submittedAt"]) - dropped_at[item["sidecarKey"]])
+            waits.append(epoch(item["submittedAt"]) - dropped_at[item["sidecarKey"]])
     per_job = Counter(_job_of(task) for task in tasks)
     failed = [item for item in items if item["status"] == "FAILED"]
     return {
@@ -175,29 +149,33 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
         "rate_ratio": achieved / RATE,
         "submit_span_seconds": span,
         "largest_gaps_seconds": sorted((round(b - a, 2) for a, b in itertools.pairwise(created)), reverse=True)[:8],
-        "slot_wait_p50_seconds": _percentile(waits, 50),
-        "slot_wait_p95_seconds": _percentile(waits, 95),
+        "slot_wait_p50_seconds": percentile(waits, 50),
+        "slot_wait_p95_seconds": percentile(waits, 95),
         "ideal_wait_p95_seconds": 0.95 * jobs / RATE,
         "target_met": not failed and all(count == 1 for count in per_job.values()) and achieved / RATE >= TARGET_RATIO,
     }
 
 
-def run_both(workdir: Path, jobs: int, chain_jobs: int) -> dict[str, Any]:
+def run_all(workdir: Path, jobs: int, chain_jobs: int, inflight_jobs: int) -> dict[str, Any]:
     summary = run(workdir, jobs)
     if chain_jobs > 0:
         clip = (workdir / "clip.mp4").read_bytes()
         summary["chain"] = run_chain(workdir, clip, chain_jobs)
         summary["target_met"] = summary["target_met"] and summary["chain"]["target_met"]
+    if inflight_jobs > 0:
+        summary["inflight"] = inflight.run(workdir / "inflight", inflight_jobs)
+        summary["target_met"] = summary["target_met"] and summary["inflight"]["target_met"]
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=JOBS if argv is not None else MAKE_BENCH_JOBS, help=f"jobs dropped at once (default {JOBS})")
+    parser.add_argument("--jobs", type=int, default=JOBS, help=f"jobs dropped at once (default {JOBS})")
     parser.add_argument("--chain-jobs", type=int, default=CHAIN_JOBS, help=f"jobs of the chain run, kie exhausted (default {CHAIN_JOBS}; 0: none)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--inflight-jobs", type=int, default=inflight.JOBS, help=f"Runway jobs of the tasks-in-flight run (default {inflight.JOBS}; 0: none)")
+    args = parser.parse_args(argv or [])
     with tempfile.TemporaryDirectory(prefix="aleph-bench-scale-") as tmp:
-        summary = run_both(Path(tmp), args.jobs, args.chain_jobs)
+        summary = run_all(Path(tmp), args.jobs, args.chain_jobs, args.inflight_jobs)
     save("scale", summary)
     return summary
 
@@ -235,6 +213,8 @@ def report(summary: dict[str, Any]) -> str:
             ["chain: jobs sent twice (kie and apikley)", str(chain["submitted_twice"]), "0", verdict(chain["submitted_twice"] == 0)],
             ["chain: provider 429s", str(chain["provider_429s"]), "0, or explained", ""],
         ]
+    if "inflight" in summary:
+        rows += inflight.rows(summary["inflight"])
     note = f"uploads took {summary['uploaded_seconds']:.0f} s; {summary['tasks']} kie tasks over {summary['submit_span_seconds']:.0f} s"
     if chain:
         note += f"; chain: {chain['sent_to_kie']} sent to kie, e.g. {'; '.join(chain['reasons'])}"
