@@ -229,3 +229,18 @@ def test_a_result_recorded_by_an_attempt_cut_off_before_the_move_completes_on_th
     assert states(store, job_id) == ["RECEIVED", "SUBMITTED", "SUCCEEDED"]
     assert not store.record_result(job_id, item, task_id="task-1")  # a repeat after that changes nothing
     assert states(store, job_id) == ["RECEIVED", "SUBMITTED", "SUCCEEDED"]
+
+
+def test_two_attempts_moving_an_unclaimed_job_on_from_the_same_provider_record_it_once(store: JobStore) -> None:
+    job_id = new_job(store)
+    no_slot = JobError("provider_unavailable", "no slot at kie for 630 s", "submit", retryable=True)
+    # Both attempts saw the job with nothing tried yet; the second one's move finds it moved already.
+    assert store.move_on(job_id, None, "kie", "aleph", no_slot, tried_before=0)
+    assert not store.move_on(job_id, None, "kie", "aleph", no_slot, tried_before=0)
+    job = store.get(job_id)
+    assert job is not None and [entry["provider"] for entry in job.providers_tried] == ["kie"]
+    # The next move, from the provider the job went on to, counts the one entry it saw.
+    assert not store.move_on(job_id, None, "apikley", "aleph", no_slot, tried_before=0)
+    assert store.move_on(job_id, None, "apikley", "aleph", no_slot, tried_before=1)
+    job = store.get(job_id)
+    assert job is not None and [entry["provider"] for entry in job.providers_tried] == ["kie", "apikley"]

@@ -575,7 +575,11 @@ def _next_in_chain(plan: SubmitPlan) -> Provider | None:
 def _move_on_unsent(store: JobStore, job_id: str, plan: SubmitPlan, too_far: pacing.SlotTooFar) -> bool:
     """No slot at the job's provider within the bound: the next provider of its chain takes the
     job (nothing was claimed or sent). True when it moved (intake decides again)."""
-    moved = store.move_on(job_id, None, plan.provider.id, plan.model, too_far.to_job_error())
+    job = store.get(job_id)
+    tried = job.providers_tried if job is not None else []
+    if tried and tried[-1].get("provider") == plan.provider.id:
+        return True  # another attempt moved it on from this provider just now: decide again
+    moved = store.move_on(job_id, None, plan.provider.id, plan.model, too_far.to_job_error(), tried_before=len(tried))
     if moved:
         budget.release(job_id)  # the next provider reserves its own estimate
     logger.warning("no provider slot within the bound; moving along the chain", extra={"provider": plan.provider.id, "reason": str(too_far)})

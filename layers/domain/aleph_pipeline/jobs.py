@@ -360,13 +360,15 @@ class JobStore:
             ExpressionAttributeValues=values,
         )
 
-    def move_on(self, job_id: str, claim_id: str | None, provider: str, model: str, refusal: JobError) -> bool:
+    def move_on(self, job_id: str, claim_id: str | None, provider: str, model: str, refusal: JobError, *, tried_before: int | None = None) -> bool:
         """Give the claim back after ``provider`` refused the job in a way that says "not now, and
         not you" (maintenance, out of credits), and record it in ``providersTried``, in one
         conditional write: intake then picks the next provider of the job's chain. Only for a
         request provably not taken (never after an unanswered one). False when the claim is not
         this one any more (the job moved on another way). ``claim_id`` None: the job was never
-        claimed (no slot at the provider within ``PaceMaxWaitSeconds``) and must still not be."""
+        claimed (no slot at the provider within ``PaceMaxWaitSeconds``) and must still not be.
+        ``tried_before``: the number of providers the caller saw in ``providersTried``; the move is
+        made only if it is still that (of two attempts moving an unclaimed job on at once, one does)."""
         at = now_iso()
         entry: dict[str, Any] = {"provider": provider, "model": model, "reason": refusal.message[:500], "code": refusal.code, "at": at}
         entry["providerCode"] = refusal.details.get("providerCode")
@@ -375,6 +377,11 @@ class JobStore:
             unclaimed = "attribute_not_exists(submission)"
         else:
             unclaimed, values[":claim"] = "submission.claimId = :claim", claim_id
+        if tried_before == 0:
+            unclaimed += " AND attribute_not_exists(providersTried)"
+        elif tried_before is not None:
+            unclaimed += " AND size(providersTried) = :tried"
+            values[":tried"] = tried_before
         return self._update_releasing(
             Key={"jobId": job_id},
             UpdateExpression=(
