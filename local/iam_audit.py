@@ -168,6 +168,7 @@ class LocalResources:
             ("undelivered_events", "undelivered_events_url"),
             ("poll_queue", "poll_queue_url"),
             ("poll_dlq", "poll_dlq_url"),
+            ("pace_queue", "pace_queue_url"),
         ):
             if info.get(key):
                 url = str(info[key])

@@ -45,6 +45,7 @@ class ResourceNames:
     input_bucket: str = "aleph-input"
     output_bucket: str = "aleph-output"
     submit_queue: str = "aleph-submit"
+    pace_queue: str = "aleph-pace"
     submit_dlq: str = "aleph-submit-dlq"
     finalize_dlq: str = "aleph-finalize-dlq"
     notify_dlq: str = "aleph-notify-dlq"
@@ -79,6 +80,8 @@ class Resources:
     poll_queue_arn: str = ""
     poll_dlq_url: str = ""
     poll_dlq_arn: str = ""
+    pace_queue_url: str = ""
+    pace_queue_arn: str = ""
 
     def queues(self) -> dict[str, tuple[str, str]]:
         """(URL, ARN) of each queue by its role (see ``TemplateConfig.logical_id``)."""
@@ -90,6 +93,7 @@ class Resources:
             "undelivered_events": (self.undelivered_events_url, self.undelivered_events_arn),
             "poll_queue": (self.poll_queue_url, self.poll_queue_arn),
             "poll_dlq": (self.poll_dlq_url, self.poll_dlq_arn),
+            "pace_queue": (self.pace_queue_url, self.pace_queue_arn),
         }
 
     def role_values(self) -> dict[str, str]:
@@ -106,6 +110,7 @@ class Resources:
             "undelivered_events": self.undelivered_events_url,
             "poll_queue": self.poll_queue_url,
             "poll_dlq": self.poll_dlq_url,
+            "pace_queue": self.pace_queue_url,
         }
 
 
@@ -150,6 +155,14 @@ def provision(
         QueueUrl=submit_url,
         Attributes={"Policy": json.dumps(_queue_policy(submit_arn, names.input_bucket))},
     )
+    # The jobs waiting for a provider slot (template: PaceQueue), when the template has one.
+    pace_url = pace_arn = ""
+    pace_queue = config.queue("pace_queue")
+    if pace_queue is not None:
+        pace_attributes = {"VisibilityTimeout": str(pace_queue.visibility_timeout), "MessageRetentionPeriod": str(pace_queue.message_retention_period)}
+        if pace_queue.max_receive_count:
+            pace_attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": submit_dlq_arn, "maxReceiveCount": pace_queue.max_receive_count})
+        pace_url, pace_arn = _queue(sqs, names.pace_queue, pace_attributes)
 
     for bucket in (names.input_bucket, names.output_bucket):
         kwargs: dict[str, Any] = {"Bucket": bucket}
@@ -233,6 +246,8 @@ def provision(
         poll_queue_arn=poll_arn,
         poll_dlq_url=poll_dlq_url,
         poll_dlq_arn=poll_dlq_arn,
+        pace_queue_url=pace_url,
+        pace_queue_arn=pace_arn,
     )
 
 

@@ -60,7 +60,7 @@ from local.client import DEFAULT_WORKDIR, REPO_ROOT, STACK_JSON, answers, aws_cl
 from local.dispatcher import ScheduleEventSource, SqsEventSource, StreamEventSource
 from local.lambda_runtime import LAYER_PATHS, LOCAL_ACCOUNT_ID, LambdaFunction, merge_fault_reports
 from local.provision import ResourceNames, Resources, provision
-from local.template_config import TemplateConfig, load_template_config
+from local.template_config import SqsSourceConfig, TemplateConfig, load_template_config
 
 log = logging.getLogger("local.stack")
 _T = TypeVar("_T")
@@ -508,6 +508,11 @@ class LocalStack:
     def _build_functions(self) -> None:
         lanes, api = self.stream_lanes, self.api_concurrency
         concurrency = {"submit": self.sqs_concurrency, "poll": self.sqs_concurrency, "finalize": lanes, "notify": lanes, "callback": api, "status": api}
+        # Each SQS event source scales on its own (submit: the S3 notifications and the jobs
+        # waiting for a slot), so one source's backlog never takes the other's sandboxes.
+        for name, spec in _need(self.config).functions.items():
+            if len(spec.sqs_sources) > 1:
+                concurrency[name] = self.sqs_concurrency * len(spec.sqs_sources)
         if self.record_aws_calls:
             self.aws_calls_log.write_bytes(b"")
         for name, spec in _need(self.config).functions.items():
@@ -536,50 +541,16 @@ class LocalStack:
 
     def _start_sources(self, client: Any) -> None:
         config, resources = _need(self.config), _need(self.resources)
-        # Each function's SQS event, as an event source mapping on the queue the template names
-        # (submit: SubmitQueue, notify: UndeliveredJobEventQueue, poll: PollQueue). Without a
-        # template, the contract's submit queue.
+        # Each SQS event of each function, as an event source mapping on the queue the template
+        # names (submit: SubmitQueue and PaceQueue, notify: UndeliveredJobEventQueue, poll:
+        # PollQueue). Without a template, the contract's submit queue.
         queues = resources.queues()
         roles = {config.logical_id(role): role for role in queues}
         for name, spec in config.functions.items():
-            if name not in self.functions or spec.sqs is None:
+            if name not in self.functions:
                 continue
-            visibility: Any
-            if spec.sqs.queue_ref:
-                role = roles.get(spec.sqs.queue_ref)
-                visibility = (config.resources.get(spec.sqs.queue_ref, {}).get("Properties") or {}).get("VisibilityTimeout")
-            else:  # no template, or no SQS event in it: the contract's submit queue
-                role = "submit_queue" if name == "submit" else None
-                visibility = config.submit_queue.visibility_timeout
-            queue_url, queue_arn = queues.get(role or "", ("", ""))
-            if not queue_url:
-                self.warnings.append(f"{name}: the queue of its SQS event ({spec.sqs.queue_ref}) is not provisioned locally: its messages are not delivered")
-                continue
-            # Like Lambda's poller, the source does nothing to a message whose invocation failed:
-            # it comes back when the queue's visibility timeout ends, whatever happened to the
-            # invocation (an error, batchItemFailures, a kill). So the queue itself gets the scaled
-            # visibility timeout (VisibilityTimeout x sqs_time_scale, at least 1 s).
-            if isinstance(visibility, int | str) and str(visibility).isdigit():
-                scaled = max(1, round(int(visibility) * self.sqs_time_scale))
-                client("sqs").set_queue_attributes(QueueUrl=queue_url, Attributes={"VisibilityTimeout": str(scaled)})
-                log.info("%s: visibility timeout %s s (template %s s x %g)", queue_url.rsplit("/", 1)[-1], scaled, visibility, self.sqs_time_scale)
-            else:
-                self.warnings.append(f"{name}: the template gives its queue no readable VisibilityTimeout: the provisioned one applies, unscaled")
-            # The template's MaximumConcurrency, at most the stack's --sqs-concurrency.
-            concurrency = min(spec.sqs.maximum_concurrency, self.sqs_concurrency)
-            self._start_source(
-                SqsEventSource(
-                    self.functions[name],
-                    queue_url=queue_url,
-                    queue_arn=queue_arn,
-                    region=REGION,
-                    client_factory=client,
-                    batch_size=spec.sqs.batch_size,
-                    report_batch_item_failures=spec.sqs.report_batch_item_failures,
-                    concurrency=concurrency,
-                    wait_seconds=self.sqs_wait_seconds,
-                )
-            )
+            for source in spec.sqs_sources:
+                self._start_sqs_source(client, name, source, roles, queues)
         # Each function with a stream event (finalize, notify) reads the stream on its own, like
         # one event source mapping each; on-failure records go to that function's queue.
         on_failure = {"finalize": resources.finalize_dlq_url, "notify": resources.notify_dlq_url}
@@ -616,6 +587,46 @@ class LocalStack:
                         )
                     )
 
+    def _start_sqs_source(self, client: Any, name: str, source: SqsSourceConfig, roles: dict[str | None, str], queues: dict[str, tuple[str, str]]) -> None:
+        """One SQS event source mapping: ``source`` of function ``name``."""
+        config = _need(self.config)
+        visibility: Any
+        if source.queue_ref:
+            role = roles.get(source.queue_ref)
+            visibility = (config.resources.get(source.queue_ref, {}).get("Properties") or {}).get("VisibilityTimeout")
+        else:  # no template, or no SQS event in it: the contract's submit queue
+            role = "submit_queue" if name == "submit" else None
+            visibility = config.submit_queue.visibility_timeout
+        queue_url, queue_arn = queues.get(role or "", ("", ""))
+        if not queue_url:
+            self.warnings.append(f"{name}: the queue of its SQS event ({source.queue_ref}) is not provisioned locally: its messages are not delivered")
+            return
+        # Like Lambda's poller, the source does nothing to a message whose invocation failed:
+        # it comes back when the queue's visibility timeout ends, whatever happened to the
+        # invocation (an error, batchItemFailures, a kill). So the queue itself gets the scaled
+        # visibility timeout (VisibilityTimeout x sqs_time_scale, at least 1 s).
+        if isinstance(visibility, int | str) and str(visibility).isdigit():
+            scaled = max(1, round(int(visibility) * self.sqs_time_scale))
+            client("sqs").set_queue_attributes(QueueUrl=queue_url, Attributes={"VisibilityTimeout": str(scaled)})
+            log.info("%s: visibility timeout %s s (template %s s x %g)", queue_url.rsplit("/", 1)[-1], scaled, visibility, self.sqs_time_scale)
+        else:
+            self.warnings.append(f"{name}: the template gives its queue no readable VisibilityTimeout: the provisioned one applies, unscaled")
+        # The template's MaximumConcurrency, at most the stack's --sqs-concurrency.
+        concurrency = min(source.maximum_concurrency, self.sqs_concurrency)
+        self._start_source(
+            SqsEventSource(
+                self.functions[name],
+                queue_url=queue_url,
+                queue_arn=queue_arn,
+                region=REGION,
+                client_factory=client,
+                batch_size=source.batch_size,
+                report_batch_item_failures=source.report_batch_item_failures,
+                concurrency=concurrency,
+                wait_seconds=self.sqs_wait_seconds,
+            )
+        )
+
     def _start_source(self, source: Any) -> None:
         source.start()
         self._sources.append(source)
@@ -635,6 +646,7 @@ class LocalStack:
             "api_url": api.url,
             "simulator_url": self.simulator_url,
             "submit_queue_url": r.submit_queue_url,
+            "pace_queue_url": r.pace_queue_url,
             "submit_dlq_url": r.submit_dlq_url,
             "finalize_dlq_url": r.finalize_dlq_url,
             "notify_dlq_url": r.notify_dlq_url,

@@ -74,9 +74,12 @@ class FunctionConfig:
     handler: str = "app.lambda_handler"
     timeout_seconds: int = _FALLBACK_TIMEOUT
     memory_mb: int = _FALLBACK_MEMORY
-    sqs: SqsSourceConfig | None = None
+    sqs: SqsSourceConfig | None = None  # its first SQS event (submit: the S3 notifications)
     stream: StreamSourceConfig | None = None
     routes: tuple[HttpRouteConfig, ...] = ()
+    # Every SQS event in the template's order (submit: also the jobs waiting for a slot); empty
+    # for a function from the contract's fallback, whose one source is ``sqs``.
+    sqs_events: tuple[SqsSourceConfig, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
     # The function's environment as the template writes it (Globals merged with its own), unresolved.
     environment: Mapping[str, Any] = field(default_factory=dict)
@@ -90,6 +93,11 @@ class FunctionConfig:
     @property
     def handler_attr(self) -> str:
         return self.handler.rsplit(".", 1)[-1]
+
+    @property
+    def sqs_sources(self) -> tuple[SqsSourceConfig, ...]:
+        """Each SQS event source mapping Lambda would make for this function."""
+        return self.sqs_events or ((self.sqs,) if self.sqs is not None else ())
 
 
 @dataclass
@@ -295,6 +303,10 @@ def _find_roles(config: TemplateConfig) -> dict[str, str]:
         dlq = _getatt_target(redrive.get("deadLetterTargetArn")) if isinstance(redrive, dict) else None
         if dlq:
             roles["submit_dlq"] = dlq
+        # The submit function's other SQS event: the jobs waiting for a provider slot (PaceQueue).
+        for source in submit.sqs_sources:
+            if source.queue_ref and source.queue_ref != submit.sqs.queue_ref:
+                roles.setdefault("pace_queue", source.queue_ref)
     finalize = config.functions.get("finalize")
     if finalize and finalize.stream and finalize.stream.on_failure_ref:
         roles["finalize_dlq"] = finalize.stream.on_failure_ref
@@ -361,7 +373,7 @@ def _function_config(lid: str, props: dict[str, Any], globals_fn: dict[str, Any]
     environment = {**config.global_environment, **((props.get("Environment") or {}).get("Variables") or {})}
     params = config.parameters
     handler = props.get("Handler", globals_fn.get("Handler", "app.lambda_handler"))
-    sqs: SqsSourceConfig | None = None
+    sqs_events: list[SqsSourceConfig] = []
     stream: StreamSourceConfig | None = None
     routes: list[HttpRouteConfig] = []
     schedules: list[ScheduleConfig] = []
@@ -369,11 +381,13 @@ def _function_config(lid: str, props: dict[str, Any], globals_fn: dict[str, Any]
         kind = event.get("Type") if isinstance(event, dict) else None
         eprops = (event.get("Properties") or {}) if isinstance(event, dict) else {}
         if kind == "SQS":
-            sqs = SqsSourceConfig(
-                batch_size=_int(eprops.get("BatchSize"), params) or 10,
-                report_batch_item_failures="ReportBatchItemFailures" in (eprops.get("FunctionResponseTypes") or []),
-                maximum_concurrency=_int((eprops.get("ScalingConfig") or {}).get("MaximumConcurrency"), params) or 1000,
-                queue_ref=_getatt_target(eprops.get("Queue")),
+            sqs_events.append(
+                SqsSourceConfig(
+                    batch_size=_int(eprops.get("BatchSize"), params) or 10,
+                    report_batch_item_failures="ReportBatchItemFailures" in (eprops.get("FunctionResponseTypes") or []),
+                    maximum_concurrency=_int((eprops.get("ScalingConfig") or {}).get("MaximumConcurrency"), params) or 1000,
+                    queue_ref=_getatt_target(eprops.get("Queue")),
+                )
             )
         elif kind == "DynamoDB":
             stream = _stream_config(lid, event_id, eprops, config)
@@ -399,7 +413,8 @@ def _function_config(lid: str, props: dict[str, Any], globals_fn: dict[str, Any]
         handler=handler if isinstance(handler, str) else "app.lambda_handler",
         timeout_seconds=_int(props.get("Timeout", globals_fn.get("Timeout")), params) or _FALLBACK_TIMEOUTS.get(name, _FALLBACK_TIMEOUT),
         memory_mb=_int(props.get("MemorySize", globals_fn.get("MemorySize")), params) or _FALLBACK_MEMORY,
-        sqs=sqs,
+        sqs=sqs_events[0] if sqs_events else None,
+        sqs_events=tuple(sqs_events),
         stream=stream,
         routes=tuple(routes),
         schedules=tuple(schedules),

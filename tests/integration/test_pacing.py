@@ -38,11 +38,11 @@ def sim_url() -> Iterator[str]:
 @pytest.fixture
 def paced(aws: dict[str, Any], sim_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     endpoint = aws["s3"].meta.endpoint_url
-    queue_url = boto3.client("sqs", endpoint_url=endpoint).create_queue(QueueName=f"submit-{aws['table_name']}")["QueueUrl"]
+    queue_url = boto3.client("sqs", endpoint_url=endpoint).create_queue(QueueName=f"pace-{aws['table_name']}")["QueueUrl"]
     boto3.client("secretsmanager", endpoint_url=endpoint).put_secret_value(SecretId=aws["secret"], SecretString=json.dumps({"kie": KIE_KEY}))
     monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"kie": f"{sim_url}/kie"}))
     monkeypatch.setenv("CALLBACK_API_URL", "http://127.0.0.1:9")  # a closed port: callbacks never leave the machine
-    monkeypatch.setenv("SUBMIT_QUEUE_URL", queue_url)
+    monkeypatch.setenv("PACE_QUEUE_URL", queue_url)
     clear_caches()
     httpx.post(f"{sim_url}/_sim/reset").raise_for_status()
     yield {**aws, "sim": sim_url, "queue_url": queue_url, "sqs": boto3.client("sqs", endpoint_url=endpoint)}

@@ -47,7 +47,7 @@ COMMON_ENV = {
     "POWERTOOLS_METRICS_NAMESPACE",
 }
 FUNCTION_ENV = {
-    "SubmitFunction": COMMON_ENV | {"CALLBACK_API_URL", "POLL_QUEUE_URL", "SUBMIT_QUEUE_URL"},
+    "SubmitFunction": COMMON_ENV | {"CALLBACK_API_URL", "POLL_QUEUE_URL", "PACE_QUEUE_URL"},
     "CallbackFunction": COMMON_ENV,
     "FinalizeFunction": COMMON_ENV,
     "PollFunction": COMMON_ENV | {"POLL_QUEUE_URL"},
@@ -117,6 +117,12 @@ def _event_source(template: dict[str, Any], function: str, kind: str) -> dict[st
     events = [e for e in _props(template["Resources"], function)["Events"].values() if e["Type"] == kind]
     assert len(events) == 1, f"{function} should have one {kind} event"
     return events[0]["Properties"]
+
+
+def _named_event(template: dict[str, Any], function: str, name: str) -> dict[str, Any]:
+    """The properties of ``function``'s event ``name`` (a function with two events of a kind)."""
+    properties: dict[str, Any] = _props(template["Resources"], function)["Events"][name]["Properties"]
+    return properties
 
 
 # ------------------------------------------------------------------ lint and the SAM expansion
@@ -349,7 +355,8 @@ def test_a_submit_batch_finishes_within_the_function_timeout(template: dict[str,
     read, connect = timeouts.read, timeouts.connect
     assert (read, connect) == (30.0, 5.0)
     assert read is not None and connect is not None
-    batch_size = _event_source(template, "SubmitFunction", "SQS")["BatchSize"]
+    batch_size = _named_event(template, "SubmitFunction", "InputObjectCreated")["BatchSize"]
+    assert _named_event(template, "SubmitFunction", "JobsWaitingForASlot")["BatchSize"] == batch_size
     timeout = _props(template["Resources"], "SubmitFunction")["Timeout"]
     assert batch_size * (read + connect) < timeout
     assert (batch_size, timeout) == (3, 120)
@@ -374,12 +381,36 @@ def test_the_poll_loop_runs_on_its_own_queue_with_a_dead_letter_queue(template: 
 
 
 def test_the_stalled_queue_alarm_outlasts_every_retry(resources: dict[str, Any]) -> None:
-    # A message retried until the DLQ lives maxReceiveCount x VisibilityTimeout: only a queue
-    # nobody reads keeps one longer.
-    queue = _props(resources, "SubmitQueue")
-    alarm = _props(resources, "SubmitQueueStalledAlarm")
-    assert alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
-    assert alarm["Threshold"] >= queue["RedrivePolicy"]["maxReceiveCount"] * queue["VisibilityTimeout"]
+    # A message retried until the DLQ lives maxReceiveCount x VisibilityTimeout (and a pace
+    # message its delay, 900 s at most, before that): only a queue nobody reads keeps one longer.
+    for name, delay in (("SubmitQueue", 0), ("PaceQueue", 900)):
+        queue = _props(resources, name)
+        alarm = _props(resources, f"{name}StalledAlarm")
+        assert alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
+        assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [name, "QueueName"]}}]
+        assert alarm["Threshold"] >= delay + queue["RedrivePolicy"]["maxReceiveCount"] * queue["VisibilityTimeout"]
+
+
+def test_jobs_waiting_for_a_slot_have_a_queue_and_pollers_of_their_own(template: dict[str, Any]) -> None:
+    # Behind a backlog of S3 notifications on SubmitQueue, a due retry would miss its slot.
+    resources = template["Resources"]
+    queue = _props(resources, "PaceQueue")
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["VisibilityTimeout"] == _props(resources, "SubmitQueue")["VisibilityTimeout"]
+    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["SubmitDeadLetterQueue", "Arn"]}, "maxReceiveCount": 5}
+    source = _named_event(template, "SubmitFunction", "JobsWaitingForASlot")
+    assert source["Queue"] == {"Fn::GetAtt": ["PaceQueue", "Arn"]}
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert source["ScalingConfig"] == {"MaximumConcurrency": 5}
+    sqs_events = {name for name, event in _props(resources, "SubmitFunction")["Events"].items() if event["Type"] == "SQS"}
+    assert sqs_events == {"InputObjectCreated", "JobsWaitingForASlot"}
+    # Whoever may put a job back to wait for its slot sends it here; nothing sends to SubmitQueue but S3.
+    for function in ("SubmitFunction", "ReconcileFunction"):
+        variables = _function_props(template, function)["Environment"]["Variables"]
+        assert variables["PACE_QUEUE_URL"] == {"Ref": "PaceQueue"}
+        assert "SUBMIT_QUEUE_URL" not in variables
+    assert "PACE_QUEUE_URL" not in template["Globals"]["Function"]["Environment"]["Variables"]
+    assert template["Outputs"]["PaceQueueUrl"]["Value"] == {"Ref": "PaceQueue"}
 
 
 def test_provider_secret_placeholder_is_keyed_by_provider(resources: dict[str, Any], template: dict[str, Any]) -> None:
@@ -443,7 +474,7 @@ def test_callback_function_does_not_reference_its_api(template: dict[str, Any]) 
 
 
 def test_submit_event_source(template: dict[str, Any]) -> None:
-    source = _event_source(template, "SubmitFunction", "SQS")
+    source = _named_event(template, "SubmitFunction", "InputObjectCreated")
     assert source["Queue"] == {"Fn::GetAtt": ["SubmitQueue", "Arn"]}
     assert source["BatchSize"] == 3
     assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -494,6 +525,7 @@ def test_outputs(template: dict[str, Any]) -> None:
         "JobsTableName",
         "CallbackApiUrl",
         "SubmitQueueUrl",
+        "PaceQueueUrl",
         "SubmitDeadLetterQueueUrl",
         "FinalizeDeadLetterQueueUrl",
         "ProviderKeysSecretArn",
@@ -581,6 +613,7 @@ def test_dead_letter_queues_and_function_errors_alarm_to_the_topic(resources: di
     for queue in ("SubmitDeadLetterQueue", "FinalizeDeadLetterQueue", "NotifyDeadLetterQueue", "PollDeadLetterQueue"):
         assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", queue) in watched
     assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", "SubmitQueue") in watched
+    assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", "PaceQueue") in watched
     functions = [name for name, body in resources.items() if body["Type"] == "AWS::Serverless::Function"]
     assert len(functions) == 7
     for function in functions:
@@ -680,7 +713,7 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", TABLE),
         ("dynamodb:UpdateItem", TABLE),
         ("sqs:SendMessage", "PollQueue"),
-        ("sqs:SendMessage", "SubmitQueue"),
+        ("sqs:SendMessage", "PaceQueue"),
         SECRET,
     },
     "CallbackFunction": {("dynamodb:GetItem", TABLE), ("dynamodb:UpdateItem", TABLE), ("s3:PutObject", "OutputBucket/*"), SECRET},
@@ -700,6 +733,7 @@ ALLOWED_ACTIONS: dict[str, set[tuple[str, str]]] = {
         ("sqs:ReceiveMessage", "SubmitDeadLetterQueue"),
         ("sqs:DeleteMessage", "SubmitDeadLetterQueue"),
         ("sqs:SendMessage", "PollQueue"),
+        ("sqs:SendMessage", "PaceQueue"),
         ("s3:GetObject", "InputBucket/*"),
         ("s3:ListBucket", "InputBucket"),
         ("s3:PutObject", "OutputBucket/*"),
@@ -833,12 +867,12 @@ def test_the_dashboard_searches_each_metric_by_its_catalogued_dimensions(templat
                 assert sorted(keys.split(",")[1:]) == sorted([*CATALOGUE[name].dimensions, "service"]), name
 
 
-def test_the_dashboard_watches_the_submit_queue_each_dlq_and_every_function(template: dict[str, Any]) -> None:
+def test_the_dashboard_watches_the_submit_and_pace_queues_each_dlq_and_every_function(template: dict[str, Any]) -> None:
     resources = template["Resources"]
     rows = [row for widget in _dashboard_body(template)["widgets"] for row in widget["properties"]["metrics"] if isinstance(row[0], str)]
     queues = {row[3].removesuffix(".QueueName") for row in rows if row[0] == "AWS/SQS"}
-    dlqs = {name for name, resource in resources.items() if resource["Type"] == "AWS::SQS::Queue" and name not in {"SubmitQueue", "PollQueue"}}
-    assert queues == dlqs | {"SubmitQueue"}
+    dlqs = {name for name, resource in resources.items() if resource["Type"] == "AWS::SQS::Queue" and name not in {"SubmitQueue", "PaceQueue", "PollQueue"}}
+    assert queues == dlqs | {"SubmitQueue", "PaceQueue"}
     functions = {name for name, resource in resources.items() if resource["Type"] == "AWS::Serverless::Function"}
     for metric in ("Errors", "Throttles"):
         assert {row[3] for row in rows if row[:2] == ["AWS/Lambda", metric]} == functions, metric

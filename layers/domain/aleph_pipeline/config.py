@@ -83,14 +83,15 @@ class Settings:
     # below the queue's maxReceiveCount so a job is failed with a reason, never dropped to the DLQ.
     submit_max_attempts: int = _setting(4, ge=1)
     # New tasks per window per provider (``pacing``): {"kie": "20/10", "crun": "none"} over the
-    # defaults from providers.md; the submit queue takes a waiting job up again at its slot.
+    # defaults from providers.md; the pace queue takes a waiting job up again at its slot.
     provider_rate_limits: dict[str, str] = dataclasses.field(default_factory=dict)
     # A job with a failover chain waits this long at most for its provider's slot, then moves on.
     pace_max_wait_seconds: float = _setting(900, ge=0)
     # Tasks in flight per provider (``inflight``): {"runway": 3, "crun": "none"} over the defaults
     # (Runway's tier 1: 1); "none" (None here) lifts a default. A job over it waits for a slot.
     provider_concurrency: dict[str, int | None] = dataclasses.field(default_factory=dict)
-    submit_queue_url: str = ""
+    # Where a job waiting for its provider slot gets its delayed message (PaceQueue); none: it waits for the reconciler.
+    pace_queue_url: str = _setting("", wiring=True)
     secret_max_age_seconds: int = _setting(300, ge=0)
     # The reconciler: how long a callback may be late before the provider is polled, how long a
     # SUCCEEDED job may wait for finalize before it is nudged, and how much work one run takes on.

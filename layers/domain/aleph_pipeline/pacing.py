@@ -27,10 +27,12 @@ gate) and works for every provider.
 A job whose slot lies ahead waits in RECEIVED: its slot is recorded on the job (``paceSlot``,
 so a redelivery reuses it rather than taking another), its pairing deadline is cleared (the video
 is here; the job now fails only at its own deadline) and a small ``{"retryJob": id}`` message
-goes on the submit queue, delayed until the slot (SQS delays at most 900 s: a longer wait
-re-queues again, jittered). A fresh message starts at receive count 1, so waiting never exhausts
-the queue's ``maxReceiveCount``. The claim still guards the submission itself: waiting never
-sends anything, so it can never send twice.
+goes on the pace queue, delayed until the slot (SQS delays at most 900 s: a longer wait
+re-queues again, jittered). The pace queue has pollers of its own, so a due message never waits
+behind a backlog of S3 notifications on the submit queue (a drop of many clips) and misses its
+slot. A fresh message starts at receive count 1, so waiting never exhausts the queue's
+``maxReceiveCount``. The claim still guards the submission itself: waiting never sends anything,
+so it can never send twice.
 
 A 429 (another client on the same account) pushes the provider's next slot out and shuts its
 gate (``pausedUntil``) for two intervals (``slow_down``; each further 429 again): every instance then waits, and the
@@ -304,11 +306,11 @@ def retry_job_id(body: str) -> str | None:
 
 
 def requeue(job_id: str, wait_seconds: float) -> None:
-    """Put the job back on the submit queue, to be taken up after ``wait_seconds``."""
-    queue_url = get_settings().submit_queue_url
+    """Put the job on the pace queue, to be taken up after ``wait_seconds``."""
+    queue_url = get_settings().pace_queue_url
     if not queue_url:
-        # A function without the submit queue (the reconciler's reconsider): the job waits for
-        # its next look; nothing was sent.
+        # A function without the pace queue: the job waits for the reconciler's next look;
+        # nothing was sent.
         raise TransientError(f"{WAIT_REASON} in {wait_seconds:.0f} s")
     # Longer waits come back early and re-queue, jittered so waiting jobs do not arrive together.
     jitter = random.randint(0, 60)  # noqa: S311  # jitter, not a secret
