@@ -210,7 +210,7 @@ def test_a_job_that_waited_for_its_slot_until_its_deadline_fails_slot_timeout_an
 ) -> None:
     endpoint = priced["s3"].meta.endpoint_url
     queue_url = boto3.client("sqs", endpoint_url=endpoint).create_queue(QueueName=f"submit-{priced['table_name']}")["QueueUrl"]
-    monkeypatch.setenv("SUBMIT_QUEUE_URL", queue_url)
+    monkeypatch.setenv("PACE_QUEUE_URL", queue_url)
     monkeypatch.setenv("PROVIDER_RATE_LIMITS", json.dumps({"kie": "1/600"}))  # the second job's slot is 10 minutes out
     monkeypatch.setenv("JOB_DEADLINE_SECONDS", "60")
     clear_caches()
@@ -221,7 +221,7 @@ def test_a_job_that_waited_for_its_slot_until_its_deadline_fails_slot_timeout_an
     assert waiting is not None and waiting.state == JobState.RECEIVED and waiting.waiting_for.startswith("waiting for a provider slot")
     assert day_spent(priced) == Decimal(str(2 * PRICE_USD))  # both reserved: the waiting one before it took its slot
 
-    monkeypatch.delenv("SUBMIT_QUEUE_URL")  # the reconciler has no submit queue
+    monkeypatch.delenv("PACE_QUEUE_URL")  # a function without the pace queue
     clear_caches()
     reconcile(time.time() + 3601)  # past the deadline and the age at which the reconciler looks at RECEIVED jobs
 

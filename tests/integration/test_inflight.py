@@ -39,7 +39,7 @@ def flight(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
     sqs = boto3.client("sqs", endpoint_url=endpoint)
     queue_url = sqs.create_queue(QueueName=f"submit-{aws['table_name']}")["QueueUrl"]
     monkeypatch.setenv("CALLBACK_API_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("SUBMIT_QUEUE_URL", queue_url)
+    monkeypatch.setenv("PACE_QUEUE_URL", queue_url)
     clear_caches()
     yield {**aws, "sqs": sqs, "queue_url": queue_url}
 

@@ -44,8 +44,7 @@ def waiting(indexed: dict[str, Any], sim_url: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({"kie": f"{sim_url}/kie"}))
     monkeypatch.setenv("CALLBACK_API_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("PROVIDER_RATE_LIMITS", json.dumps({"kie": "1/5"}))
-    for name in ("SUBMIT_QUEUE_URL", "PACE_QUEUE_URL"):
-        monkeypatch.setenv(name, queue_url)  # whichever the requeue uses
+    monkeypatch.setenv("PACE_QUEUE_URL", queue_url)
     clear_caches()
     httpx.post(f"{sim_url}/_sim/reset").raise_for_status()
     jobs = []

@@ -43,7 +43,7 @@ def stack(aws: dict[str, Any], sim_url: str, monkeypatch: pytest.MonkeyPatch) ->
     queue_url = boto3.client("sqs", endpoint_url=endpoint).create_queue(QueueName=f"submit-{aws['table_name']}")["QueueUrl"]
     monkeypatch.setenv("PROVIDER_ENDPOINTS", json.dumps({provider: f"{sim_url}/{provider}" for provider in PROVIDER_IDS}))
     monkeypatch.setenv("CALLBACK_API_URL", "http://127.0.0.1:9")  # a closed port: callbacks never leave the machine
-    monkeypatch.setenv("SUBMIT_QUEUE_URL", queue_url)
+    monkeypatch.setenv("PACE_QUEUE_URL", queue_url)
     # One kie task per 10 minutes: the second job's slot is 630 s out (the gate's margin), past the bound of 60 s.
     monkeypatch.setenv("PROVIDER_RATE_LIMITS", json.dumps({"kie": "1/600", "apikley": "1/600"}))
     monkeypatch.setenv("PACE_MAX_WAIT_SECONDS", "60")

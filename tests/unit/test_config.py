@@ -136,6 +136,7 @@ def test_the_wiring_marks_name_the_stack_resources() -> None:
         "stack_name",
         "undelivered_event_queue_url",
         "poll_queue_url",
+        "pace_queue_url",
     }
     assert Settings.model_fields["result_hosts"].annotation == dict[str, list[str]]
     assert Settings.model_fields["presigned_url_ttl_seconds"].bounds == {"ge": 60, "le": 7 * 24 * 3600}

@@ -25,6 +25,7 @@ INFO: dict[str, Any] = {
     "undelivered_events_url": f"{QUEUES}/aleph-undelivered-job-events",
     "poll_queue_url": f"{QUEUES}/aleph-poll",
     "poll_dlq_url": f"{QUEUES}/aleph-poll-dlq",
+    "pace_queue_url": f"{QUEUES}/aleph-pace",
     "secret_id": "aleph/provider-keys",
     "event_bus_name": "default",
 }

@@ -83,8 +83,7 @@ def test_event_source_mappings_are_read_as_sam_makes_them(expanded: dict[str, An
             assert stream.starting_position == mapping["StartingPosition"] and stream.report_batch_item_failures is report_failures
             assert stream.on_failure_ref == _target(mapping["DestinationConfig"]["OnFailure"]["Destination"])
         else:
-            sqs = spec.sqs
-            assert sqs is not None
+            (sqs,) = [candidate for candidate in spec.sqs_sources if candidate.queue_ref == source[0]]
             assert (sqs.queue_ref, sqs.batch_size, sqs.maximum_concurrency) == (source[0], mapping["BatchSize"], mapping["ScalingConfig"]["MaximumConcurrency"])
             assert sqs.report_batch_item_failures is report_failures
 
