@@ -213,6 +213,54 @@ def test_a_429_slows_the_provider_down_and_fails_no_job(paced: dict[str, Any], m
     assert len(sim_tasks(paced)) == 3
 
 
+def test_a_429_met_while_our_own_sends_fill_the_window_keeps_the_job_s_place_and_pushes_nothing_out(
+    paced: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_limits(monkeypatch, {"kie": "1/2"})  # our pace: one per 2 s (2.1 s with the margin)
+    httpx.post(f"{paced['sim']}/_sim/limits", json={"kie": "1/60"}).raise_for_status()  # the provider's clock is stricter
+    first, second = upload_pair(paced, "incoming/own/one"), upload_pair(paced, "incoming/own/two")
+    handle_object_created(paced["input"], "incoming/own/one.json")
+    later(monkeypatch, 2.5)  # past our own gate's window: the second goes, and the provider says 429
+    handle_object_created(paced["input"], "incoming/own/two.json")
+    assert job(first).state == JobState.SUBMITTED
+    refused = job(second)
+    assert refused.state == JobState.RECEIVED and not refused.submission_claimed
+    assert refused.waiting_for.startswith("waiting for a provider slot")
+    assert httpx.get(f"{paced['sim']}/_sim/limits").json()["kie"]["refused"] == 1
+    item = JobStore().table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]
+    assert "pausedUntil" not in item  # no push-out: our own sends explain it
+    # Its place is kept: back at the gate one interval later, not behind the slots handed out since.
+    assert float(refused.item["paceSlot"]["at"]) <= time.time() + 2.5 + 2.0 + 0.5
+    assert float(item["nextFreeAt"]) <= time.time() + 2.5 + 2.1 + 0.5
+    visible = paced["sqs"].get_queue_attributes(QueueUrl=paced["queue_url"], AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert delayed(paced) + int(visible["ApproximateNumberOfMessages"]) == 1  # one message brings it back
+
+
+def test_a_job_whose_slot_came_while_the_window_is_full_keeps_its_place(paced: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    set_limits(monkeypatch, {"kie": "2/10"})  # slots 5.25 s apart; 2 sends in any 10.5 s
+    jobs = [upload_pair(paced, f"incoming/late/{name}") for name in ("one", "two", "three")]
+    start = time.time()
+    handle_object_created(paced["input"], "incoming/late/one.json")  # its slot is now: sent
+    handle_object_created(paced["input"], "incoming/late/two.json")  # slot at +5.25: waits
+    handle_object_created(paced["input"], "incoming/late/three.json")  # slot at +10.5: waits
+    table = JobStore().table
+    next_free = float(table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]["nextFreeAt"])
+    # A job made late by a stall went through the gate just before the second's slot: the window is full.
+    later(monkeypatch, 5.4)
+    item = table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]
+    table.update_item(
+        Key={"jobId": pacing.pace_key("kie")},
+        UpdateExpression="SET sends = list_append(sends, :late), sendsVersion = sendsVersion + :one",
+        ExpressionAttributeValues={":late": [item["sends"][-1] + 5], ":one": 1},
+    )
+    handle_retry(jobs[1])
+    waiting = job(jobs[1])
+    assert waiting.state == JobState.RECEIVED
+    # Back at the gate an interval on (when the window has room), not behind the third's slot.
+    assert float(waiting.item["paceSlot"]["at"]) < start + 5.4 + 5.0 + 1.0 < next_free
+    assert float(table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]["nextFreeAt"]) == next_free
+
+
 def test_the_simulator_answers_kie_s_own_429_over_its_limit(sim_url: str) -> None:
     httpx.post(f"{sim_url}/_sim/reset").raise_for_status()
     assert httpx.post(f"{sim_url}/_sim/limits", json={"kie": "2 per second"}).status_code == 400

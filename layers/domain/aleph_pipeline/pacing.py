@@ -34,10 +34,13 @@ slot. A fresh message starts at receive count 1, so waiting never exhausts the q
 ``maxReceiveCount``. The claim still guards the submission itself: waiting never sends anything,
 so it can never send twice.
 
-A 429 (another client on the same account) pushes the provider's next slot out and shuts its
-gate (``pausedUntil``) for two intervals (``slow_down``; each further 429 again): every instance then waits, and the
-refused job takes a new slot instead of failing after its receive count. A job whose earlier
-request may have made its task (``Claim.sent_before``) keeps intake's own path instead.
+A 429 never fails the job (``slow_down``). When our own sends fill the provider's window, it is
+our pace meeting the provider's clock a little early (the way from the gate to the provider
+varies by more than the margin): the refused job goes back to the gate one interval later and
+keeps its place, and nothing else waits. Otherwise another client uses the account: the
+provider's next slot is pushed out and its gate shut (``pausedUntil``) for two intervals (each
+further 429 again), so every instance waits, and the refused job takes a new slot. A job whose
+earlier request may have made its task (``Claim.sent_before``) keeps intake's own path instead.
 
 A job with a failover chain waits at most ``PaceMaxWaitSeconds`` for its slot: a slot further out
 than that is not taken at all (the ``ADD`` is conditional on the next free slot being within the
@@ -234,6 +237,13 @@ class Pacer:
                 return False
             time.sleep(max(opens_at - clock(), 0.005))  # until the window has room; another sender may still get there first
 
+    def own_sends_fill_window(self, provider: str, limit: RateLimit, now: float) -> bool:
+        """Whether the provider's last ``count`` sends (ours) all fall in the window before ``now``
+        (with the gate's margin and one interval more)."""
+        item = self.table.get_item(Key={"jobId": pace_key(provider)}, ConsistentRead=True).get("Item") or {}
+        sends = [float(at) for at in item.get("sends", ())]
+        return len(sends) >= limit.count and now - sends[-limit.count] < limit.window * SEND_MARGIN + limit.interval
+
     def paused_until(self, provider: str) -> float | None:
         """For a provider without a limit: the time a 429 pushed its slots out to, if ahead."""
         item = self.table.get_item(Key={"jobId": pace_key(provider)}).get("Item")
@@ -273,7 +283,14 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
             if not fresh:
                 store.forget(job_id, "paceSlot")  # used: a retry after another refusal takes a new one
             return False
-        at, fresh = pacer.take_slot(provider, limit, clock(), wait_at_most), True  # the gate stayed shut: a later slot
+        if wait_at_most is None:
+            # The gate stayed shut: the window is full of jobs made late by a stall, catching up.
+            # This job's slot was part of the schedule, so it keeps its place: back at the gate
+            # an interval from now, not behind every slot handed out since (that would stretch
+            # the whole schedule by one slot for each job a stall made late).
+            at, fresh = clock() + limit.interval, True
+        else:
+            at, fresh = pacer.take_slot(provider, limit, clock(), wait_at_most), True  # a chained job: a later slot, within its bound
     if fresh and not store.hold_back(job_id, {"paceSlot": {"provider": provider, "at": _decimal(at)}}):
         return True  # the job moved on meanwhile (failed, or claimed elsewhere)
     requeue(job_id, at - clock())
@@ -282,14 +299,25 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
 
 
 def slow_down(store: JobStore, job_id: str, claim_id: str, refusal: str) -> None:
-    """After a 429: give the claim back (the request was not taken), push the provider's slots
-    out by two intervals and let the job wait for a new slot; it is not failed for it."""
+    """After a 429: give the claim back (the request was not taken) and let the job try again;
+    it is not failed for it. When our own sends fill the provider's window, the 429 is our pace
+    meeting the provider's clock a little early (the way from the gate to the provider varies):
+    the job goes back to the gate after one interval, keeping its place. Otherwise another client
+    uses the account: the provider's slots are pushed out by two intervals and the job takes a
+    new slot."""
     store.release_claim(job_id, claim_id, refusal)
     job = store.get(job_id)
     if job is None or job.provider is None:
         return
     limit = limit_for(job.provider)
-    Pacer(store.table).push_out(job.provider, clock() + (limit.interval * BACKOFF_INTERVALS if limit else DEFAULT_BACKOFF_SECONDS))
+    pacer = Pacer(store.table)
+    now = clock()
+    if limit is not None and pacer.own_sends_fill_window(job.provider, limit, now):
+        at = now + limit.interval
+        if store.hold_back(job_id, {"paceSlot": {"provider": job.provider, "at": _decimal(at)}}):
+            requeue(job_id, at - clock() + 1)  # (requeue delays a second less than asked)
+        return
+    pacer.push_out(job.provider, now + (limit.interval * BACKOFF_INTERVALS if limit else DEFAULT_BACKOFF_SECONDS))
     store.forget(job_id, "paceSlot")
     if not hold_for_slot(store, job_id, job.provider, may_send_now=False):
         raise TransientError(f"{job.provider} answered 429; the event is retried")
