@@ -149,6 +149,9 @@ def run(workdir: Path, jobs: int) -> dict[str, Any]:
         "rate_ratio": achieved / RATE,
         "submit_span_seconds": span,
         "largest_gaps_seconds": sorted((round(b - a, 2) for a, b in itertools.pairwise(created)), reverse=True)[:8],
+        # Tasks created in each 30 s from the first: where the rate was lost (the drop's first
+        # minute, a stall) shows here.
+        "tasks_per_30s": [sum(1 for at in created if start <= at - created[0] < start + 30) for start in range(0, int(span) + 1, 30)],
         "slot_wait_p50_seconds": percentile(waits, 50),
         "slot_wait_p95_seconds": percentile(waits, 95),
         "ideal_wait_p95_seconds": 0.95 * jobs / RATE,

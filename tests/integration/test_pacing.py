@@ -103,8 +103,8 @@ def test_slots_taken_from_many_threads_are_distinct_and_keep_the_limit(paced: di
     assert len(slots) == 48
     slots.sort()
     assert slots[0] == round(now, 3)  # an idle provider: the first goes at once
-    # then one every 0.5 s and the gate's margin, none twice
-    assert [round(b - a, 3) for a, b in itertools.pairwise(slots)] == [round(0.5 * pacing.SEND_MARGIN, 3)] * 47
+    # then one every 0.5 s and half the gate's margin, none twice
+    assert [round(b - a, 3) for a, b in itertools.pairwise(slots)] == [round(limit.spacing, 3)] * 47
     for index in range(len(slots) - 20):  # never more than 20 in any 10 s
         assert slots[index + 20] - slots[index] >= 10.0 - 1e-6
 
@@ -229,6 +229,7 @@ def test_a_429_met_while_our_own_sends_fill_the_window_keeps_the_job_s_place_and
     assert httpx.get(f"{paced['sim']}/_sim/limits").json()["kie"]["refused"] == 1
     item = JobStore().table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]
     assert "pausedUntil" not in item  # no push-out: our own sends explain it
+    assert len(item["sends"]) == 1  # and the refused send is out of the gate's record: the provider did not count it
     # Its place is kept: back at the gate one interval later, not behind the slots handed out since.
     assert float(refused.item["paceSlot"]["at"]) <= time.time() + 2.5 + 2.0 + 0.5
     assert float(item["nextFreeAt"]) <= time.time() + 2.5 + 2.1 + 0.5
@@ -237,11 +238,11 @@ def test_a_429_met_while_our_own_sends_fill_the_window_keeps_the_job_s_place_and
 
 
 def test_a_job_whose_slot_came_while_the_window_is_full_keeps_its_place(paced: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    set_limits(monkeypatch, {"kie": "2/10"})  # slots 5.25 s apart; 2 sends in any 10.5 s
+    set_limits(monkeypatch, {"kie": "2/10"})  # slots 5.075 s apart; 2 sends in any 10.3 s
     jobs = [upload_pair(paced, f"incoming/late/{name}") for name in ("one", "two", "three")]
     start = time.time()
     handle_object_created(paced["input"], "incoming/late/one.json")  # its slot is now: sent
-    handle_object_created(paced["input"], "incoming/late/two.json")  # slot at +5.25: waits
+    handle_object_created(paced["input"], "incoming/late/two.json")  # slot at +5.075: waits
     handle_object_created(paced["input"], "incoming/late/three.json")  # slot at +10.5: waits
     table = JobStore().table
     next_free = float(table.get_item(Key={"jobId": pacing.pace_key("kie")}, ConsistentRead=True)["Item"]["nextFreeAt"])

@@ -113,16 +113,17 @@ LIMIT = pacing.RateLimit(1, 600.0)
 
 
 def test_a_slot_within_the_bound_is_taken_and_one_past_it_is_not() -> None:
-    table = PaceItemTable(1000.0 + 30)  # slots are 630 s apart: the interval and the gate's margin
+    table = PaceItemTable(1000.0 + 30)
+    spacing = LIMIT.spacing  # the interval (600 s) and half the gate's margin
     assert pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0, wait_at_most=60) == 1030.0
-    assert table.item["nextFreeAt"] == Decimal("1660.0")
+    assert table.item["nextFreeAt"] == Decimal(str(1030.0 + spacing))
     with pytest.raises(pacing.SlotTooFar) as caught:
         pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0, wait_at_most=60)
-    assert str(caught.value) == "no slot at kie for 660 s"
-    assert table.item["nextFreeAt"] == Decimal("1660.0")  # not taken: the next job gets it
+    assert str(caught.value) == f"no slot at kie for {30 + spacing:.0f} s"
+    assert table.item["nextFreeAt"] == Decimal(str(1030.0 + spacing))  # not taken: the next job gets it
     error = caught.value.to_job_error()
-    assert (error.code, error.message) == ("provider_unavailable", "no slot at kie for 660 s")
-    assert pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0) == 1660.0  # no bound: it waits as long as it takes
+    assert (error.code, error.message) == ("provider_unavailable", f"no slot at kie for {30 + spacing:.0f} s")
+    assert pacing.Pacer(table).take_slot("kie", LIMIT, 1000.0) == 1030.0 + spacing  # no bound: it waits as long as it takes
 
 
 def test_an_idle_provider_sends_at_once_whatever_the_bound() -> None:

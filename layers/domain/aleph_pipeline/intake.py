@@ -498,11 +498,11 @@ def _submit_once(store: JobStore, job_id: str, plan: SubmitPlan, attempts_left: 
     if not _reserve_spend(store, job_id, plan, video_url=video_url, attempts_left=attempts_left, details=details):
         return False
     try:
-        waits = pacing.hold_for_slot(store, job_id, plan.provider.id, wait_at_most=_pace_bound(plan))
+        waits = pacing.hold_for_slot(store, job_id, plan.provider.id, wait_at_most=_pace_bound(plan), sent=details)
     except pacing.SlotTooFar as too_far:
         if _next_in_chain(plan) is not None:
             return _move_on_unsent(store, job_id, plan, too_far)
-        waits = pacing.hold_for_slot(store, job_id, plan.provider.id)  # no later provider honours the sidecar: it waits here
+        waits = pacing.hold_for_slot(store, job_id, plan.provider.id, sent=details)  # no later provider honours the sidecar: it waits here
     if waits:
         return False  # the job waits in RECEIVED for its provider slot; a delayed message takes it up
     try:

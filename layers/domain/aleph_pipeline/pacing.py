@@ -83,8 +83,9 @@ BACKOFF_INTERVALS = 2
 DEFAULT_BACKOFF_SECONDS = 10.0
 # The gate's window is this much longer than the limit's (and slots this much further apart): a
 # request's way from the gate to the provider (the claim, the connection) varies, and a sliding
-# window counts arrivals. At most 1/SEND_MARGIN of the limit is used (0.95).
-SEND_MARGIN = 1.05
+# window counts arrivals. At most 1/SEND_MARGIN of the limit is used (0.97). A 429 our own pace
+# explains costs one retry an interval later (``slow_down``), so the margin is kept small.
+SEND_MARGIN = 1.03
 WAIT_REASON = "waiting for a provider slot"
 
 
@@ -116,8 +117,10 @@ class RateLimit:
 
     @property
     def spacing(self) -> float:
-        """The time between two slots: the interval, with the gate's margin."""
-        return self.interval * SEND_MARGIN
+        """The time between two slots: the interval, with half the gate's margin. Slots a little
+        closer than the gate lets sends through keep a few jobs waiting at the gate, so the
+        time a stall cost (no job delivered for seconds) is made up from them instead of lost."""
+        return self.interval * (1 + (SEND_MARGIN - 1) / 2)
 
 
 class SlotTooFar(Exception):
@@ -203,9 +206,9 @@ class Pacer:
             if not _conditional_failed(exc):
                 raise
 
-    def open_gate(self, provider: str, limit: RateLimit, give_up_at: float) -> bool:
+    def open_gate(self, provider: str, limit: RateLimit, give_up_at: float) -> float | None:
         """Record a send now if the provider's window has room for it, waiting for that until
-        ``give_up_at`` (epoch seconds) at most; False if the gate stayed shut.
+        ``give_up_at`` (epoch seconds) at most: the time recorded, or None if the gate stayed shut.
 
         The window: at most ``limit.count`` sends in any ``limit.window * SEND_MARGIN`` seconds,
         counted from the times of the last ``count`` sends kept on the pace item."""
@@ -228,14 +231,37 @@ class Pacer:
                         ConditionExpression="attribute_not_exists(sendsVersion) OR sendsVersion = :version",
                         ExpressionAttributeValues={":sends": [_decimal(at) for at in kept], ":next": version + 1, ":version": version},
                     )
-                    return True
+                    return now
                 except Exception as exc:
                     if not _conditional_failed(exc):
                         raise
                 continue  # another send was recorded meanwhile: look again
             if opens_at > give_up_at:
-                return False
+                return None
             time.sleep(max(opens_at - clock(), 0.005))  # until the window has room; another sender may still get there first
+
+    def unsend(self, provider: str, sent_at: float) -> None:
+        """Take a send the provider refused (429) out of the gate's record: the provider did not
+        count it, so the gate must not either (it would keep that room unused for a window)."""
+        key = {"jobId": pace_key(provider)}
+        for _ in range(5):  # another send recorded meanwhile: look again
+            item = self.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+            sends = [float(at) for at in item.get("sends", ())]
+            if round(sent_at, 3) not in sends:
+                return  # out of the record already (older than the last ``count``)
+            sends.remove(round(sent_at, 3))
+            version = int(item.get("sendsVersion", 0))
+            try:
+                self.table.update_item(
+                    Key=key,
+                    UpdateExpression="SET sends = :sends, sendsVersion = :next",
+                    ConditionExpression="sendsVersion = :version",
+                    ExpressionAttributeValues={":sends": [_decimal(at) for at in sends], ":next": version + 1, ":version": version},
+                )
+                return
+            except Exception as exc:
+                if not _conditional_failed(exc):
+                    raise
 
     def own_sends_fill_window(self, provider: str, limit: RateLimit, now: float) -> bool:
         """Whether the provider's last ``count`` sends (ours) all fall in the window before ``now``
@@ -250,7 +276,9 @@ class Pacer:
         return float(item["nextFreeAt"]) if item and "nextFreeAt" in item else None
 
 
-def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: bool = True, wait_at_most: float | None = None) -> bool:
+def hold_for_slot(
+    store: JobStore, job_id: str, provider: str, *, may_send_now: bool = True, wait_at_most: float | None = None, sent: dict[str, Any] | None = None
+) -> bool:
     """Called just before the claim, after every check. False: send now. True: the job waits in
     RECEIVED and a delayed message takes it up at its slot (or the job moved on meanwhile).
 
@@ -279,7 +307,10 @@ def hold_for_slot(store: JobStore, job_id: str, provider: str, *, may_send_now: 
     if may_send_now and at - now <= INLINE_WAIT_SECONDS:
         if limit is None:
             _wait_inline(at - now)
-        if limit is None or pacer.open_gate(provider, limit, give_up_at=max(at, now) + INLINE_WAIT_SECONDS):
+        sent_at = None if limit is None else pacer.open_gate(provider, limit, give_up_at=max(at, now) + INLINE_WAIT_SECONDS)
+        if limit is None or sent_at is not None:
+            if sent is not None and sent_at is not None:
+                sent["paceSentAt"] = sent_at  # on the claim: a 429 takes it out of the gate's record
             if not fresh:
                 store.forget(job_id, "paceSlot")  # used: a retry after another refusal takes a new one
             return False
@@ -313,6 +344,8 @@ def slow_down(store: JobStore, job_id: str, claim_id: str, refusal: str) -> None
     pacer = Pacer(store.table)
     now = clock()
     if limit is not None and pacer.own_sends_fill_window(job.provider, limit, now):
+        if job.item.get("paceSentAt") is not None:
+            pacer.unsend(job.provider, float(job.item["paceSentAt"]))
         at = now + limit.interval
         if store.hold_back(job_id, {"paceSlot": {"provider": job.provider, "at": _decimal(at)}}):
             requeue(job_id, at - clock() + 1)  # (requeue delays a second less than asked)
