@@ -120,7 +120,7 @@ class RateLimit:
         """The time between two slots: the interval, with half the gate's margin. Slots a little
         closer than the gate lets sends through keep a few jobs waiting at the gate, so the
         time a stall cost (no job delivered for seconds) is made up from them instead of lost."""
-        return self.interval * (1 + (SEND_MARGIN - 1) / 2)
+        return round(self.interval * (1 + (SEND_MARGIN - 1) / 2), 3)  # whole milliseconds, as the pace item keeps them
 
 
 class SlotTooFar(Exception):
@@ -217,24 +217,13 @@ class Pacer:
         while True:
             item = self.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
             sends = [float(at) for at in item.get("sends", ())]
-            version = int(item.get("sendsVersion", 0))
             now = round(clock(), 3)
             opens_at = float(item.get("pausedUntil", 0))
             if len(sends) >= limit.count:
                 opens_at = max(opens_at, sends[-limit.count] + window)
             if opens_at <= now:
-                kept = [*sends, now][-limit.count :]
-                try:
-                    self.table.update_item(
-                        Key=key,
-                        UpdateExpression="SET sends = :sends, sendsVersion = :next",
-                        ConditionExpression="attribute_not_exists(sendsVersion) OR sendsVersion = :version",
-                        ExpressionAttributeValues={":sends": [_decimal(at) for at in kept], ":next": version + 1, ":version": version},
-                    )
+                if self._record_sends(provider, [*sends, now][-limit.count :], int(item.get("sendsVersion", 0))):
                     return now
-                except Exception as exc:
-                    if not _conditional_failed(exc):
-                        raise
                 continue  # another send was recorded meanwhile: look again
             if opens_at > give_up_at:
                 return None
@@ -243,25 +232,30 @@ class Pacer:
     def unsend(self, provider: str, sent_at: float) -> None:
         """Take a send the provider refused (429) out of the gate's record: the provider did not
         count it, so the gate must not either (it would keep that room unused for a window)."""
-        key = {"jobId": pace_key(provider)}
         for _ in range(5):  # another send recorded meanwhile: look again
-            item = self.table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+            item = self.table.get_item(Key={"jobId": pace_key(provider)}, ConsistentRead=True).get("Item") or {}
             sends = [float(at) for at in item.get("sends", ())]
             if round(sent_at, 3) not in sends:
                 return  # out of the record already (older than the last ``count``)
             sends.remove(round(sent_at, 3))
-            version = int(item.get("sendsVersion", 0))
-            try:
-                self.table.update_item(
-                    Key=key,
-                    UpdateExpression="SET sends = :sends, sendsVersion = :next",
-                    ConditionExpression="sendsVersion = :version",
-                    ExpressionAttributeValues={":sends": [_decimal(at) for at in sends], ":next": version + 1, ":version": version},
-                )
+            if self._record_sends(provider, sends, int(item.get("sendsVersion", 0))):
                 return
-            except Exception as exc:
-                if not _conditional_failed(exc):
-                    raise
+
+    def _record_sends(self, provider: str, sends: list[float], version: int) -> bool:
+        """Write the gate's record of sends if it is still at ``version``; False if another
+        sender wrote it meanwhile."""
+        try:
+            self.table.update_item(
+                Key={"jobId": pace_key(provider)},
+                UpdateExpression="SET sends = :sends, sendsVersion = :next",
+                ConditionExpression="attribute_not_exists(sendsVersion) OR sendsVersion = :version",
+                ExpressionAttributeValues={":sends": [_decimal(at) for at in sends], ":next": version + 1, ":version": version},
+            )
+        except Exception as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
 
     def own_sends_fill_window(self, provider: str, limit: RateLimit, now: float) -> bool:
         """Whether the provider's last ``count`` sends (ours) all fall in the window before ``now``
