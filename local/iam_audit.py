@@ -67,6 +67,7 @@ UNUSED_ALLOWED: dict[tuple[str, str, str], str] = {
     ("finalize", "s3:ListBucket", "OutputBucket"): "a failed job's folder is listed before its partial results are deleted",
     ("reconcile", "s3:DeleteObject", "OutputBucket/*"): "the partial results of a SUCCEEDED job the reconciler fails are deleted",
     ("reconcile", "sqs:SendMessage", "PollQueue"): "intake run again by the reconciler for a job of a provider without webhooks starts its poll loop",
+    ("reconcile", "sqs:SendMessage", "PaceQueue"): "intake run again by the reconciler for a job whose provider slot is still ahead requeues it there",
     ("reconcile", "s3:ListBucket", "OutputBucket"): "a SUCCEEDED job the reconciler fails has its folder listed before its partial results are deleted",
     ("reconcile", "sqs:ReceiveMessage", "SubmitDeadLetterQueue"): "uploads whose events failed every delivery are taken from the submit DLQ",
     ("reconcile", "sqs:DeleteMessage", "SubmitDeadLetterQueue"): "a dead-lettered upload taken by intake is deleted from the DLQ",
