@@ -109,8 +109,9 @@ CALLBACK_FIELDS = ("callBackUrl", "webhookURL", "callback_url", "webhook")
 PROMPT_FIELDS = ("prompt", "positivePrompt", "promptText")  # a task without a callback URL (Runway) is found by its prompt
 PROMPT_INDEX = re.compile(r"chaos (\d+): ")
 FRESH_LINK_PROVIDERS = frozenset({"kie", "apikley", "runway"})
-# The failure codes that say the provider did not take the request: such a job must have no task.
-REFUSAL_CODES = frozenset({"provider_rejected", "provider_unavailable", "provider_not_configured"})
+# The failure codes that say the provider did not take the request, or that it was never sent (a job
+# that waited for a provider slot until its deadline: slot_timeout): such a job must have no task.
+REFUSAL_CODES = frozenset({"provider_rejected", "provider_unavailable", "provider_not_configured", "slot_timeout"})
 # The submit may or may not have created a task (a 5xx, a gateway page, a reset, a timeout).
 AMBIGUOUS_CODE = "submit_ambiguous"
 # Codes that name no reason at all.
