@@ -24,7 +24,7 @@ from typing import Any
 from . import telemetry
 from .config import get_settings
 from .errors import STAGE_SUBMIT, JobError
-from .jobs import _conditional_failed, _table, now_iso
+from .jobs import _conditional_failed, _table, conditional_update, now_iso
 from .log import logger
 
 # The share of a budget at which BudgetUsedPercent's alarm fires (template.yaml, BudgetAlarm).
@@ -128,13 +128,7 @@ def _add(table: Any, key: str, amount: Decimal, *, room: Decimal | None = None, 
         update["ConditionExpression"] = "attribute_not_exists(spent) OR spent <= :room"
         update["ExpressionAttributeNames"] = {"#limit": "limit"}
         update["ExpressionAttributeValues"].update({":room": room, ":limit": limit})
-    try:
-        table.update_item(**update)
-    except Exception as exc:
-        if _conditional_failed(exc):
-            return False
-        raise
-    return True
+    return conditional_update(table, **update) is not None
 
 
 def _set_state(table: Any, job_id: str, state: str, expected: str, **extra: Any) -> bool:
@@ -145,19 +139,15 @@ def _set_state(table: Any, job_id: str, state: str, expected: str, **extra: Any)
         names[f"#x{index}"] = name
         values[f":x{index}"] = value
         sets.append(f"#x{index} = :x{index}")
-    try:
-        table.update_item(
-            Key={"jobId": reservation_key(job_id)},
-            UpdateExpression="SET " + ", ".join(sets),
-            ConditionExpression="#state = :expected",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-        )
-    except Exception as exc:
-        if _conditional_failed(exc):
-            return False
-        raise
-    return True
+    written = conditional_update(
+        table,
+        Key={"jobId": reservation_key(job_id)},
+        UpdateExpression="SET " + ", ".join(sets),
+        ConditionExpression="#state = :expected",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values,
+    )
+    return written is not None
 
 
 def _spent(table: Any, key: str) -> float:

@@ -42,7 +42,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import get_settings
-from .jobs import JobState, JobStore, _conditional_failed
+from .jobs import JobState, JobStore, conditional_update
 from .log import logger
 from .pacing import SlotTooFar, requeue
 
@@ -115,16 +115,13 @@ def acquire(table: Any, provider: str, job_id: str, limit: int) -> int | None:
 
 def release(table: Any, provider: str, index: int, job_id: str) -> None:
     """Give the slot back if this job still holds it (best effort: ``acquire`` heals a lost one)."""
-    try:
-        table.update_item(
-            Key={"jobId": slot_key(provider, index)},
-            UpdateExpression="REMOVE holder, acquiredAt",
-            ConditionExpression="holder = :job",
-            ExpressionAttributeValues={":job": job_id},
-        )
-    except Exception as exc:
-        if not _conditional_failed(exc):
-            raise
+    conditional_update(
+        table,
+        Key={"jobId": slot_key(provider, index)},
+        UpdateExpression="REMOVE holder, acquiredAt",
+        ConditionExpression="holder = :job",
+        ExpressionAttributeValues={":job": job_id},
+    )
 
 
 def take_or_wait(store: JobStore, job_id: str, provider: str, *, wait_at_most: float | None = None) -> tuple[bool, dict[str, Any] | None]:
@@ -192,18 +189,14 @@ def _in_flight(job: dict[str, Any] | None, provider: str, acquired_at: float, no
 
 def _write(table: Any, key: str, job_id: str, condition: str, values: dict[str, Any]) -> bool:
     """Name ``job_id`` the slot's holder, now, if ``condition`` holds."""
-    try:
-        table.update_item(
-            Key={"jobId": key},
-            UpdateExpression="SET holder = :me, acquiredAt = :at",
-            ConditionExpression=condition,
-            ExpressionAttributeValues={**values, ":me": job_id, ":at": Decimal(str(round(clock(), 3)))},
-        )
-    except Exception as exc:
-        if _conditional_failed(exc):
-            return False
-        raise
-    return True
+    written = conditional_update(
+        table,
+        Key={"jobId": key},
+        UpdateExpression="SET holder = :me, acquiredAt = :at",
+        ConditionExpression=condition,
+        ExpressionAttributeValues={**values, ":me": job_id, ":at": Decimal(str(round(clock(), 3)))},
+    )
+    return written is not None
 
 
 def keep_only_recorded(store: JobStore, job_id: str, slot: dict[str, Any]) -> None:

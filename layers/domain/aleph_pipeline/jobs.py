@@ -203,6 +203,19 @@ def _conditional_failed(exc: Exception) -> bool:
     return isinstance(response, dict) and response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+def conditional_update(table: Any, **update: Any) -> dict[str, Any] | None:
+    """One conditional ``update_item``: the attributes it answers (what ``ReturnValues`` asks for;
+    empty when nothing is asked), or None when its condition does not hold (not an error)."""
+    try:
+        answer = table.update_item(**update)
+    except Exception as exc:
+        if _conditional_failed(exc):
+            return None
+        raise
+    attributes: dict[str, Any] = answer.get("Attributes", {}) if isinstance(answer, dict) else {}
+    return attributes
+
+
 class JobStore:
     """Reads and conditional writes of job items. All state changes go through ``_move``."""
 
@@ -238,18 +251,11 @@ class JobStore:
 
     def _update_if(self, **update: Any) -> bool:
         """One conditional update; False (not an error) when its condition does not hold."""
-        return self._update_returning(**update) is not None
+        return conditional_update(self.table, **update) is not None
 
     def _update_returning(self, **update: Any) -> dict[str, Any] | None:
         """One conditional update answering the item as written; None when its condition does not hold."""
-        try:
-            answer = self.table.update_item(**update, ReturnValues="ALL_NEW")
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return None
-            raise
-        written: dict[str, Any] = answer.get("Attributes", {}) if isinstance(answer, dict) else {}
-        return written
+        return conditional_update(self.table, **update, ReturnValues="ALL_NEW")
 
     # Creation
 
@@ -530,13 +536,9 @@ class JobStore:
     def _update_releasing(self, **update: Any) -> bool:
         """One conditional update that removes ``flightSlot``, then the release of that task slot
         (``inflight``); False when the condition does not hold."""
-        try:
-            answer = self.table.update_item(**update, ReturnValues="UPDATED_OLD")
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        old = answer.get("Attributes", {}) if isinstance(answer, dict) else {}
+        old = conditional_update(self.table, **update, ReturnValues="UPDATED_OLD")
+        if old is None:
+            return False
         _release_flight_slot(self.table, str(update["Key"]["jobId"]), old.get("flightSlot"))
         return True
 

@@ -61,7 +61,7 @@ from typing import Any
 from .clients import client
 from .config import get_settings
 from .errors import STAGE_SUBMIT, JobError, TransientError
-from .jobs import JobState, JobStore, _conditional_failed
+from .jobs import JobState, JobStore, _conditional_failed, conditional_update
 from .log import logger
 from .providers import ProviderError
 
@@ -195,16 +195,13 @@ class Pacer:
     def push_out(self, provider: str, until: float) -> None:
         """No slot before ``until``, and no send either (the gate opens then): slots already
         handed out wait at the gate and, if it stays shut, take new ones."""
-        try:
-            self.table.update_item(
-                Key={"jobId": pace_key(provider)},
-                UpdateExpression="SET nextFreeAt = :until, pausedUntil = :until",
-                ConditionExpression="attribute_not_exists(nextFreeAt) OR nextFreeAt < :until",
-                ExpressionAttributeValues={":until": _decimal(until)},
-            )
-        except Exception as exc:
-            if not _conditional_failed(exc):
-                raise
+        conditional_update(
+            self.table,
+            Key={"jobId": pace_key(provider)},
+            UpdateExpression="SET nextFreeAt = :until, pausedUntil = :until",
+            ConditionExpression="attribute_not_exists(nextFreeAt) OR nextFreeAt < :until",
+            ExpressionAttributeValues={":until": _decimal(until)},
+        )
 
     def open_gate(self, provider: str, limit: RateLimit, give_up_at: float) -> float | None:
         """Record a send now if the provider's window has room for it, waiting for that until
@@ -244,18 +241,14 @@ class Pacer:
     def _record_sends(self, provider: str, sends: list[float], version: int) -> bool:
         """Write the gate's record of sends if it is still at ``version``; False if another
         sender wrote it meanwhile."""
-        try:
-            self.table.update_item(
-                Key={"jobId": pace_key(provider)},
-                UpdateExpression="SET sends = :sends, sendsVersion = :next",
-                ConditionExpression="attribute_not_exists(sendsVersion) OR sendsVersion = :version",
-                ExpressionAttributeValues={":sends": [_decimal(at) for at in sends], ":next": version + 1, ":version": version},
-            )
-        except Exception as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
+        written = conditional_update(
+            self.table,
+            Key={"jobId": pace_key(provider)},
+            UpdateExpression="SET sends = :sends, sendsVersion = :next",
+            ConditionExpression="attribute_not_exists(sendsVersion) OR sendsVersion = :version",
+            ExpressionAttributeValues={":sends": [_decimal(at) for at in sends], ":next": version + 1, ":version": version},
+        )
+        return written is not None
 
     def own_sends_fill_window(self, provider: str, limit: RateLimit, now: float) -> bool:
         """Whether the provider's last ``count`` sends (ours) all fall in the window before ``now``
