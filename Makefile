@@ -98,4 +98,4 @@ bench: $(VENV)/.installed $(SAM_VENV)/.installed
 	SAM=$(abspath $(SAM)) $(PY) -m bench
 
 clean:
-	rm -rf .aws-sam .local out .mypy_cache .ruff_cache bench/.runtime
+	rm -rf .aws-sam .local out .mypy_cache .ruff_cache bench/.runtime bench/.runtime-*

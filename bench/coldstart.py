@@ -9,12 +9,16 @@ one, that whole cold path, and the target is 1.5x the floor for every handler in
 To be faithful to Lambda, the children do not see this repository's development environment
 (moto, click, pytest... would change what some libraries import): they run ``python -S`` with
 ``sys.path`` = the function's directory, ``layers/domain`` (the layer's code) and
-``bench/.runtime``, a directory holding exactly the layer's requirements plus boto3 (installed
+``bench/.runtime-<version>``, a directory holding exactly the layer's requirements plus boto3 (installed
 once with ``pip install --target``, like ``sam build`` does). Each target is imported once first
 so its bytecode is compiled (not counted), then 10 rounds run every target in a shuffled order
 (a noisy moment on a shared machine hits all of them alike); the median counts. The clock is the
 child's CPU time: importing is CPU work, and on a shared machine the wall clock mostly measures
 how long the other processes kept the CPU (a Lambda sandbox has its CPU share to itself).
+
+The children run the Python version of the template's ``Runtime`` (``python3.12``) when one is on
+``PATH`` or under pyenv: import costs change from one version to the next. Otherwise they run this
+interpreter, and the report says so.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +38,7 @@ from typing import Any
 from bench.common import median, save, table, verdict
 from local.client import REPO_ROOT
 
-RUNTIME = REPO_ROOT / "bench" / ".runtime"
+TEMPLATE = REPO_ROOT / "template.yaml"
 HANDLERS = tuple(sorted(app.parent.name for app in (REPO_ROOT / "functions").glob("*/app.py")))
 ROUNDS = 10
 TARGET = 1.5
@@ -73,22 +78,47 @@ print(time.process_time() - started)
 """
 
 
+def lambda_runtime() -> str:
+    """The template's ``Runtime`` (``python3.12``): the version Lambda runs the handlers on."""
+    found = re.search(r"^\s+Runtime:\s*(python3\.\d+)\s*$", TEMPLATE.read_text(encoding="utf-8"), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no python Runtime in {TEMPLATE}")
+    return found.group(1)
+
+
+def child_python() -> tuple[str, str]:
+    """(interpreter, its version "3.12"): the Lambda runtime's version if this machine has it
+    (on PATH, or under pyenv), else this interpreter's."""
+    wanted = lambda_runtime().removeprefix("python")
+    on_path = shutil.which(f"python{wanted}")
+    pyenv = sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob(f"versions/{wanted}.*/bin/python{wanted}"))
+    for candidate in [on_path, *map(str, pyenv)]:
+        if candidate and subprocess.run([candidate, "-c", "import pip"], capture_output=True, check=False).returncode == 0:
+            return candidate, wanted
+    return sys.executable, f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+PYTHON, PYTHON_VERSION = child_python()
+# Packages with compiled parts (pydantic-core) are built per Python version: a directory each.
+RUNTIME = REPO_ROOT / "bench" / f".runtime-{PYTHON_VERSION}"
+
+
 def _requirements() -> list[str]:
     boto3 = next(line.split("#")[0].strip() for line in (REPO_ROOT / "requirements-dev.txt").read_text().splitlines() if line.startswith("boto3=="))
     return [boto3, "-r", str(REPO_ROOT / "layers" / "domain" / "requirements.txt")]
 
 
 def ensure_runtime() -> Path:
-    """``bench/.runtime``: boto3 and the layer's requirements, nothing else (re-made when they change)."""
-    stamp = hashlib.sha256(json.dumps([_requirements(), (REPO_ROOT / "layers/domain/requirements.txt").read_text()]).encode()).hexdigest()
+    """``bench/.runtime-<version>``: boto3 and the layer's requirements, nothing else (re-made when they change)."""
+    stamp = hashlib.sha256(json.dumps([PYTHON, _requirements(), (REPO_ROOT / "layers/domain/requirements.txt").read_text()]).encode()).hexdigest()
     marker = RUNTIME / ".stamp"
     if marker.is_file() and marker.read_text() == stamp:
         return RUNTIME
     if RUNTIME.exists():
         subprocess.run(["rm", "-rf", str(RUNTIME)], check=True)
-    print("installing boto3 and the layer's requirements into bench/.runtime ...", file=sys.stderr, flush=True)
+    print(f"installing boto3 and the layer's requirements into {RUNTIME.relative_to(REPO_ROOT)} ...", file=sys.stderr, flush=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(RUNTIME), *_requirements()],
+        [PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(RUNTIME), *_requirements()],
         check=True,
     )
     marker.write_text(stamp)
@@ -131,7 +161,7 @@ def targets() -> dict[str, tuple[str, list[str]]]:
 
 def import_seconds(module: str, paths: list[str]) -> float:
     env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", **HANDLER_ENV}
-    done = subprocess.run([sys.executable, "-S", "-c", _CHILD, module, *paths], env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run([PYTHON, "-S", "-c", _CHILD, module, *paths], env=env, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"importing {module} from {paths[0]} failed:\n{done.stderr[-2000:]}")
     return float(done.stdout.strip())
@@ -145,7 +175,7 @@ def imported_modules(modules: str, paths: list[str]) -> set[str]:
         "print(' '.join({m.split('.')[0] for m in set(sys.modules)-before}))"
     )
     env = {"PATH": os.environ.get("PATH", ""), **HANDLER_ENV}
-    done = subprocess.run([sys.executable, "-S", "-c", code, modules, *paths], env=env, capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run([PYTHON, "-S", "-c", code, modules, *paths], env=env, capture_output=True, text=True, timeout=60, check=True)
     return {name for name in done.stdout.split() if not name.startswith("_") and re.match(r"^[a-z]", name)}
 
 
@@ -163,7 +193,8 @@ def main(rounds: int = ROUNDS) -> dict[str, Any]:
             samples[name].append(import_seconds(module, paths))
     floor = median(samples["boto3"])
     third_party = {"aws_lambda_powertools", "botocore", "httpx", "pydantic", "pydantic_settings", "anyio"}
-    summary: dict[str, Any] = {"rounds": rounds, "clock": "process CPU time", "target_ratio": TARGET, "python": sys.version.split()[0], "targets": {}}
+    summary: dict[str, Any] = {"rounds": rounds, "clock": "process CPU time", "target_ratio": TARGET, "targets": {}}
+    summary.update(python=PYTHON_VERSION, lambda_runtime=lambda_runtime())
     for name, values in samples.items():
         entry: dict[str, Any] = {"median_ms": median(values) * 1000, "ratio": median(values) / floor, "runs_ms": [v * 1000 for v in values]}
         if name in HANDLERS:
@@ -182,7 +213,10 @@ def report(summary: dict[str, Any]) -> str:
         label = "import boto3 (floor)" if name == "boto3" else f"functions/{name}/app.py + {', '.join(entry['first_use'])}"
         result = verdict(entry["met"]) if "met" in entry else ""
         rows.append([label, f"{entry['median_ms']:.0f} ms", f"{entry['ratio']:.2f}x", result, " ".join(entry.get("libraries", []))])
-    headers = [f"cold path: init + first invocation's imports (CPU, median of {summary['rounds']}, fresh interpreter)", "time", "vs floor", f"<= {TARGET}x"]
+    python = f"Python {summary['python']}"
+    if f"python{summary['python']}" != summary["lambda_runtime"]:
+        python += f", not the runtime's {summary['lambda_runtime']}"
+    headers = [f"cold path: init + first invocation's imports (CPU, median of {summary['rounds']}, fresh {python})", "time", "vs floor", f"<= {TARGET}x"]
     return table([*headers, "libraries besides boto3"], rows)
 
 
