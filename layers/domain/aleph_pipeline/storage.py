@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from io import BufferedReader, RawIOBase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-import httpx
-
 from .errors import STAGE_FINALIZE, JobError, TransientError
+
+if TYPE_CHECKING:
+    import httpx
 
 MIB = 1024 * 1024
 MAX_REDIRECTS = 5
@@ -153,6 +154,8 @@ def _url_scheme_and_host(url: str) -> tuple[str, str]:
     """The scheme and lower-case host of a URL, read the way both urlsplit and httpx (the client
     that fetches it) read it; a URL they cannot read, read differently, or that carries
     credentials is refused (a JobError, never ValueError or UnicodeError)."""
+    import httpx  # here, not at the top: the status function reads S3 and never a URL
+
     if not isinstance(url, str) or len(url) > MAX_RESULT_URL_CHARS:
         raise _refused(f"result URL is not a text of at most {MAX_RESULT_URL_CHARS} characters")
     try:
@@ -192,6 +195,7 @@ def copy_url_to_s3(
     Every redirect hop is checked like the first URL. A failed copy leaves no object: the
     multipart upload is aborted, and an object appears only when the upload completes.
     """
+    import httpx
     from boto3.s3.transfer import TransferConfig
 
     for _hop in range(MAX_REDIRECTS + 1):
