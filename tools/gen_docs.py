@@ -4,7 +4,7 @@
     python -m tools.gen_docs --check  # exit 1 if they drifted (tests/unit/test_docs.py does the same)
 
 Sections of README.md between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``:
-``sidecar`` (the pydantic model ``aleph_pipeline.sidecar.Sidecar``), ``providers`` (what each
+``sidecar`` (the reference schema ``aleph_pipeline.sidecar_schema.Sidecar``), ``providers`` (what each
 adapter in ``aleph_pipeline.providers`` declares), ``errors`` (``errors.MEANINGS`` + ``HINTS``)
 and ``events`` (``job_events.JobEventDetail``). The OpenAPI document comes from the status
 function's Powertools resolver.
@@ -26,7 +26,7 @@ from aleph_pipeline.job_events import JobEventDetail
 from aleph_pipeline.notifications import DETAIL_TYPES, SOURCE
 from aleph_pipeline.providers import provider_docs
 from aleph_pipeline.providers.base import COMMON_FIELDS
-from aleph_pipeline.sidecar import Sidecar
+from aleph_pipeline.sidecar_schema import Sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -12,13 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from . import storage
 from .errors import STAGE_INTAKE, JobError, TransientError
 from .keys import defaults_keys
 from .outputs import SIDECAR_SOURCE
-from .sidecar import MAX_SIDECAR_BYTES, Sidecar, describe_validation_error, read_document
+from .sidecar import MAX_SIDECAR_BYTES, Sidecar, SidecarInvalid, read_document
 
 # Folders read above a sidecar (one HEAD each, and a GET where a defaults file is).
 MAX_DEFAULTS_DEPTH = 16
@@ -60,9 +58,9 @@ def parse_defaults(key: str, raw: bytes) -> dict[str, Any]:
         names = ", ".join(f"`{name}`" for name in misplaced)
         raise JobError("invalid_sidecar", f"the folder defaults `{key}`: {names} cannot be a default (each sidecar gives its own)", STAGE_INTAKE)
     try:
-        Sidecar.model_validate({**fields, "prompt": "-"})  # the fields alone: the prompt is each sidecar's
-    except ValidationError as exc:
-        raise JobError("invalid_sidecar", f"the folder defaults `{key}`: {describe_validation_error(exc)}", STAGE_INTAKE) from exc
+        Sidecar.from_document({**fields, "prompt": "-"})  # the fields alone: the prompt is each sidecar's
+    except SidecarInvalid as exc:
+        raise JobError("invalid_sidecar", f"the folder defaults `{key}`: {exc}", STAGE_INTAKE) from exc
     return fields
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -370,7 +370,7 @@ def cost_from_rule(rule: Mapping[str, float], seconds: float | None, results: in
     return round(per_second * seconds * results, 6)
 
 
-def unsupported(provider: str, model: str, fields: set[str]) -> JobError:
+def unsupported(provider: str, model: str, fields: Set[str]) -> JobError:
     names = ", ".join(f"`{name}`" for name in sorted(fields))
     return JobError(
         "unsupported_option",

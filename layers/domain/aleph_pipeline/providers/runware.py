@@ -348,7 +348,7 @@ def _modelled(sidecar: Sidecar) -> dict[str, Any]:
     if sidecar.output_quality is not None:
         fields["outputQuality"] = sidecar.output_quality
     if sidecar.safety is not None:
-        fields["safety"] = sidecar.safety.model_dump(by_alias=True, exclude_none=True)
+        fields["safety"] = sidecar.safety.to_document()
     return fields
 
 
