@@ -7,13 +7,12 @@ Sections of README.md between ``<!-- generated:NAME -->`` and ``<!-- /generated:
 ``sidecar`` (the reference schema ``aleph_pipeline.sidecar_schema.Sidecar``), ``providers`` (what each
 adapter in ``aleph_pipeline.providers`` declares), ``errors`` (``errors.MEANINGS`` + ``HINTS``)
 and ``events`` (``job_events.JobEventDetail``). The OpenAPI document comes from the status
-function's Powertools resolver.
+route as ``status_schema.documented_api`` declares it (the handler's own resolver validates nothing).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import sys
@@ -21,17 +20,19 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from aws_lambda_powertools.event_handler.openapi.models import APIKey
+
 from aleph_pipeline.errors import HINTS, MEANINGS
 from aleph_pipeline.job_events import JobEventDetail
 from aleph_pipeline.notifications import DETAIL_TYPES, SOURCE
 from aleph_pipeline.providers import provider_docs
 from aleph_pipeline.providers.base import COMMON_FIELDS
 from aleph_pipeline.sidecar_schema import Sidecar
+from aleph_pipeline.status_schema import documented_api
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 OPENAPI = ROOT / "docs" / "openapi.json"
-STATUS_HANDLER = ROOT / "functions" / "status" / "app.py"
 
 
 # ------------------------------------------------------------------------------ sections
@@ -98,19 +99,13 @@ SECTIONS: dict[str, Callable[[], str]] = {
 
 
 def openapi_document() -> str:
-    """The status API's OpenAPI document, from the handler's resolver."""
-    spec = importlib.util.spec_from_file_location("aleph_status_app", STATUS_HANDLER)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {STATUS_HANDLER}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # pydantic resolves the handler's annotations through it
-    spec.loader.exec_module(module)
-    text: str = module.app.get_openapi_json_schema(
+    """The status API's OpenAPI document, from the resolver that documents its route."""
+    text: str = documented_api().get_openapi_json_schema(
         title="aleph-pipeline job status API",
         version="1.0.0",
         description="GET /jobs/{jobId} on the stack's HTTP API (output JobStatusApiUrl). Requests are signed with SigV4 (service execute-api).",
         security_schemes={
-            "AWS_IAM": {"type": "apiKey", "name": "Authorization", "in": "header", "description": "AWS Signature Version 4 (IAM)"},
+            "AWS_IAM": APIKey.model_validate({"type": "apiKey", "name": "Authorization", "in": "header", "description": "AWS Signature Version 4 (IAM)"}),
         },
     )
     return json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"

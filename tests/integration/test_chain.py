@@ -103,7 +103,7 @@ def test_kie_in_maintenance_hands_the_job_to_apikley_one_task_in_all(chain: Chai
     document = manifest(job, [], datetime.now(UTC).isoformat())
     assert document["provider"] == "apikley"
     assert [entry["provider"] for entry in document["providersTried"]] == ["kie"]
-    assert [entry.provider for entry in describe(job).providersTried] == ["kie"]
+    assert [entry["provider"] for entry in describe(job)["providersTried"]] == ["kie"]
 
 
 def test_a_provider_that_cannot_honour_an_option_is_skipped(chain: Chain) -> None:
