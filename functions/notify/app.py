@@ -5,39 +5,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aleph_pipeline.batches import PartialBatchResponse, Record, receive_count, sqs_batch_response, stream_batch_response, stream_values
 from aleph_pipeline.log import logger
 from aleph_pipeline.notifications import publish, publish_or_keep, transition_event, undelivered_entry
 
-stream_processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
-undelivered_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
-
-def stream_record_handler(record: DynamoDBRecord) -> None:
-    stream = record.dynamodb
-    entry = transition_event(stream.old_image if stream else None, stream.new_image if stream else None)
+def stream_record_handler(record: Record) -> None:
+    entry = transition_event(stream_values(record, "OldImage"), stream_values(record, "NewImage"))
     if entry is not None and publish_or_keep(entry):
-        logger.info("job event sent", extra={"detail_type": entry["DetailType"], "job_id": (stream.keys if stream else {}).get("jobId")})
+        logger.info("job event sent", extra={"detail_type": entry["DetailType"], "job_id": stream_values(record, "Keys").get("jobId")})
 
 
-def undelivered_record_handler(record: SQSRecord) -> None:
+def undelivered_record_handler(record: Record) -> None:
     # A failure leaves the message in the queue: it is tried again after the visibility timeout.
-    entry = undelivered_entry(record.body)
+    entry = undelivered_entry(record["body"])
     publish([entry])
-    # The raw attribute map: the data class's .get() answers raw dicts, not its wrappers.
-    job_id = ((record.raw_event.get("messageAttributes") or {}).get("jobId") or {}).get("stringValue")
+    job_id = ((record.get("messageAttributes") or {}).get("jobId") or {}).get("stringValue")
     extra = {"detail_type": entry["DetailType"], "job_id": job_id}
-    logger.info("kept job event sent", extra={**extra, "receive_count": record.attributes.approximate_receive_count})
+    logger.info("kept job event sent", extra={**extra, "receive_count": receive_count(record)})
 
 
 @logger.inject_lambda_context
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialBatchResponse:
     records = event.get("Records") or [{}]
     if records[0].get("eventSource") == "aws:sqs":
-        return process_partial_response(event=event, record_handler=undelivered_record_handler, processor=undelivered_processor, context=context)
-    return process_partial_response(event=event, record_handler=stream_record_handler, processor=stream_processor, context=context)
+        return sqs_batch_response(event, undelivered_record_handler)
+    return stream_batch_response(event, stream_record_handler)

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aleph_pipeline.batches import PartialBatchResponse, Record, receive_count, sqs_batch_response
 from aleph_pipeline.errors import TransientError
 from aleph_pipeline.intake import handle_object_created, handle_retry, object_created_records, seconds_needed_to_submit
 from aleph_pipeline.log import logger
 from aleph_pipeline.pacing import retry_job_id
 
-# A batch whose records all failed is reported like any other, not raised: SQS retries just those.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
-
-def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
+def record_handler(record: Record, lambda_context: LambdaContext | None = None) -> None:
     logger.thread_safe_clear_keys()  # each record is its own job
 
     def time_left() -> float:
@@ -29,20 +24,20 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     if time_left() < seconds_needed_to_submit():
         raise TransientError("too little time left in this invocation; the record is retried")
 
-    receive_count = int(record.attributes.approximate_receive_count or 1)
-    retry_job = retry_job_id(record.body)
+    deliveries = receive_count(record)
+    retry_job = retry_job_id(record["body"])
     if retry_job is not None:  # a job that waited for its provider slot
-        handle_retry(retry_job, receive_count, time_left)
+        handle_retry(retry_job, deliveries, time_left)
         return
     try:
-        objects = object_created_records(record.body)
+        objects = object_created_records(record["body"])
     except (ValueError, KeyError, TypeError):
-        logger.error("dropped a message that is not an S3 notification", extra={"message_id": record.message_id})
+        logger.error("dropped a message that is not an S3 notification", extra={"message_id": record["messageId"]})
         return
     for bucket, key in objects:
-        handle_object_created(bucket, key, receive_count, time_left)
+        handle_object_created(bucket, key, deliveries, time_left)
 
 
 @logger.inject_lambda_context
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialBatchResponse:
+    return sqs_batch_response(event, lambda record: record_handler(record, context))
