@@ -21,7 +21,7 @@ help:
 	@echo "make test   - ruff, mypy, cfn-lint, sam validate --lint, and every pytest ring"
 	@echo "make local  - run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make chaos  - 500 jobs through the local stack with every simulator and AWS fault on at random"
-	@echo "make build  - sam build (needs python3.12 on PATH)"
+	@echo "make build  - sam build (needs python3.13 on PATH)"
 	@echo "make bench  - benchmarks: finalize copy, cold start, 200 jobs, 120 jobs paced at 2/s, package size (a few minutes)"
 
 $(VENV)/.installed: requirements-dev.txt layers/domain/requirements.txt pyproject.toml

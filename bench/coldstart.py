@@ -16,7 +16,7 @@ so its bytecode is compiled (not counted), then 10 rounds run every target in a 
 child's CPU time: importing is CPU work, and on a shared machine the wall clock mostly measures
 how long the other processes kept the CPU (a Lambda sandbox has its CPU share to itself).
 
-The children run the Python version of the template's ``Runtime`` (``python3.12``) when one is on
+The children run the Python version of the template's ``Runtime`` (``python3.13``) when one is on
 ``PATH`` or under pyenv: import costs change from one version to the next. Otherwise they run this
 interpreter, and the report says so.
 """
@@ -79,7 +79,7 @@ print(time.process_time() - started)
 
 
 def lambda_runtime() -> str:
-    """The template's ``Runtime`` (``python3.12``): the version Lambda runs the handlers on."""
+    """The template's ``Runtime`` (``python3.13``): the version Lambda runs the handlers on."""
     found = re.search(r"^\s+Runtime:\s*(python3\.\d+)\s*$", TEMPLATE.read_text(encoding="utf-8"), re.MULTILINE)
     if found is None:
         raise RuntimeError(f"no python Runtime in {TEMPLATE}")
@@ -87,7 +87,7 @@ def lambda_runtime() -> str:
 
 
 def child_python() -> tuple[str, str]:
-    """(interpreter, its version "3.12"): the Lambda runtime's version if this machine has it
+    """(interpreter, its version "3.13"): the Lambda runtime's version if this machine has it
     (on PATH, or under pyenv), else this interpreter's."""
     wanted = lambda_runtime().removeprefix("python")
     on_path = shutil.which(f"python{wanted}")

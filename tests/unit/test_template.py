@@ -440,10 +440,10 @@ def test_functions_run_python312_or_later_on_arm64_with_the_layer(template: dict
 def test_layer_is_built_by_sam_for_arm64(resources: dict[str, Any]) -> None:
     layer = resources["SharedLayer"]
     assert layer["Properties"]["ContentUri"] == "layers/domain/"
-    # Only what it is built for: BuildMethod python3.12 gives cp312 wheels (pydantic_core).
-    assert layer["Properties"]["CompatibleRuntimes"] == [layer["Metadata"]["BuildMethod"]] == ["python3.12"]
+    # Only what it is built for: BuildMethod python3.13 gives cp313 wheels (pydantic_core).
+    assert layer["Properties"]["CompatibleRuntimes"] == [layer["Metadata"]["BuildMethod"]] == ["python3.13"]
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
-    assert layer["Metadata"] == {"BuildMethod": "python3.12", "BuildArchitecture": "arm64"}
+    assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTION_ENV))
