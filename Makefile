@@ -59,7 +59,7 @@ local: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy layers/domain/aleph_pipeline functions local aleph_cli tools
+	$(PY) -m mypy layers/domain/aleph_pipeline functions local aleph_cli schemas tools
 
 # The template after the SAM transform (samtranslator from .venv-sam): the roles, event source
 # mappings, schedule and API that CloudFormation really creates.

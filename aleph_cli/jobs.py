@@ -57,7 +57,7 @@ def upload_pair(stack: StackInfo, video: Path, sidecar: Mapping[str, Any], *, na
 
 def sidecar_job_ids(bucket: str, sidecar_key: str, version_marker: str, sidecar: Mapping[str, Any]) -> tuple[str, ...]:
     """The ids of the jobs the pipeline makes for a sidecar: one per prompt of ``prompts``, or one."""
-    from aleph_pipeline.sidecar import variant_prompts  # pydantic: only for a sidecar being uploaded
+    from aleph_pipeline.sidecar import variant_prompts
 
     try:
         prompts = variant_prompts(dict(sidecar))

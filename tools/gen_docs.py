@@ -4,10 +4,10 @@
     python -m tools.gen_docs --check  # exit 1 if they drifted (tests/unit/test_docs.py does the same)
 
 Sections of README.md between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``:
-``sidecar`` (the reference schema ``aleph_pipeline.sidecar_schema.Sidecar``), ``providers`` (what each
+``sidecar`` (the reference schema ``schemas.sidecar.Sidecar``), ``providers`` (what each
 adapter in ``aleph_pipeline.providers`` declares), ``errors`` (``errors.MEANINGS`` + ``HINTS``)
-and ``events`` (``job_events.JobEventDetail``). The OpenAPI document comes from the status
-route as ``status_schema.documented_api`` declares it (the handler's own resolver validates nothing).
+and ``events`` (``schemas.job_events.JobEventDetail``). The OpenAPI document comes from the status
+route as ``schemas.status.documented_api`` declares it (the handler's own resolver validates nothing).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 from aws_lambda_powertools.event_handler.openapi.models import APIKey
 
 from aleph_pipeline.errors import HINTS, MEANINGS
-from aleph_pipeline.job_events import JobEventDetail
 from aleph_pipeline.notifications import DETAIL_TYPES, SOURCE
 from aleph_pipeline.providers import provider_docs
 from aleph_pipeline.providers.base import COMMON_FIELDS
-from aleph_pipeline.sidecar_schema import Sidecar
-from aleph_pipeline.status_schema import documented_api
+from schemas.job_events import JobEventDetail
+from schemas.sidecar import Sidecar
+from schemas.status import documented_api
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

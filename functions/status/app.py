@@ -3,7 +3,7 @@
 The resolver validates nothing (pydantic and Powertools' OpenAPI machinery would be most of this
 function's cold start): the domain checks the job id and builds the answer as a plain dict. The
 route's OpenAPI document (``docs/openapi.json``, by ``python -m tools.gen_docs``) comes from
-``aleph_pipeline.status_schema``, which declares the same route with the answers' models.
+``schemas.status``, which declares the same route with the answers' models.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from aleph_pipeline.job_events import JobEventDetail
 from local.client import aws_client
+from schemas.job_events import JobEventDetail
 
 from .conftest import Stack, wait_until
 from .test_pipeline import run_pair

@@ -16,7 +16,6 @@ import pytest
 
 from aleph_pipeline import clients, notifications
 from aleph_pipeline.config import get_settings
-from aleph_pipeline.job_events import EventError, JobEventDetail
 from aleph_pipeline.notifications import (
     EVENT_BUDGET_BYTES,
     MAX_ENTRIES_PER_CALL,
@@ -30,6 +29,7 @@ from aleph_pipeline.notifications import (
     undelivered_entry,
 )
 from local.dispatcher import build_sqs_event
+from schemas.job_events import EventError, JobEventDetail
 
 ROOT = Path(__file__).resolve().parents[2]
 

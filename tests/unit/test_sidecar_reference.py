@@ -1,5 +1,5 @@
 """The runtime sidecar validator (``sidecar``, no pydantic) against the reference schema
-(``sidecar_schema``, pydantic): the same fields, the same verdicts, values and problems."""
+(``schemas.sidecar``, pydantic): the same fields, the same verdicts, values and problems."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from aleph_pipeline import sidecar, sidecar_schema
+from aleph_pipeline import sidecar
 from aleph_pipeline.sidecar import PROVIDER_IDS, Problem, SidecarInvalid, field_table
+from schemas import sidecar as sidecar_schema
 
 RECORDS = [(sidecar.Sidecar, sidecar_schema.Sidecar), (sidecar.FrameImage, sidecar_schema.FrameImage), (sidecar.Safety, sidecar_schema.Safety)]
 

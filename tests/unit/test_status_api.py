@@ -1,6 +1,6 @@
 """The status function's answers (200, 404, 422) against the documented schema, and its route
 against the documented one: the handler builds plain dicts and validates nothing itself, so these
-tests hold it to ``status_schema``'s models."""
+tests hold it to ``schemas.status``'s models."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
 from aleph_pipeline.jobs import Job
-from aleph_pipeline.status_schema import JobStatus, Message, ValidationFailure, documented_api
+from schemas.status import JobStatus, Message, ValidationFailure, documented_api
 from tools import gen_docs
 
 ROOT = Path(__file__).resolve().parents[2]

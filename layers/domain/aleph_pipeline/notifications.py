@@ -5,7 +5,7 @@ a terminal state), so the state machine in ``jobs.py`` stays the only writer of 
 are delivered at least once (consumers deduplicate on ``detail.jobId`` + ``detail.state``): an
 event EventBridge does not take is kept whole in the undelivered-event queue (the stream keeps
 records for only 24 hours, its on-failure queue only their metadata) and re-published from there
-until it is taken. The detail's shape is ``job_events.JobEventDetail`` (the documented schema, a
+until it is taken. The detail's shape is ``schemas.job_events.JobEventDetail`` (the documented schema, a
 pydantic model the notify function never imports: it builds the detail as a plain dict, in the
 schema's field order); every entry is kept well inside EventBridge's 256 KB limit, whatever the
 job's error message, keys or URL hold.

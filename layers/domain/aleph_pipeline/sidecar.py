@@ -17,7 +17,7 @@ PROVIDER_IDS = ("kie", "apikley", "runware", "crun", "replicate", "runway")
 
 # The sidecar is validated here without pydantic: submit and reconcile parse one on their cold
 # path, and importing pydantic and building its models cost them more than half an `import boto3`.
-# ``sidecar_schema`` holds the same schema as a pydantic model (the README's table, the tests'
+# ``schemas.sidecar`` holds the same schema as a pydantic model (the README's table, the tests'
 # reference); each problem is worded as pydantic words it, so messages read as they always have.
 
 
@@ -327,7 +327,7 @@ class Sidecar:
     """Every field a sidecar may carry; which ones a provider honours is the provider's call.
 
     Sidecar names only (camelCase), and JSON types as they are: "42" is not a seed. Each field's
-    description is the README's (``sidecar_schema`` repeats it; tests/unit/test_sidecar_reference.py
+    description is the README's (``schemas.sidecar`` repeats it; tests/unit/test_sidecar_reference.py
     keeps the two the same)."""
 
     prompt: str = _field(

@@ -1,6 +1,6 @@
 """What the status API answers about a job: its state, timings, error, and links to its outputs.
 
-The answers are plain dicts, in the field order of ``status_schema.JobStatus`` (the documented
+The answers are plain dicts, in the field order of ``schemas.status.JobStatus`` (the documented
 schema, a pydantic model the status function never imports: pydantic and Powertools' request
 validation would be most of its cold start), and the job id is checked here, not by the resolver.
 """
@@ -30,7 +30,7 @@ class MalformedJobId(ValueError):
     def __init__(self) -> None:
         super().__init__("jobId is not 32 lowercase hex characters")
         # What Powertools' request validation answered for it (location and error type, no
-        # message), so that the 422 keeps its documented shape, ``status_schema.ValidationFailure``.
+        # message), so that the 422 keeps its documented shape, ``schemas.status.ValidationFailure``.
         self.detail: list[dict[str, Any]] = [{"loc": ["path", "jobId"], "type": "string_pattern_mismatch"}]
 
 
@@ -46,7 +46,7 @@ def job_status(job_id: str, store: JobStore | None = None) -> dict[str, Any] | N
 
 
 def describe(job: Job) -> dict[str, Any]:
-    """The job as the status API shows it: the fields of ``status_schema.JobStatus``, in its order."""
+    """The job as the status API shows it: the fields of ``schemas.status.JobStatus``, in its order."""
     item = job.to_manifest()
     bucket = get_settings().output_bucket_name
     history = [{"state": str(h.get("state")), "at": str(h.get("at"))} for h in item.get("history") or [] if isinstance(h, dict)]
@@ -98,7 +98,7 @@ def describe(job: Job) -> dict[str, Any]:
 
 
 def _error(record: dict[str, Any]) -> dict[str, Any]:
-    """The failed job's error as ``status_schema.StatusError`` has it (a missing field defaulted)."""
+    """The failed job's error as ``schemas.status.StatusError`` has it (a missing field defaulted)."""
     return {
         "code": _text(record.get("code")) or "unknown",
         "message": _text(record.get("message")) or "",

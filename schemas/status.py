@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from .status import JOB_ID_PATTERN, ROUTE_METHOD, ROUTE_PATH
+from aleph_pipeline.status import JOB_ID_PATTERN, ROUTE_METHOD, ROUTE_PATH
 
 
 class HistoryEntry(BaseModel):

@@ -1,9 +1,8 @@
 """The sidecar's reference schema: the pydantic model of every field, for docs and tests only.
 
 ``tools.gen_docs`` writes the README's sidecar table from it and the tests check the runtime
-validator (``sidecar.Sidecar.from_document``) against it. Never on a handler's cold path: importing
-pydantic and building these models cost submit more than half an ``import boto3`` (like
-``job_events``).
+validator (``aleph_pipeline.sidecar.Sidecar.from_document``) against it. Not in the layer (see
+``schemas``).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .sidecar import Problem
+from aleph_pipeline.sidecar import Problem
 
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
