@@ -340,3 +340,23 @@ def test_an_unaffordable_estimate_creates_nothing_and_an_affordable_one_precedes
     assert crun.wait_done(task_id)["state"] == "success"
     paths = [entry["path"].split("?")[0] for entry in crun.control("GET", "requests") if "/crun/" in entry["path"]]
     assert [path.rsplit("/", 1)[-1] for path in paths[-3:]] == ["gen-4-aleph", "EstimateTask", "CreateTask"]
+
+
+def estimates_logged(crun: Crun) -> int:
+    return len([entry for entry in crun.control("GET", "requests") if "EstimateTask" in entry["path"]])
+
+
+def test_the_budget_s_estimate_and_the_check_before_create_task_are_one_estimate_call(crun: Crun, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aleph_pipeline.providers.base import VideoInfo
+    from aleph_pipeline.providers.crun import CrunProtocol
+
+    monkeypatch.setattr(CrunProtocol, "price_rule", lambda self, model: {"creditUsd": 0.01})
+    sidecar, request = submit_request(crun, {"prompt": "rain"})
+    before = estimates_logged(crun)
+    provider = adapter(crun)
+    assert provider.estimate_cost(sidecar, MODEL, VideoInfo("mp4", None, url=request.video_url)) == 0.6  # 60 credits
+    task_id = provider.submit(request)
+    assert crun.wait_done(task_id)["state"] == "success"
+    assert estimates_logged(crun) - before == 1
+    assert adapter(crun).submit(request) != task_id  # another process quotes again: a quote is per process
+    wait_for(lambda: estimates_logged(crun) - before == 2, timeout=10, interval=0.1, message="the second process's estimate in the log")

@@ -46,6 +46,9 @@ ESTIMATE_PATH = "/api/v1/client/job/EstimateTask"
 # How long a model's schema is trusted in one process: crun may change a model's fields, and a
 # warm Lambda lives for hours.
 SCHEMA_TTL_SECONDS = 600.0
+# How long an affordable EstimateTask quote stands for the same input: the budget's estimate and the
+# check before CreateTask are one quote, not two calls (a balance spent meanwhile is CreateTask's 402).
+QUOTE_TTL_SECONDS = 60.0
 
 # Sidecar field -> the `input` field it becomes. Which of them the model takes is not guessed:
 # the model's live `input_schema` decides (crun's own client sends only the fields it permits),
@@ -146,6 +149,8 @@ class CrunProtocol(Provider):
     )
     # Model id -> (monotonic expiry, its `input_schema`): read once per SCHEMA_TTL_SECONDS per process.
     _schemas: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # (model, input) as JSON -> (monotonic expiry, the credits quoted): affordable quotes only.
+    _quotes: dict[str, tuple[float, float | None]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def check(self, sidecar: Sidecar, model: str, video: VideoInfo | None) -> None:
         self.check_declared(sidecar, model, video, managed=MANAGED_FIELDS)
@@ -201,7 +206,13 @@ class CrunProtocol(Provider):
 
         Every failure here is before anything is created, so none is ambiguous: one crun may get
         over is retryable, an answer that says not affordable (or 402) is ``insufficient_credits``.
+        An affordable quote stands for QUOTE_TTL_SECONDS: the same input is not estimated twice.
         """
+        key = json.dumps([model, given], sort_keys=True, default=str)
+        now = time.monotonic()
+        quoted = self._quotes.get(key)
+        if quoted is not None and quoted[0] > now:
+            return quoted[1]
         try:
             status, body = self._send("POST", ESTIMATE_PATH, json={"model": model, "input": given}, headers=self._auth())
         except ProviderError as exc:
@@ -217,7 +228,10 @@ class CrunProtocol(Provider):
             )
         affordable, cost, balance = data.get("affordable"), data.get("estimated_credits"), data.get("balance")
         if affordable is True:
-            return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+            credits = float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+            self._quotes = {k: v for k, v in self._quotes.items() if v[0] > now}  # a warm process keeps no old quotes
+            self._quotes[key] = (now + QUOTE_TTL_SECONDS, credits)
+            return credits
         if affordable is not False:
             raise JobError("provider_unavailable", "crun's estimate did not say whether the edit is affordable", STAGE_SUBMIT, retryable=True)
         raise JobError(
