@@ -12,8 +12,6 @@ from aleph_pipeline.log import logger
 
 
 def record_handler(record: Record) -> None:
-    logger.thread_safe_clear_keys()  # each record is its own job
-
     finalize_job(str(stream_values(record, "Keys")["jobId"]))
 
 

@@ -13,8 +13,6 @@ from aleph_pipeline.polling import handle_poll_message, seconds_needed_to_poll
 
 
 def record_handler(record: Record, lambda_context: LambdaContext | None = None) -> None:
-    logger.thread_safe_clear_keys()  # each record is its own job
-
     # A record started with too little time left could be cut off mid-poll: report it as failed
     # untouched, and SQS delivers it again (the same message may take its own step again).
     if lambda_context is not None and lambda_context.get_remaining_time_in_millis() / 1000 < seconds_needed_to_poll():

@@ -14,8 +14,6 @@ from aleph_pipeline.pacing import retry_job_id
 
 
 def record_handler(record: Record, lambda_context: LambdaContext | None = None) -> None:
-    logger.thread_safe_clear_keys()  # each record is its own job
-
     def time_left() -> float:
         return lambda_context.get_remaining_time_in_millis() / 1000 if lambda_context is not None else float("inf")
 

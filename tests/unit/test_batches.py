@@ -178,3 +178,17 @@ def test_receive_count_reads_the_sqs_attribute() -> None:
     message = sample_records(["poll/poll-step.json"])[0]
     message["attributes"]["ApproximateReceiveCount"] = "4"
     assert receive_count(message) == 4
+
+
+def test_no_record_logs_with_the_job_id_of_the_record_before_it() -> None:
+    from aleph_pipeline.log import logger
+
+    seen: list[Any] = []
+
+    def handle(message: Record) -> None:
+        seen.append(logger.thread_safe_get_current_keys().get("job_id"))
+        logger.thread_safe_append_keys(job_id=message["messageId"])
+
+    event = {"Records": [{"messageId": "m1", "body": "{}"}, {"messageId": "m2", "body": "{}"}]}
+    assert sqs_batch_response(event, handle) == {"batchItemFailures": []}
+    assert seen == [None, None]

@@ -60,6 +60,7 @@ def _partial_batch_response(event: dict[str, Any], handle: Callable[[Record], No
         raise ValueError("the event has no Records: it is not an SQS or DynamoDB stream batch")
     failures: list[ItemFailure] = []
     for record in records:
+        logger.thread_safe_clear_keys()  # each record is its own job: no job id carried over
         try:
             handle(record)
         except Exception as error:
